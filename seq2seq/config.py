@@ -270,3 +270,20 @@ METRIC_MODES = {"bleu": "max", "chrf": "max", "ter": "min", "ppl": "min", "loss"
 
 def metric_key(metric: str) -> str:
     return f"val/{metric}"
+
+
+def register_resolvers() -> None:
+    """`${metric_mode:bleu}` -> 'max': checkpoint and early-stopping direction follow validation.metric."""
+    from omegaconf import OmegaConf
+
+    def metric_mode(metric: str) -> str:
+        if metric not in METRIC_MODES:
+            raise ConfigError(
+                f"config key 'validation.metric' is {metric!r}; valid options: {', '.join(METRIC_MODES)}"
+            )
+        return METRIC_MODES[metric]
+
+    OmegaConf.register_new_resolver("metric_mode", metric_mode, replace=True)
+
+
+register_resolvers()

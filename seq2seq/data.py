@@ -1,0 +1,204 @@
+"""Batches: padding, masks and the token-budget length-bucket batch sampler.
+
+Sequences arrive as bare sentencepiece ids (see `prepare.py`). Here they gain their special tokens:
+source = pieces + EOS (never empty, so packing always works), target input = BOS + pieces, target
+output = pieces + EOS. Batches are built by token budget over length-sorted examples, so a batch
+holds sentences of similar length and little padding; batch order is reshuffled every epoch from
+the seed, and under DDP each rank takes a disjoint shard of an epoch's batches.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+
+@dataclass
+class Batch:
+    """A padded batch. B sentences, S source and T target positions."""
+
+    src: torch.Tensor  # [B, S] long, PAD beyond each length
+    src_lengths: torch.Tensor  # [B] int64, kept on the CPU (pack_padded_sequence wants it there)
+    src_mask: torch.Tensor  # [B, S] bool, True at real tokens
+    tgt_in: torch.Tensor  # [B, T] long: BOS + pieces
+    tgt_out: torch.Tensor  # [B, T] long: pieces + EOS, PAD beyond
+    tgt_mask: torch.Tensor  # [B, T] bool, True at real target tokens
+    indices: torch.Tensor  # [B] int64: example indices in the split
+
+    def __len__(self) -> int:
+        return self.src.size(0)
+
+    @property
+    def num_tgt_tokens(self) -> int:
+        return int(self.tgt_mask.sum())
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+        """Move to `device`; `src_lengths` and `indices` stay on the CPU."""
+        move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
+        return Batch(move(self.src), self.src_lengths, move(self.src_mask), move(self.tgt_in),
+                     move(self.tgt_out), move(self.tgt_mask), self.indices)
+
+
+def _pad(seqs: Sequence[Sequence[int]], prefix: int | None, suffix: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad id sequences (optionally wrapped in `prefix`/`suffix`) -> ids [B, L], lengths [B]."""
+    extra = (prefix is not None) + (suffix is not None)
+    lengths = torch.tensor([len(s) + extra for s in seqs], dtype=torch.long)  # [B]
+    width = int(lengths.max()) if len(seqs) else 0
+    out = np.full((len(seqs), width), PAD_ID, dtype=np.int64)  # [B, L]
+    start = 1 if prefix is not None else 0
+    for row, seq in enumerate(seqs):
+        n = len(seq)
+        if prefix is not None:
+            out[row, 0] = prefix
+        out[row, start:start + n] = seq
+        if suffix is not None:
+            out[row, start + n] = suffix
+    return torch.from_numpy(out), lengths
+
+
+def lengths_to_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """[B] lengths -> [B, width] bool mask, True at real positions."""
+    return torch.arange(width)[None, :] < lengths[:, None]
+
+
+def collate_source(seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Bare source ids -> (src [B, S], src_lengths [B] CPU, src_mask [B, S]) with EOS appended."""
+    src, lengths = _pad(seqs, prefix=None, suffix=EOS_ID)
+    return src, lengths, lengths_to_mask(lengths, src.size(1))
+
+
+def collate(examples: Sequence[tuple[int, Sequence[int], Sequence[int]]]) -> Batch:
+    """(index, source ids, target ids) triples -> Batch."""
+    indices = torch.tensor([e[0] for e in examples], dtype=torch.long)
+    src, src_lengths, src_mask = collate_source([e[1] for e in examples])
+    tgt_in, tgt_lengths = _pad([e[2] for e in examples], prefix=BOS_ID, suffix=None)
+    tgt_out, _ = _pad([e[2] for e in examples], prefix=None, suffix=EOS_ID)
+    tgt_mask = lengths_to_mask(tgt_lengths, tgt_in.size(1))
+    return Batch(src, src_lengths, src_mask, tgt_in, tgt_out, tgt_mask, indices)
+
+
+class ParallelDataset(Dataset):
+    """Encoded sentence pairs held in memory; item i is (i, source ids, target ids)."""
+
+    def __init__(self, src: Sequence[np.ndarray], tgt: Sequence[np.ndarray]):
+        if len(src) != len(tgt):
+            raise ValueError(f"{len(src)} source but {len(tgt)} target sentences")
+        self.src = src
+        self.tgt = tgt
+        self.src_lengths = np.array([len(s) + 1 for s in src], dtype=np.int64)  # + EOS
+        self.tgt_lengths = np.array([len(t) + 1 for t in tgt], dtype=np.int64)  # + BOS or EOS
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray, np.ndarray]:
+        return i, self.src[i], self.tgt[i]
+
+
+def token_budget_batches(
+    src_lengths: np.ndarray,
+    tgt_lengths: np.ndarray | None,
+    max_tokens: int,
+    max_sentences: int = 0,
+    bucket_width: int = 1,
+    rng: np.random.Generator | None = None,
+) -> list[list[int]]:
+    """Group example indices into batches whose padded size fits `max_tokens`.
+
+    Examples are sorted by (bucketed) length so that neighbours have similar lengths; `rng` breaks
+    ties randomly (different batches every epoch) and is None for a fixed, deterministic grouping.
+    The padded size of a batch is its sentence count times the longest length on either side. An
+    example longer than the budget gets a batch of its own rather than being dropped.
+    """
+    n = len(src_lengths)
+    longest = src_lengths if tgt_lengths is None else np.maximum(src_lengths, tgt_lengths)
+    order = rng.permutation(n) if rng is not None else np.arange(n)
+    key = longest[order] // bucket_width
+    if tgt_lengths is not None:  # secondary key: target length, to pack targets tightly too
+        key = key * (int(tgt_lengths.max(initial=0)) + 1) + tgt_lengths[order]
+    order = order[np.argsort(key, kind="stable")]
+
+    batches: list[list[int]] = []
+    current: list[int] = []
+    width = 0
+    for i in order.tolist():
+        new_width = max(width, int(longest[i]))
+        full = current and (new_width * (len(current) + 1) > max_tokens
+                            or (max_sentences and len(current) >= max_sentences))
+        if full:
+            batches.append(current)
+            current, new_width = [], int(longest[i])
+        current.append(i)
+        width = new_width
+    if current:
+        batches.append(current)
+    return batches
+
+
+class TokenBucketBatchSampler(Sampler[list[int]]):
+    """Token-budget batches of length-sorted examples, reshuffled each epoch, sharded by rank.
+
+    Every rank builds the same batches from `seed + epoch`, then takes every `num_replicas`-th one.
+    The batch list is padded (by repeating batches from its start) to a multiple of `num_replicas`,
+    so all ranks run the same number of steps and the union of the shards covers the whole split.
+    """
+
+    def __init__(
+        self,
+        src_lengths: np.ndarray,
+        tgt_lengths: np.ndarray,
+        max_tokens: int,
+        max_sentences: int = 0,
+        bucket_width: int = 1,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+        even_shards: bool = True,
+    ):
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is outside 0..{num_replicas - 1}")
+        self.src_lengths = src_lengths
+        self.tgt_lengths = tgt_lengths
+        self.max_tokens = max_tokens
+        self.max_sentences = max_sentences
+        self.bucket_width = bucket_width
+        self.shuffle = shuffle
+        self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.even_shards = even_shards  # pad to equal step counts (training); off for evaluation
+        self.epoch = 0
+        self._cache: tuple[int, list[list[int]]] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning at the start of every epoch: a new shuffle per epoch."""
+        self.epoch = epoch
+
+    def epoch_batches(self) -> list[list[int]]:
+        """All ranks' batches of the current epoch, in order (padded to a multiple of num_replicas)."""
+        if self._cache is not None and self._cache[0] == self.epoch:
+            return self._cache[1]
+        rng = np.random.default_rng([self.seed, self.epoch]) if self.shuffle else None
+        batches = token_budget_batches(self.src_lengths, self.tgt_lengths, self.max_tokens,
+                                       self.max_sentences, self.bucket_width, rng)
+        if rng is not None:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        if self.even_shards and batches:
+            total = math.ceil(len(batches) / self.num_replicas) * self.num_replicas
+            batches = batches + [batches[i % len(batches)] for i in range(total - len(batches))]
+        self._cache = (self.epoch, batches)
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        yield from self.epoch_batches()[self.rank::self.num_replicas]
+
+    def __len__(self) -> int:
+        return len(self.epoch_batches()[self.rank::self.num_replicas])
