@@ -126,6 +126,7 @@ class TokenizerConfig:
         _choice(f"{prefix}.model_type", self.model_type, ("bpe", "unigram"))
         if self.vocab_size < 8:
             raise ConfigError(f"config key '{prefix}.vocab_size' must be >= 8, got {self.vocab_size}")
+        _positive(f"{prefix}.max_sentences", self.max_sentences, allow_zero=True)
         if not 0.0 < self.character_coverage <= 1.0:
             raise ConfigError(f"config key '{prefix}.character_coverage' must be in (0, 1]")
 
@@ -161,6 +162,8 @@ class DataConfig:
     filter: FilterConfig = field(default_factory=FilterConfig)
 
     def validate(self, prefix: str) -> None:
+        _positive(f"{prefix}.max_train_pairs", self.max_train_pairs, allow_zero=True)
+        _positive(f"{prefix}.max_valid_pairs", self.max_valid_pairs, allow_zero=True)
         if self.src_lang == self.tgt_lang:
             raise ConfigError(f"config keys '{prefix}.src_lang' and '{prefix}.tgt_lang' are equal")
 

@@ -1,0 +1,64 @@
+"""Shared fixtures: the real Multi30k (read in place, skipped when absent) and small synthetic corpora."""
+
+from __future__ import annotations
+
+import gzip
+import random
+from pathlib import Path
+
+import pytest
+
+MULTI30K = Path(__file__).resolve().parents[1].parent / "shared/data/multi30k"
+
+# A toy "language pair": target words are the source words reversed, so the pairs are aligned,
+# learnable, and sentencepiece has real structure to merge.
+_WORDS = ("the a man woman dog cat runs sits on under red blue green small big house street "
+          "water ball child plays with near old young tree car").split()
+
+
+def synthetic_pairs(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    """n aligned (src, tgt) sentence pairs of 3-10 words each."""
+    rng = random.Random(seed)
+    src, tgt = [], []
+    for _ in range(n):
+        words = [rng.choice(_WORDS) for _ in range(rng.randint(3, 10))]
+        src.append(" ".join(words))
+        tgt.append(" ".join(w[::-1] for w in words))
+    return src, tgt
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    """Write lines (UTF-8, "\\n"-terminated); gzip when the name ends in .gz."""
+    data = "".join(line + "\n" for line in lines).encode("utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
+    return path
+
+
+@pytest.fixture
+def multi30k_dir() -> Path:
+    if not (MULTI30K / "train.en.gz").is_file():
+        pytest.skip(f"Multi30k not found at {MULTI30K}")
+    return MULTI30K
+
+
+@pytest.fixture
+def toy_corpus(tmp_path):
+    """Factory: write a synthetic de-en corpus (train/val/test_2016_flickr) under a folder; returns it.
+
+    `make(root=None, n_train=300, n_valid=40, n_test=30, gz=False, extra={})`; `extra` maps
+    "split.lang" to lines appended to that file (to inject bad pairs).
+    """
+
+    def make(root: Path | None = None, n_train: int = 300, n_valid: int = 40, n_test: int = 30,
+             gz: bool = False, extra: dict | None = None) -> Path:
+        root = root or tmp_path / "corpus"
+        suffix = ".gz" if gz else ""
+        for split, n, seed in (("train", n_train, 1), ("val", n_valid, 2), ("test_2016_flickr", n_test, 3)):
+            src, tgt = synthetic_pairs(n, seed)
+            for lang, lines in (("de", src), ("en", tgt)):
+                lines = lines + list((extra or {}).get(f"{split}.{lang}", []))
+                write_lines(root / f"{split}.{lang}{suffix}", lines)
+        return root
+
+    return make
