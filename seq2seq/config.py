@@ -203,6 +203,9 @@ class ModelConfig:
         _choice(f"{prefix}.attention", self.attention, ATTENTIONS)
         if self.input_feed and self.attention == "none":
             raise ConfigError(f"config key '{prefix}.input_feed' is true but '{prefix}.attention' is none")
+        if self.attention == "none" and not self.bridge:
+            raise ConfigError(f"config keys '{prefix}.attention=none' and '{prefix}.bridge=false' leave the "
+                              "decoder blind to the source; enable one of them")
         for key in ("embedding_size", "encoder_hidden_size", "decoder_hidden_size",
                     "encoder_layers", "decoder_layers", "attention_size"):
             _positive(f"{prefix}.{key}", getattr(self, key))
