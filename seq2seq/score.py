@@ -1,0 +1,166 @@
+"""seq2seq-score: corpus BLEU / chrF / TER of detokenized text files, with sacrebleu signatures.
+
+    seq2seq-score --hyp out.txt --ref test.en [--ref test2.en ...] [--json] [--lowercase]
+                  [--tokenize 13a] [--metrics bleu,chrf,ter]
+                  [--compare other.txt --bootstrap-samples 1000 --seed 12345]
+
+Files are plain or gzip-compressed (detected from the content), strict UTF-8 (a leading BOM is
+dropped), one segment per line; CRLF line ends count as LF. `-` reads the hypotheses from stdin.
+Exit status: 0 on success, 2 on a usage or input error (missing file, bad encoding, line counts that
+differ), with the reason on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+import zlib
+from typing import Sequence
+
+from .metrics import METRICS, OFFLINE_TOKENIZERS, format_score, paired_bootstrap, score_corpus
+
+PROG = "seq2seq-score"
+
+
+class InputError(Exception):
+    """A problem with the command line's files; reported on stderr with exit status 2."""
+
+
+def read_lines(path: str) -> list[str]:
+    """Lines of a plain or gzip text file (or stdin for '-'), strict UTF-8, CRLF normalised."""
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as f:
+                data = f.read()
+    except FileNotFoundError:
+        raise InputError(f"file not found: {path}") from None
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror or e}") from None
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as e:
+            raise InputError(f"{path}: not a valid gzip file ({e})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise InputError(f"{path}: invalid UTF-8 at line {line} (byte {e.start})") from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    # Split on LF only: str.splitlines() would also split on \x0b, \x1c, \u2028, ... inside a line.
+    lines = text.replace("\r\n", "\n").split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the final line end (or an empty file)
+    return lines
+
+
+def _metric_list(value: str) -> list[str]:
+    names = [v.strip().lower() for v in value.split(",") if v.strip()]
+    bad = [n for n in names if n not in METRICS]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(
+            f"invalid metric list {value!r}; choose from {','.join(METRICS)} (comma-separated)")
+    return list(dict.fromkeys(names))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG, description="Corpus BLEU, chrF and TER (sacrebleu) of detokenized hypotheses "
+        "against one or more reference files, with signatures; optionally a paired bootstrap test.")
+    p.add_argument("--hyp", required=True, metavar="FILE",
+                   help="hypotheses, one per line (plain or .gz; '-' = stdin)")
+    p.add_argument("--ref", required=True, action="append", metavar="FILE",
+                   help="references, one per line; repeat for multiple reference sets")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--lowercase", action="store_true",
+                   help="case-insensitive BLEU, chrF and TER (Multi30k papers report lowercased BLEU)")
+    p.add_argument("--tokenize", default="13a", choices=OFFLINE_TOKENIZERS,
+                   help="BLEU tokenizer (default: 13a). The flores101/flores200/spm/spBLEU-1K "
+                   "tokenizers are not offered: they download a sentencepiece model at run time. "
+                   "ja-mecab/ko-mecab need sacrebleu's [ja]/[ko] extras.")
+    p.add_argument("--metrics", type=_metric_list, default=list(METRICS), metavar="LIST",
+                   help="comma-separated subset of bleu,chrf,ter (default: all)")
+    p.add_argument("--compare", metavar="HYP2",
+                   help="second system: paired bootstrap resampling of --hyp (baseline) vs HYP2")
+    p.add_argument("--bootstrap-samples", type=int, default=1000, metavar="N",
+                   help="resamples for --compare (default: 1000)")
+    p.add_argument("--seed", type=int, default=12345,
+                   help="random seed for --compare, a positive integer (default: 12345, sacrebleu's)")
+    return p
+
+
+def _check_counts(first: tuple[str, list[str]], others: Sequence[tuple[str, list[str]]]) -> None:
+    name, lines = first
+    for other, other_lines in others:
+        if len(other_lines) != len(lines):
+            raise InputError(f"line counts differ: {name} has {len(lines)} lines, "
+                             f"{other} has {len(other_lines)} lines")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.bootstrap_samples < 1:
+            raise InputError(f"--bootstrap-samples must be >= 1, got {args.bootstrap_samples}")
+        if args.seed < 1:
+            raise InputError(f"--seed must be a positive integer, got {args.seed}")
+        hyps = read_lines(args.hyp)
+        refs = [(path, read_lines(path)) for path in args.ref]
+        _check_counts((args.hyp, hyps), refs)
+        other = None
+        if args.compare is not None:
+            other = read_lines(args.compare)
+            _check_counts((args.hyp, hyps), [(args.compare, other)])
+        if not hyps:
+            raise InputError(f"{args.hyp} is empty: nothing to score")
+        streams = [lines for _, lines in refs]
+        try:
+            scores = score_corpus(hyps, streams, lowercase=args.lowercase, tokenize=args.tokenize,
+                                  metrics=args.metrics)
+            test = (paired_bootstrap(hyps, other, streams, n_samples=args.bootstrap_samples,
+                                     seed=args.seed, lowercase=args.lowercase, tokenize=args.tokenize,
+                                     metrics=args.metrics)
+                    if other is not None else None)
+        except RuntimeError as e:  # e.g. a MeCab tokenizer whose extra is not installed
+            raise InputError(str(e).strip()) from None
+    except InputError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+
+    if args.json:
+        out = {"hyp": args.hyp, "refs": list(args.ref), "lines": len(hyps),
+               "lowercase": args.lowercase, "tokenize": args.tokenize,
+               "scores": {m: {"name": scores["name"][m], "score": scores[m],
+                              "signature": scores["signature"][m], "details": scores["details"][m]}
+                          for m in args.metrics}}
+        if test is not None:
+            out["compare"] = {
+                "hyp": args.compare, "n_samples": test["n_samples"], "seed": test["seed"],
+                "metrics": {m: {"name": test["name"][m], "signature": test["signature"][m],
+                                "baseline": test["baseline"][m], "system": test["system"][m]}
+                            for m in args.metrics}}
+        print(json.dumps(out, ensure_ascii=False, indent=1))
+        return 0
+
+    if test is None:
+        for m in args.metrics:
+            print(format_score(scores["name"][m], scores[m], scores["signature"][m]))
+        return 0
+    print(f"Paired bootstrap resampling ({test['n_samples']} samples, seed {test['seed']}): "
+          f"baseline {args.hyp} vs system {args.compare}")
+    for m in args.metrics:
+        base, system = test["baseline"][m], test["system"][m]
+        print(f"{test['name'][m]}: {args.hyp} = {base['score']:.2f} "
+              f"(mean {base['mean']:.2f} ± {base['ci']:.2f}), "
+              f"{args.compare} = {system['score']:.2f} (mean {system['mean']:.2f} ± {system['ci']:.2f}), "
+              f"p = {system['p_value']:.4f} (signature: {test['signature'][m]})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

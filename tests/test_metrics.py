@@ -1,0 +1,123 @@
+"""sacrebleu wrappers: references as streams, signatures, lowercase, paired bootstrap."""
+
+from __future__ import annotations
+
+import pytest
+import sacrebleu
+
+from seq2seq.metrics import (METRICS, OFFLINE_TOKENIZERS, format_score, paired_bootstrap,
+                             report_lines, score_corpus)
+
+REFS = [
+    "The cat sits on the mat.",
+    "A man is riding a red bicycle down the street.",
+    "Two children play football in the park.",
+    "A woman in a blue dress is reading a book.",
+]
+HYPS = [
+    "The cat sat on the mat.",
+    "A man rides a red bike down the street.",
+    "Two kids are playing soccer in a park.",
+    "A woman in a blue dress reads a book.",
+]
+
+
+def test_perfect_hypotheses():
+    r = score_corpus(REFS, [REFS])
+    assert r["bleu"] == pytest.approx(100.0)
+    assert r["chrf"] == pytest.approx(100.0)
+    assert r["ter"] == pytest.approx(0.0)
+
+
+def test_references_are_streams():
+    full = score_corpus(HYPS, [REFS])
+    first = score_corpus(HYPS[:1], [REFS[:1]])
+    for m in METRICS:
+        assert full[m] != pytest.approx(first[m])
+    # The classic mistake: one "stream" per sentence. Same numbers as sacrebleu's own API with the
+    # right shape; the wrong shape is refused instead of silently scoring only the first sentence.
+    assert full["bleu"] == pytest.approx(sacrebleu.corpus_bleu(HYPS, [REFS]).score)
+    with pytest.raises(ValueError, match="line count mismatch"):
+        score_corpus(HYPS, [[r] for r in REFS])
+    with pytest.raises(TypeError, match="streams"):
+        score_corpus(HYPS, REFS)
+
+
+def test_multiple_references():
+    other = ["The cat sat on the mat.", "A man rides a red bike down the street.",
+             "Kids play soccer.", "A lady reads."]
+    one = score_corpus(HYPS, [REFS])
+    two = score_corpus(HYPS, [REFS, other])
+    assert two["bleu"] > one["bleu"]
+    assert two["signature"]["bleu"].startswith("nrefs:2|")
+    assert one["signature"]["bleu"].startswith("nrefs:1|")
+
+
+def test_line_count_mismatch():
+    with pytest.raises(ValueError, match="4 hypotheses but reference stream 0 has 3 lines"):
+        score_corpus(HYPS, [REFS[:3]])
+    with pytest.raises(ValueError, match="reference stream 1"):
+        score_corpus(HYPS, [REFS, REFS[:2]])
+    with pytest.raises(ValueError, match="no hypotheses"):
+        score_corpus([], [[]])
+
+
+def test_lowercase_changes_cased_score():
+    upper = [h.upper() for h in HYPS]
+    cased = score_corpus(upper, [REFS])
+    lower = score_corpus(upper, [REFS], lowercase=True)
+    assert lower["bleu"] == pytest.approx(score_corpus(HYPS, [REFS])["bleu"])
+    for m in ("bleu", "chrf"):
+        assert lower[m] > cased[m]
+    assert lower["ter"] < cased["ter"]
+    assert "case:lc" in lower["signature"]["bleu"] and "case:mixed" in cased["signature"]["bleu"]
+    assert "case:lc" in lower["signature"]["chrf"] and "case:lc" in lower["signature"]["ter"]
+
+
+def test_signatures_and_format():
+    r = score_corpus(HYPS, [REFS])
+    assert r["name"] == {"bleu": "BLEU", "chrf": "chrF2", "ter": "TER"}
+    assert r["signature"]["bleu"] == (
+        f"nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:{sacrebleu.__version__}")
+    assert "nc:6" in r["signature"]["chrf"] and "tok:tercom" in r["signature"]["ter"]
+    assert r["details"]["bleu"].startswith("BLEU = ") and "BP =" in r["details"]["bleu"]
+    line = format_score("BLEU", 35.123, r["signature"]["bleu"])
+    assert line == f"BLEU = 35.12 (signature: {r['signature']['bleu']})"
+    lines = report_lines(r)
+    assert [ln.split(" = ")[0] for ln in lines] == ["BLEU", "chrF2", "TER"]
+    assert score_corpus(HYPS, [REFS], tokenize="char")["signature"]["bleu"].count("tok:char") == 1
+
+
+def test_metric_subset_and_bad_options():
+    r = score_corpus(HYPS, [REFS], metrics=["chrf"])
+    assert "chrf" in r and "bleu" not in r and "ter" not in r
+    with pytest.raises(ValueError, match="unknown metric"):
+        score_corpus(HYPS, [REFS], metrics=["meteor"])
+    with pytest.raises(ValueError, match="tokenizer"):
+        score_corpus(HYPS, [REFS], tokenize="flores200")
+    assert "13a" in OFFLINE_TOKENIZERS and not any("flores" in t or "spm" in t for t in OFFLINE_TOKENIZERS)
+
+
+def test_paired_bootstrap():
+    worse = ["cat mat", "man bike", "kids soccer", "woman book"]
+    refs = [REFS * 5]
+    a, b = HYPS * 5, worse * 5
+    r = paired_bootstrap(a, b, refs, n_samples=200, seed=7)
+    assert r["n_samples"] == 200 and r["seed"] == 7
+    for m in METRICS:
+        assert r["baseline"][m]["score"] == pytest.approx(score_corpus(a, refs)[m])
+        assert r["system"][m]["score"] == pytest.approx(score_corpus(b, refs)[m])
+        assert 0.0 < r["system"][m]["p_value"] <= 1.0
+        assert r["system"][m]["p_value"] < 0.05  # clearly different systems
+        assert "bs:200" in r["signature"][m] and "seed:7" in r["signature"][m]
+    assert r["baseline"]["bleu"]["ci"] > 0
+    # Reproducible for a fixed seed; a system against itself is not significant.
+    assert paired_bootstrap(a, b, refs, n_samples=200, seed=7) == r
+    same = paired_bootstrap(a, a, refs, n_samples=200, seed=7, metrics=["bleu"])
+    # (sacrebleu itself would say 1/201 here: its count of "differences > observed" is strict.)
+    assert same["identical"] and same["system"]["bleu"]["p_value"] == 1.0
+    assert not r["identical"]
+    with pytest.raises(ValueError, match="seed"):
+        paired_bootstrap(a, b, refs, seed=0)
+    with pytest.raises(ValueError, match="system hypotheses"):
+        paired_bootstrap(a, b[:-1], refs)

@@ -1,0 +1,155 @@
+"""seq2seq-score command line: text / JSON output, file handling, errors, paired bootstrap."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from seq2seq.metrics import score_corpus
+from seq2seq.score import main, read_lines
+
+REFS = [
+    "The cat sits on the mat.",
+    "A man is riding a red bicycle down the street.",
+    "Two children play football in the park.",
+    "A woman in a blue dress is reading a book.",
+] * 3
+HYPS = [
+    "The cat sat on the mat.",
+    "A man rides a red bike down the street.",
+    "Two kids are playing soccer in a park.",
+    "A woman in a blue dress reads a book.",
+] * 3
+WORSE = ["cat mat", "man bike street", "kids soccer", "woman book"] * 3
+
+
+def write(path, lines, newline="\n", gz=False, bom=False):
+    data = ("\ufeff" if bom else "") + "".join(line + newline for line in lines)
+    raw = data.encode("utf-8")
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    return str(path)
+
+
+@pytest.fixture
+def files(tmp_path):
+    return {"hyp": write(tmp_path / "hyp.txt", HYPS), "ref": write(tmp_path / "ref.txt", REFS),
+            "worse": write(tmp_path / "worse.txt", WORSE)}
+
+
+LINE = re.compile(r"^(BLEU|chrF2|TER) = \d+\.\d\d \(signature: nrefs:1\|[^ ]+\)$")
+
+
+def test_text_output(files, capsys):
+    assert main(["--hyp", files["hyp"], "--ref", files["ref"]]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and all(LINE.match(ln) for ln in lines), lines
+    expected = score_corpus(HYPS, [REFS])
+    assert lines[0] == f"BLEU = {expected['bleu']:.2f} (signature: {expected['signature']['bleu']})"
+
+
+def test_json_output(files, capsys):
+    assert main(["--hyp", files["hyp"], "--ref", files["ref"], "--json", "--lowercase",
+                 "--metrics", "bleu,ter"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["lines"] == len(HYPS) and out["lowercase"] is True and out["tokenize"] == "13a"
+    assert set(out["scores"]) == {"bleu", "ter"}
+    expected = score_corpus(HYPS, [REFS], lowercase=True)
+    assert out["scores"]["bleu"]["score"] == pytest.approx(expected["bleu"])
+    assert out["scores"]["bleu"]["signature"] == expected["signature"]["bleu"]
+    assert "case:lc" in out["scores"]["ter"]["signature"]
+    assert "compare" not in out
+
+
+def test_gzip_crlf_bom_and_odd_separators(tmp_path, files, capsys):
+    gz = write(tmp_path / "hyp.txt.gz", HYPS, newline="\r\n", gz=True, bom=True)
+    assert read_lines(gz) == HYPS
+    assert main(["--hyp", gz, "--ref", files["ref"], "--json"]) == 0
+    a = json.loads(capsys.readouterr().out)["scores"]
+    assert main(["--hyp", files["hyp"], "--ref", files["ref"], "--json"]) == 0
+    b = json.loads(capsys.readouterr().out)["scores"]
+    assert a == b
+    # Only LF (or CRLF) ends a line; no final newline is fine; a blank line is a segment.
+    odd = tmp_path / "odd.txt"
+    odd.write_bytes("a\u2028b\x0cc\rd\r\n\ne".encode())
+    assert read_lines(str(odd)) == ["a\u2028b\x0cc\rd", "", "e"]
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    assert read_lines(str(empty)) == []
+
+
+def test_multiple_references(tmp_path, files, capsys):
+    ref2 = write(tmp_path / "ref2.txt", HYPS)
+    assert main(["--hyp", files["hyp"], "--ref", files["ref"], "--ref", ref2, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["refs"] == [files["ref"], ref2]
+    assert out["scores"]["bleu"]["score"] == pytest.approx(100.0)
+    assert out["scores"]["bleu"]["signature"].startswith("nrefs:2|")
+
+
+def test_line_count_mismatch(tmp_path, files, capsys):
+    short = write(tmp_path / "short.txt", REFS[:5])
+    assert main(["--hyp", files["hyp"], "--ref", short]) == 2
+    err = capsys.readouterr().err
+    assert files["hyp"] in err and short in err
+    assert f"has {len(HYPS)} lines" in err and "has 5 lines" in err
+    assert main(["--hyp", files["hyp"], "--ref", files["ref"], "--compare", short]) == 2
+    err = capsys.readouterr().err
+    assert short in err and "has 5 lines" in err
+
+
+def test_input_errors(tmp_path, files, capsys):
+    missing = str(tmp_path / "nope.txt")
+    assert main(["--hyp", missing, "--ref", files["ref"]]) == 2
+    assert "file not found" in capsys.readouterr().err
+    assert main(["--hyp", files["hyp"], "--ref", missing]) == 2
+    assert missing in capsys.readouterr().err
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"ok\nstill ok\n\xff\xfe broken\n")
+    assert main(["--hyp", str(bad), "--ref", files["ref"]]) == 2
+    assert "invalid UTF-8 at line 3" in capsys.readouterr().err
+    for argv in (["--metrics", "bleu,meteor"], ["--tokenize", "flores200"], ["--tokenize", "spm"]):
+        with pytest.raises(SystemExit) as e:
+            main(["--hyp", files["hyp"], "--ref", files["ref"], *argv])
+        assert e.value.code == 2
+    assert main(["--hyp", files["hyp"], "--ref", files["ref"], "--compare", files["worse"],
+                 "--seed", "0"]) == 2
+    assert "--seed" in capsys.readouterr().err
+
+
+def test_compare_bootstrap(files, capsys):
+    argv = ["--hyp", files["hyp"], "--ref", files["ref"], "--compare", files["worse"],
+            "--bootstrap-samples", "200", "--seed", "3"]
+    assert main(argv + ["--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    cmp = out["compare"]
+    assert cmp["hyp"] == files["worse"] and cmp["n_samples"] == 200 and cmp["seed"] == 3
+    for m in ("bleu", "chrf", "ter"):
+        assert 0 < cmp["metrics"][m]["system"]["p_value"] < 0.05
+        assert cmp["metrics"][m]["baseline"]["score"] == pytest.approx(out["scores"][m]["score"])
+        assert "bs:200" in cmp["metrics"][m]["signature"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out.splitlines()
+    assert text[0].startswith("Paired bootstrap resampling (200 samples, seed 3)")
+    assert len(text) == 4
+    for line in text[1:]:
+        assert files["hyp"] in line and files["worse"] in line
+        assert re.search(r"p = 0\.\d{4} \(signature: ", line)
+
+
+def test_console_module_runs(files):
+    """`python -m seq2seq.score`, hypotheses from stdin."""
+    root = Path(__file__).resolve().parents[1]
+    run = lambda *argv, **kw: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "seq2seq.score", *argv], capture_output=True, text=True, cwd=root, **kw)
+    proc = run("--hyp", "-", "--ref", files["ref"], "--metrics", "bleu",
+               input=Path(files["hyp"]).read_text())
+    assert proc.returncode == 0, proc.stderr
+    assert LINE.match(proc.stdout.strip())
+    proc = run("--hyp", files["hyp"], "--ref", files["ref"] + ".missing")
+    assert proc.returncode == 2 and "file not found" in proc.stderr
