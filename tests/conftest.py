@@ -35,7 +35,7 @@ def write_lines(path: Path, lines: list[str]) -> Path:
     return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def multi30k_dir() -> Path:
     if not (MULTI30K / "train.en.gz").is_file():
         pytest.skip(f"Multi30k not found at {MULTI30K}")
