@@ -1,0 +1,117 @@
+"""What a checkpoint carries besides the weights, how it is written, and how it is read back.
+
+A checkpoint is Lightning's own dictionary plus `checkpoint["seq2seq"]`, made only of plain
+containers (so `torch.load(weights_only=True)` reads it): a format version, the resolved run config,
+the sentencepiece model bytes and the special ids. `seq2seq-translate` needs nothing else.
+Writes go to a temporary file in the same folder, then an atomic rename: a crash or kill during a
+save leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from seq2seq.config import ModelConfig, SearchConfig, section
+from seq2seq.model import Seq2Seq
+from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
+
+FORMAT_VERSION = 1
+PAYLOAD_KEY = "seq2seq"
+MODEL_PREFIX = "model."  # the LightningModule holds the Seq2Seq as `self.model`
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file."""
+
+
+def special_ids() -> dict[str, int]:
+    return {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID}
+
+
+def make_payload(config: dict[str, Any], tokenizer: Tokenizer) -> dict[str, Any]:
+    """The plain-container part of a checkpoint that makes it self-contained."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "config": config,
+        "tokenizer": tokenizer.state_dict(),
+        "special_ids": special_ids(),
+    }
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save into a temporary file beside `path`, fsync, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint I/O whose saves are atomic (temporary file + rename)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        atomic_torch_save(checkpoint, path)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint file and check its seq2seq payload; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, corrupt or not a torch file at all
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); "
+                              "it is corrupt or not a checkpoint") from None
+    payload = ckpt.get(PAYLOAD_KEY) if isinstance(ckpt, dict) else None
+    if payload is None:
+        raise CheckpointError(f"checkpoint {path} was not written by seq2seq-train (no '{PAYLOAD_KEY}' entry)")
+    version = payload.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {version}; this seq2seq reads "
+                              f"version {FORMAT_VERSION}. Translate it with the seq2seq release that wrote it.")
+    if payload.get("special_ids") != special_ids():
+        raise CheckpointError(f"checkpoint {path} uses special ids {payload.get('special_ids')}, "
+                              f"expected {special_ids()}")
+    if "state_dict" not in ckpt:
+        raise CheckpointError(f"checkpoint {path} holds no weights ('state_dict' missing)")
+    return ckpt
+
+
+def model_state_dict(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The Seq2Seq weights out of a Lightning state dict."""
+    return {k[len(MODEL_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(MODEL_PREFIX)}
+
+
+def load_for_translation(path: str | os.PathLike, device: torch.device | str = "cpu"):
+    """-> (model in eval mode on `device`, tokenizer, search config of the run, full config dict)."""
+    ckpt = read_checkpoint(path)
+    payload = ckpt[PAYLOAD_KEY]
+    config = payload["config"]
+    tokenizer = Tokenizer.from_state_dict(payload["tokenizer"])
+    model_cfg = section(ModelConfig, config["model"], "model")
+    model = Seq2Seq.from_config(model_cfg, src_vocab_size=tokenizer.src_vocab_size,
+                                tgt_vocab_size=tokenizer.tgt_vocab_size,
+                                pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID)
+    weights = model_state_dict(ckpt)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {path}: its weights do not match its own config and vocabulary "
+                              f"(src vocab {tokenizer.src_vocab_size}, tgt vocab {tokenizer.tgt_vocab_size}):\n{e}") from None
+    search_cfg = section(SearchConfig, config["search"], "search")
+    return model.to(device).eval(), tokenizer, search_cfg, config

@@ -1,0 +1,96 @@
+"""LightningDataModule: prepare the corpus once, then serve token-budget batches per process."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader
+
+from seq2seq.config import BatchingConfig, DataConfig
+from seq2seq.data import Batch, ParallelDataset, TokenBucketBatchSampler, collate
+from seq2seq.prepare import PreparedCorpus, prepare_corpus
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader over a `TokenBucketBatchSampler` that Lightning can checkpoint and resume mid-epoch.
+
+    Lightning saves `state_dict()` of every training loader that has one (the fit loop's
+    "combined_loader" entry) and, when a run restarts mid-epoch, calls `load_state_dict()` before
+    iterating again: the sampler then skips the batches this rank had already consumed. The count is
+    taken here, at the loader's output, so batches prefetched by workers are not counted as consumed.
+    The iterator body runs lazily (on the first batch), after Lightning's `set_epoch` for the epoch.
+    """
+
+    def __iter__(self):
+        sampler: TokenBucketBatchSampler = self.batch_sampler
+        self._epoch, self._delivered = sampler.epoch, sampler.pending_skip
+        for batch in super().__iter__():
+            self._delivered += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        sampler: TokenBucketBatchSampler = self.batch_sampler
+        same_epoch = getattr(self, "_epoch", None) == sampler.epoch
+        return sampler.state_dict(batches_done=self._delivered if same_epoch else 0)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batch_sampler.load_state_dict(state)
+
+
+class TranslationDataModule(pl.LightningDataModule):
+    """Training and validation batches of a prepared parallel corpus.
+
+    `prepare_data` builds the cache (once per node); `setup` loads it in every process (a cache hit
+    does no work). The training sampler shards batches by rank itself, so the Trainer runs with
+    `use_distributed_sampler=False`.
+    """
+
+    def __init__(self, data: DataConfig, batching: BatchingConfig, seed: int):
+        super().__init__()
+        self.data_cfg = data
+        self.batching = batching
+        self.seed = seed
+        self.corpus: PreparedCorpus | None = None
+
+    def prepare_data(self) -> None:
+        prepare_corpus(self.data_cfg)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.corpus is None:
+            self.corpus = prepare_corpus(self.data_cfg)
+
+    @property
+    def tokenizer(self):
+        return self.corpus.tokenizer
+
+    def _rank(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return 1, 0
+        return trainer.world_size, trainer.global_rank
+
+    def _loader(self, split: str, shuffle: bool, shard: bool) -> DataLoader:
+        data = self.corpus.splits[split]
+        dataset = ParallelDataset(data.src, data.tgt)
+        replicas, rank = self._rank() if shard else (1, 0)
+        sampler = TokenBucketBatchSampler(
+            dataset.src_lengths, dataset.tgt_lengths, max_tokens=self.batching.max_tokens,
+            max_sentences=self.batching.max_sentences, bucket_width=self.batching.bucket_width,
+            shuffle=shuffle, seed=self.seed, num_replicas=replicas, rank=rank, even_shards=shuffle)
+        # The loader's own generator: creating an iterator must not draw from the global torch RNG,
+        # which dropout uses (a resumed run then draws exactly what an uninterrupted run draws).
+        generator = torch.Generator().manual_seed(self.seed + rank)
+        cls = ResumableDataLoader if shuffle else DataLoader
+        return cls(dataset, batch_sampler=sampler, collate_fn=collate, generator=generator,
+                   num_workers=self.batching.num_workers, pin_memory=self.batching.pin_memory,
+                   persistent_workers=self.batching.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True, shard=True)
+
+    def val_dataloader(self) -> DataLoader:
+        # Validation loss is summed over ranks; each rank takes its own shard of the batches.
+        return self._loader("valid", shuffle=False, shard=True)
+
+    def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int) -> Batch:
+        return batch.to(device, non_blocking=self.batching.pin_memory)

@@ -1,0 +1,302 @@
+"""LightningModule: the training objective, optimiser and schedule, and validation with BLEU.
+
+Validation decodes the validation sources with `Translator` (the same code path as
+`seq2seq-translate` and the final test) and scores them with sacrebleu against the raw references.
+Under DDP each rank decodes a disjoint shard; the hypotheses are gathered and corpus BLEU is
+computed once over the whole set, so it equals the single-process figure.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+
+from seq2seq.checkpoint import PAYLOAD_KEY, make_payload
+from seq2seq.config import (METRIC_MODES, ModelConfig, OptimConfig, SchedulerConfig, SearchConfig,
+                            ValidationConfig)
+from seq2seq.data import Batch
+from seq2seq.metrics import score_corpus
+from seq2seq.model import Seq2Seq
+from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from seq2seq.translator import Translator
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDivergedError(RuntimeError):
+    """Too many consecutive optimiser steps had a non-finite loss or gradients."""
+
+
+def _rng_state() -> dict[str, Any]:
+    """Global RNG states as plain containers (checkpoints load with weights_only=True)."""
+    import random
+
+    import numpy as np
+
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+            "python": [py_state[0], list(py_state[1]), py_state[2]]}
+
+
+def _set_rng_state(state: dict[str, Any], rank: int) -> None:
+    """Restore `_rng_state()`. Checkpoints hold rank 0's state: other ranks derive a distinct one."""
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np.random.set_state((state["numpy"][0], np.array(state["numpy"][1], dtype=np.uint32), *state["numpy"][2:]))
+    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
+    if rank > 0:
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,))) + rank)
+
+# The val/* metrics are logged after reducing (loss sums) and gathering (hypotheses) over all ranks, so
+# they are already identical everywhere; Lightning's advice to add sync_dist=True does not apply, and
+# averaging N equal float32 values is not exact for every N.
+warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\('val/")
+
+
+def lr_factor(step: int, cfg: SchedulerConfig, total_steps: int, base_lr: float) -> float:
+    """Multiplier of the peak learning rate at optimiser step `step` (0-based)."""
+    step = step + 1
+    warmup = max(cfg.warmup_steps, 0)
+    if warmup and step <= warmup:
+        return step / warmup
+    floor = cfg.min_lr / base_lr
+    if cfg.decay == "inverse_sqrt":
+        return max(math.sqrt(max(warmup, 1) / step), floor)
+    if cfg.decay in ("linear", "cosine"):
+        if total_steps <= warmup:
+            return 1.0
+        progress = min((step - warmup) / (total_steps - warmup), 1.0)
+        shape = 1.0 - progress if cfg.decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+        return floor + (1.0 - floor) * shape
+    return 1.0
+
+
+def precision_dtype(precision: str | int | None) -> torch.dtype | None:
+    """Autocast dtype for decoding under a Trainer precision ('bf16-mixed' -> bfloat16, '32-true' -> None)."""
+    precision = str(precision)
+    if precision.startswith("bf16"):
+        return torch.bfloat16
+    if precision.startswith("16"):
+        return torch.float16
+    return None
+
+
+class TranslationModule(pl.LightningModule):
+    def __init__(
+        self,
+        model: ModelConfig,
+        optim: OptimConfig,
+        scheduler: SchedulerConfig,
+        search: SearchConfig,
+        validation: ValidationConfig,
+        tokenizer: Tokenizer,
+        run_config: dict[str, Any],
+        total_steps: int = 0,
+        max_bad_steps: int = 10,
+    ):
+        super().__init__()
+        self.model = Seq2Seq.from_config(model, src_vocab_size=tokenizer.src_vocab_size,
+                                         tgt_vocab_size=tokenizer.tgt_vocab_size,
+                                         pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID)
+        self.optim_cfg = optim
+        self.sched_cfg = scheduler
+        self.search_cfg = search
+        self.val_cfg = validation
+        self.tokenizer = tokenizer
+        self.run_config = run_config  # stored in every checkpoint: translation needs nothing else
+        self.total_steps = total_steps
+        # Reduce-on-plateau state (scheduler.name == plateau); saved in checkpoints.
+        self.plateau = {"scale": 1.0, "best": None, "bad": 0}
+        # Steps skipped for a non-finite loss or gradients: in total, and in a row (stop at max_bad_steps).
+        self.max_bad_steps = max_bad_steps  # 0 = never stop
+        self.skipped = {"total": 0, "consecutive": 0}
+        self._loss_bad = False  # a micro-batch of the current optimiser step had a non-finite loss
+        self._val_sums = torch.zeros(3)  # nll sum, smoothed-loss sum, target tokens
+        self._last_step_time: float | None = None
+        self.last_val_hypotheses: list[str] = []
+
+    # ------------------------------------------------------------------ loss
+    def _losses(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> (label-smoothed loss sum, NLL sum, target token count), padding ignored."""
+        logits = self.model(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in)  # [B, T, V]
+        logits = logits.float().flatten(0, 1)  # [B*T, V]
+        target = batch.tgt_out.flatten()  # [B*T]
+        smoothed = F.cross_entropy(logits, target, ignore_index=PAD_ID,
+                                   label_smoothing=self.optim_cfg.label_smoothing, reduction="sum")
+        nll = F.cross_entropy(logits, target, ignore_index=PAD_ID, reduction="sum").detach()
+        tokens = batch.tgt_mask.sum()
+        return smoothed, nll, tokens
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        smoothed, nll, tokens = self._losses(batch)
+        loss = smoothed / tokens  # normalised per target token
+        n = len(batch)
+        # A non-finite loss still goes through backward (returning None is not allowed under DDP, and
+        # all ranks must take part in the gradient all-reduce); the update is dropped in
+        # on_before_optimizer_step, on every rank alike.
+        if not bool(torch.isfinite(loss.detach())):
+            self._loss_bad = True
+        else:
+            self.log("train/loss", loss, prog_bar=True, batch_size=n)
+            self.log("train/ppl", torch.exp(nll / tokens), batch_size=n)
+        now = time.perf_counter()
+        if self._last_step_time is not None:
+            self.log("train/tgt_tokens_per_s", tokens.float() / (now - self._last_step_time), batch_size=n)
+        self._last_step_time = now
+        return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Skip the update (on all ranks) when the loss or a gradient is not finite; stop after too many."""
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        bad = self._loss_bad
+        self._loss_bad = False
+        # Under a GradScaler (16-mixed), overflowing gradients are normal: the scaler skips those steps.
+        if not bad and grads and getattr(self.trainer.precision_plugin, "scaler", None) is None:
+            norms = torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads])
+            bad = not bool(torch.isfinite(norms).all())
+        flag = torch.tensor(float(bad), device=self.device)
+        if self.trainer.world_size > 1:  # every rank skips, or none does
+            flag = self.trainer.strategy.reduce(flag, reduce_op="sum")
+        if float(flag) > 0:
+            for p in self.parameters():
+                p.grad = None  # optimisers leave parameters without gradients untouched
+            self.skipped["total"] += 1
+            self.skipped["consecutive"] += 1
+            log.warning("step %d: non-finite loss or gradients, update skipped (%d in a row, %d in total)",
+                        self.global_step, self.skipped["consecutive"], self.skipped["total"])
+        else:
+            self.skipped["consecutive"] = 0
+        self.log("train/skipped_steps", float(self.skipped["total"]), batch_size=1)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        """After `max_bad_steps` skipped steps in a row: write last.ckpt and stop with a clear error."""
+        if not self.max_bad_steps or self.skipped["consecutive"] < self.max_bad_steps:
+            return
+        path = self._last_checkpoint_path()
+        self.trainer.save_checkpoint(path)  # all ranks take part; rank 0 writes
+        raise TrainingDivergedError(
+            f"training stopped at step {self.global_step}: {self.skipped['consecutive']} consecutive steps had "
+            f"a non-finite loss or gradients (max_bad_steps={self.max_bad_steps}; {self.skipped['total']} skipped "
+            f"in total). The last good state is in {path}. Lower optim.lr, clip gradients "
+            "(trainer.gradient_clip_val), check the data, then resume with ckpt_path=last.")
+
+    def _last_checkpoint_path(self) -> str:
+        from pathlib import Path
+
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        for cb in self.trainer.checkpoint_callbacks:
+            if isinstance(cb, ModelCheckpoint) and cb.dirpath:
+                return str(Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}")
+        return str(Path(self.trainer.default_root_dir) / "checkpoints" / "last.ckpt")
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Clip by norm to trainer.gradient_clip_val (if set) and log the norm either way."""
+        max_norm = float(gradient_clip_val) if gradient_clip_val else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm)
+        self.log("train/grad_norm", norm, batch_size=1)
+
+    # ------------------------------------------------------------------ validation
+    def on_validation_epoch_start(self) -> None:
+        self._val_sums = torch.zeros(3, device=self.device)
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        smoothed, nll, tokens = self._losses(batch)
+        self._val_sums += torch.stack([nll, smoothed.detach(), tokens.float()])
+
+    def translator(self) -> Translator:
+        dtype = precision_dtype(self._trainer.precision) if self._trainer is not None else None
+        return Translator(self.model, self.tokenizer, self.search_cfg, device=self.device, dtype=dtype)
+
+    def decode_split(self, sources: list[str]) -> list[str]:
+        """Translate `sources`, sharded over ranks and gathered: every rank returns all hypotheses."""
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        mine = list(range(rank, len(sources), world))
+        texts = [t.text for t in self.translator().translate([sources[i] for i in mine])]
+        if world == 1:
+            return texts
+        gathered: list[Any] = [None] * world
+        torch.distributed.all_gather_object(gathered, list(zip(mine, texts)))
+        out = [""] * len(sources)
+        for part in gathered:
+            for i, text in part:
+                out[i] = text
+        return out
+
+    def on_validation_epoch_end(self) -> None:
+        sums = self.trainer.strategy.reduce(self._val_sums, reduce_op="sum")
+        nll, smoothed, tokens = (float(x) for x in sums)
+        tokens = max(tokens, 1.0)
+        metrics = {"loss": smoothed / tokens, "ppl": math.exp(min(nll / tokens, 100.0))}
+        valid = self.trainer.datamodule.corpus.splits["valid"]
+        limit = self.val_cfg.max_sentences or len(valid.src_text)
+        hyps = self.decode_split(valid.src_text[:limit])
+        scores = score_corpus(hyps, [valid.tgt_text[:limit]])
+        metrics.update(bleu=scores["bleu"], chrf=scores["chrf"], ter=scores["ter"])
+        self.last_val_hypotheses = hyps
+        for name, value in metrics.items():
+            self.log(f"val/{name}", value, prog_bar=name in ("bleu", "ppl"), batch_size=1)
+        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            log.info("step %d: val BLEU %.2f chrF %.2f TER %.2f ppl %.2f (%s)", self.global_step,
+                     metrics["bleu"], metrics["chrf"], metrics["ter"], metrics["ppl"],
+                     scores["signature"]["bleu"])
+        self._update_plateau(metrics[self.val_cfg.metric])
+
+    def _update_plateau(self, value: float) -> None:
+        if self.sched_cfg.name != "plateau":
+            return
+        best = self.plateau["best"]
+        better = best is None or (value > best if METRIC_MODES[self.val_cfg.metric] == "max" else value < best)
+        if better:
+            self.plateau.update(best=value, bad=0)
+            return
+        self.plateau["bad"] += 1
+        if self.plateau["bad"] > self.sched_cfg.plateau_patience:
+            self.plateau.update(scale=self.plateau["scale"] * self.sched_cfg.plateau_factor, bad=0)
+            log.info("validation %s has not improved: learning rate scaled by %.4g",
+                     self.val_cfg.metric, self.plateau["scale"])
+
+    # ------------------------------------------------------------------ optimiser
+    def configure_optimizers(self):
+        cfg = self.optim_cfg
+        cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
+        optimizer = cls(self.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        total = self.sched_cfg.total_steps or self.total_steps
+
+        def factor(step: int) -> float:  # warm-up and decay, times the plateau reductions (if any)
+            return lr_factor(step, self.sched_cfg, total, cfg.lr) * self.plateau["scale"]
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[PAYLOAD_KEY] = make_payload(self.run_config, self.tokenizer)
+        checkpoint[PAYLOAD_KEY]["plateau"] = dict(self.plateau)
+        checkpoint[PAYLOAD_KEY]["skipped"] = dict(self.skipped)
+        checkpoint[PAYLOAD_KEY]["rng"] = _rng_state()  # dropout continues exactly where it was
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        plateau = checkpoint.get(PAYLOAD_KEY, {}).get("plateau")
+        if plateau:
+            self.plateau = dict(plateau)
+        payload = checkpoint.get(PAYLOAD_KEY, {})
+        if payload.get("skipped"):
+            self.skipped = dict(payload["skipped"])
+        if payload.get("rng") and self._trainer is not None:  # resuming a run (not a plain weights load)
+            _set_rng_state(payload["rng"], self.trainer.global_rank)

@@ -1,0 +1,222 @@
+"""`seq2seq-train`: train a translator, keep best/last checkpoints, then test the best one.
+
+`train(cfg)` is a plain function over a composed config (tests call it directly); `main()` is the
+thin Hydra entry point. Resume a run with `hydra.run.dir=<its folder> ckpt_path=last`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from seq2seq.checkpoint import AtomicCheckpointIO, CheckpointError, load_for_translation
+from seq2seq.config import (CONF_DIR, BatchingConfig, ConfigError, DataConfig, ModelConfig, OptimConfig,
+                            SchedulerConfig, SearchConfig, ValidationConfig, metric_key, section)
+from seq2seq.corpus import CorpusError
+from seq2seq.datamodule import TranslationDataModule
+from seq2seq.lit_module import TrainingDivergedError, TranslationModule, precision_dtype
+from seq2seq.metrics import report_lines, score_corpus
+from seq2seq.tokenizer import TokenizerError
+from seq2seq.translator import Translator
+
+log = logging.getLogger(__name__)
+
+USER_ERRORS = (ConfigError, CorpusError, TokenizerError, CheckpointError)
+
+
+def run_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as plain containers (without Hydra's own node), for checkpoints."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    container.pop("hydra", None)
+    return container
+
+
+def check_hardware(cfg: DictConfig) -> None:
+    accelerator = str(cfg.trainer.get("accelerator", "cpu"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"config key 'trainer.accelerator' is {accelerator!r} but no CUDA GPU is visible "
+                          "on this machine; use trainer=cpu (or trainer=ddp_cpu for several processes)")
+
+
+def max_bad_steps(cfg: DictConfig) -> int:
+    value = cfg.get("max_bad_steps", 10)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"config key 'max_bad_steps' must be an integer >= 0 (0 = never stop), got {value!r}")
+    return value
+
+
+def resolve_ckpt_path(cfg: DictConfig, run_dir: Path) -> str | None:
+    path = cfg.get("ckpt_path")
+    if path in (None, ""):
+        return None
+    if path == "last":
+        last = run_dir / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            raise ConfigError(f"config key 'ckpt_path' is 'last' but {last} does not exist; resume a run by "
+                              "naming its folder: hydra.run.dir=<run folder> ckpt_path=last")
+        return str(last)
+    if not Path(path).is_file():
+        raise ConfigError(f"config key 'ckpt_path': checkpoint {path} does not exist")
+    return str(path)
+
+
+def instantiate_all(group: DictConfig | None) -> list[Any]:
+    """Instantiate every `_target_` entry of a callbacks/logger group."""
+    if not group:
+        return []
+    return [hydra.utils.instantiate(node) for node in group.values() if node and "_target_" in node]
+
+
+class WorkerLogging(pl.Callback):
+    """Apply the run's logging config in ddp_spawn workers, which start without Hydra's setup
+    (otherwise rank 0's per-validation log lines never reach the console or train.log)."""
+
+    def __init__(self, config: dict[str, Any]):
+        self.config = config
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not logging.getLogger().handlers:  # a fresh spawned process; the main one keeps its handlers
+            import logging.config
+
+            logging.config.dictConfig(self.config)
+
+
+def hydra_logging_config() -> dict[str, Any] | None:
+    """Hydra's job logging config, resolved, or None outside a Hydra run."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return OmegaConf.to_container(HydraConfig.get().job_logging, resolve=True) or None
+    except Exception:  # no Hydra run (tests compose configs), or an unresolvable output folder
+        return None
+
+
+def check_launch(trainer: pl.Trainer) -> None:
+    """Refuse a DDP launch that re-runs the script (strategy=ddp) inside a Hydra multirun: every child
+    would start the whole sweep again."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    launcher = getattr(trainer.strategy, "launcher", None)
+    relaunches = (type(launcher).__name__ == "_SubprocessScriptLauncher"
+                  and getattr(launcher, "num_processes", 1) > 1
+                  and not launcher.cluster_environment.creates_processes_externally)
+    if relaunches and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise ConfigError("config key 'trainer.strategy': ddp starts each device's process by re-running the "
+                          "command, which under -m (multirun) would run the sweep again in every process; in a "
+                          "sweep use trainer=ddp_cpu (ddp_spawn), trainer.strategy=ddp_spawn, one device per "
+                          "job, or the SLURM launcher (hydra/launcher=slurm)")
+
+
+def evaluate(ckpt: str | Path, sources: list[str], references: list[str], out_prefix: Path,
+             device: torch.device | str, dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """Translate `sources` with checkpoint `ckpt`, write hypotheses and scores beside `out_prefix`."""
+    model, tokenizer, search_cfg, _ = load_for_translation(ckpt, device)
+    translator = Translator(model, tokenizer, search_cfg, device=device, dtype=dtype)
+    hyps = [t.text for t in translator.translate(sources)]
+    out_prefix.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{out_prefix}.hyp").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+    scores = {"cased": score_corpus(hyps, [references]),
+              "lowercase": score_corpus(hyps, [references], lowercase=True)}
+    Path(f"{out_prefix}.scores.json").write_text(json.dumps(scores, indent=2), encoding="utf-8")
+    return scores
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train per `cfg`; returns the final callback metrics (plus test scores when tested)."""
+    data = section(DataConfig, cfg.data, "data")
+    batching = section(BatchingConfig, cfg.batching, "batching")
+    model_cfg = section(ModelConfig, cfg.model, "model")
+    optim = section(OptimConfig, cfg.optim, "optim")
+    scheduler = section(SchedulerConfig, cfg.scheduler, "scheduler")
+    search_cfg = section(SearchConfig, cfg.search, "search")
+    validation = section(ValidationConfig, cfg.validation, "validation")
+    check_hardware(cfg)
+    bad_steps = max_bad_steps(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    ckpt_path = resolve_ckpt_path(cfg, run_dir)
+
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
+    pl.seed_everything(cfg.seed, workers=True)
+
+    datamodule = TranslationDataModule(data, batching, seed=cfg.seed)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    module = TranslationModule(model_cfg, optim, scheduler, search_cfg, validation,
+                               tokenizer=datamodule.tokenizer, run_config=run_config(cfg),
+                               total_steps=max(int(cfg.trainer.get("max_steps", -1)), 0),
+                               max_bad_steps=bad_steps)
+    n_params = sum(p.numel() for p in module.parameters())
+    log.info("model: %s cell, %s attention, %.2fM parameters", model_cfg.cell, model_cfg.attention, n_params / 1e6)
+
+    callbacks = instantiate_all(cfg.get("callbacks"))
+    loggers = instantiate_all(cfg.get("logger"))
+    logging_config = hydra_logging_config()
+    extra = [WorkerLogging(logging_config)] if logging_config else []
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks + extra,
+                                                  logger=loggers or False, plugins=[AtomicCheckpointIO()])
+    check_launch(trainer)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+    best = next((cb.best_model_path for cb in callbacks if isinstance(cb, pl.callbacks.ModelCheckpoint)), "")
+    if cfg.test_after_training and trainer.is_global_zero:
+        if not best:
+            log.warning("no best checkpoint was written (no validation ran?): skipping the test")
+        else:
+            test = datamodule.corpus.splits["test"]
+            device = trainer.strategy.root_device
+            prefix = Path(best).parent / f"{data.test_split}.{data.src_lang}-{data.tgt_lang}"
+            # The trainer's precision, not the module's: after ddp_spawn the module in this process is detached.
+            scores = evaluate(best, test.src_text, test.tgt_text, prefix, device,
+                              precision_dtype(trainer.precision))
+            print(f"test ({data.test_split}, {data.src_lang}->{data.tgt_lang}) with {best}:")
+            for line in report_lines(scores["cased"]) + report_lines(scores["lowercase"])[:1]:
+                print(line)
+            print(f"hypotheses: {prefix}.hyp")
+            metrics.update({f"test/{k}": scores["cased"][k] for k in ("bleu", "chrf", "ter")})
+    return metrics
+
+
+_task_started = False  # set once Hydra has composed the config and calls the task function
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+def hydra_main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns the monitored validation metric (for sweepers)."""
+    global _task_started
+    _task_started = True
+    try:
+        metrics = train(cfg)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except TrainingDivergedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(3)
+    return metrics.get(metric_key(cfg.validation.metric))
+
+
+def main() -> None:
+    """`seq2seq-train`. Hydra reports its own config errors (an unknown key on the command line, a
+    missing group option) and exits with 1; those are usage errors like ours, so they exit with 2."""
+    try:
+        hydra_main()
+    except SystemExit as e:
+        if e.code == 1 and not _task_started:
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    main()

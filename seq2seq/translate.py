@@ -1,0 +1,256 @@
+"""`seq2seq-translate`: translate a file (or standard input) with a checkpoint.
+
+Exactly one output line per input line, in input order. The whole input is read and checked
+(strict UTF-8) before anything is written; output goes to a temporary file that is renamed into
+place only when the job is complete, so an interrupted job never leaves a file that looks done.
+
+Output formats
+  text (default)  one translation per line. With --alignment: `translation<TAB>alignment`.
+  jsonl           one JSON object per line: {"line", "translation", "score", "normalized_score",
+                  and, when asked, "nbest": [{"translation", "score"}], "alignment", "src_pieces",
+                  "tgt_pieces"}.
+  --nbest K       (text) K lines per input line: `line_number<TAB>rank<TAB>score<TAB>translation`,
+                  line_number 1-based, rank 1..K, score = sum of token log-probabilities.
+  --score-reference FILE  one log-likelihood per line (the model's score of the given reference).
+Alignments are `src-tgt` pairs of 0-based sentencepiece positions (fast_align style): for each
+target piece, the source piece with the largest attention weight.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from seq2seq.checkpoint import CheckpointError, load_for_translation
+from seq2seq.corpus import CorpusError, read_lines
+from seq2seq.search import Ensemble
+from seq2seq.translator import Sampling, Translation, Translator
+
+log = logging.getLogger("seq2seq.translate")
+
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="seq2seq-translate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="a .ckpt written by seq2seq-train (or seq2seq-average)")
+    src.add_argument("--ensemble", nargs="+", metavar="CKPT", help="several checkpoints: log-probs averaged")
+    p.add_argument("--input", default="-", help="input file, plain or .gz (default: standard input)")
+    p.add_argument("--output", default="-", help="output file (default: standard output)")
+    p.add_argument("--format", choices=("text", "jsonl"), default="text")
+    p.add_argument("--beam-size", type=int, help="beam width (1 = greedy; default: the run's search config)")
+    p.add_argument("--nbest", type=int, default=1, help="write the K best hypotheses per line")
+    p.add_argument("--length-penalty", type=float, help="rank by score / length ** this")
+    p.add_argument("--max-len-a", type=int, help="maximum output length = a + b * source length")
+    p.add_argument("--max-len-b", type=float, help="see --max-len-a")
+    p.add_argument("--batch-tokens", type=int, help="source tokens per batch")
+    p.add_argument("--max-src-tokens", type=int, help="longer inputs are truncated (with a warning)")
+    p.add_argument("--sample", action="store_true", help="sample instead of searching")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely pieces (0 = all)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--score-reference", metavar="FILE", help="print log-likelihoods of these references")
+    p.add_argument("--alignment", action="store_true", help="add src-tgt alignments from attention")
+    p.add_argument("--plot-attention", metavar="DIR", help="write attention heatmaps (PNG) into DIR")
+    p.add_argument("--plot-limit", type=int, default=10, help="sentences to plot with --plot-attention")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--precision", choices=tuple(DTYPES), default="fp32", help="bf16/fp16 autocast on GPU")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or throughput report")
+    args = p.parse_args(argv)
+    if args.nbest < 1:
+        p.error("--nbest must be >= 1")
+    if args.beam_size is not None and args.beam_size < 1:
+        p.error("--beam-size must be >= 1")
+    return args
+
+
+def read_input(path: str) -> list[str]:
+    """All input lines, strictly UTF-8 (errors name the line) before any output is written."""
+    if path != "-":
+        return read_lines(path)
+    with tempfile.NamedTemporaryFile(suffix=".stdin") as tmp:  # one reader for files and stdin
+        tmp.write(sys.stdin.buffer.read())
+        tmp.flush()
+        try:
+            return read_lines(tmp.name)
+        except CorpusError as e:
+            raise CorpusError(str(e).replace(tmp.name, "<stdin>")) from None
+
+
+def alignment(t: Translation) -> str:
+    """`src-tgt` pairs: for each target piece (EOS excluded), the most attended source piece."""
+    if t.attention is None:
+        return ""
+    att = t.attention[: len(t.tokens), : len(t.src_tokens) + 1]  # [T, S] (source EOS column kept)
+    best = att.argmax(dim=1).tolist() if att.numel() else []
+    return " ".join(f"{s}-{j}" for j, s in enumerate(best) if s < len(t.src_tokens))
+
+
+def format_line(i: int, t: Translation, args, translator: Translator) -> str:
+    if args.format == "jsonl":
+        obj = {"line": i + 1, "translation": t.text, "score": t.score,
+               "normalized_score": t.score / (len(t.tokens) + 1) ** translator.cfg.length_penalty}
+        if args.nbest > 1:
+            obj["nbest"] = [{"translation": text, "score": score} for text, score in t.nbest]
+        if args.alignment:
+            obj["alignment"] = alignment(t)
+            obj["src_pieces"] = translator.tokenizer.src_pieces(t.src_tokens)
+            obj["tgt_pieces"] = translator.tokenizer.tgt_pieces(t.tokens)
+        return json.dumps(obj, ensure_ascii=False) + "\n"
+    if args.nbest > 1:
+        out = "".join(f"{i + 1}\t{r + 1}\t{score:.6f}\t{text}\n" for r, (text, score) in enumerate(t.nbest))
+        return out + "".join(f"{i + 1}\t{r + 1}\t-inf\t\n" for r in range(len(t.nbest), args.nbest))
+    return f"{t.text}\t{alignment(t)}\n" if args.alignment else t.text + "\n"
+
+
+class AtomicOutput:
+    """Write to a temporary file beside `path`; rename over `path` only on success."""
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+        if not self.path.parent.is_dir():
+            raise CorpusError(f"output folder {self.path.parent} does not exist (for --output {path})")
+        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part", dir=self.path.parent)
+        self.file = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
+
+    def commit(self) -> None:
+        self.file.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        self.file.close()
+        Path(self.tmp).unlink(missing_ok=True)
+
+
+def build_translator(args) -> Translator:
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else ("cpu" if args.device == "auto" else args.device))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CheckpointError("--device cuda was asked for, but no CUDA GPU is visible")
+    paths = [args.checkpoint] if args.checkpoint else args.ensemble
+    loaded = [load_for_translation(p, device) for p in paths]
+    model, tokenizer, search_cfg, _ = loaded[0]
+    for path, (_, tok, _, _) in zip(paths[1:], loaded[1:]):
+        if tok.state_dict() != tokenizer.state_dict():
+            raise CheckpointError(f"--ensemble: {path} uses another sentencepiece model than {paths[0]}")
+    if len(loaded) > 1:
+        model = Ensemble([m for m, *_ in loaded])
+    overrides = {"beam_size": args.beam_size, "length_penalty": args.length_penalty,
+                 "max_len_a": args.max_len_a, "max_len_b": args.max_len_b,
+                 "batch_tokens": args.batch_tokens, "max_src_tokens": args.max_src_tokens}
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(search_cfg, key, value)
+    if args.nbest > search_cfg.beam_size and not args.sample:
+        search_cfg.beam_size = args.nbest  # n-best needs at least that many beams
+    sampling = Sampling(args.temperature, args.top_k, args.seed) if args.sample else None
+    dtype = DTYPES[args.precision] if device.type == "cuda" else None
+    return Translator(model, tokenizer, search_cfg, device=device, dtype=dtype, sampling=sampling)
+
+
+class Progress:
+    """A one-line progress report on stderr, for long files."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.done, self.enabled = total, 0, enabled and total > 0
+        self.start = time.perf_counter()
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        if self.enabled:
+            rate = self.done / max(time.perf_counter() - self.start, 1e-9)
+            print(f"\rtranslated {self.done}/{self.total} lines ({rate:.1f} sent/s)", end="", file=sys.stderr)
+
+    def close(self) -> None:
+        if self.enabled:
+            print(file=sys.stderr)
+
+
+def plot_attention(translations: list[Translation], translator: Translator, folder: str, limit: int) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise CheckpointError("--plot-attention needs matplotlib: pip install 'seq2seq[plot]'") from None
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, t in enumerate(translations[:limit]):
+        if t.attention is None or not t.tokens:
+            continue
+        src = translator.tokenizer.src_pieces(t.src_tokens) + ["</s>"]
+        tgt = translator.tokenizer.tgt_pieces(t.tokens) + ["</s>"]
+        att = t.attention[: len(tgt), : len(src)].float().numpy()
+        fig, ax = plt.subplots(figsize=(max(4, 0.35 * len(src)), max(3, 0.35 * len(tgt))))
+        ax.imshow(att, cmap="Greys", aspect="auto", vmin=0.0, vmax=1.0)
+        ax.set_xticks(range(len(src)), src, rotation=90, fontsize=8)
+        ax.set_yticks(range(len(tgt)), tgt, fontsize=8)
+        ax.set_xlabel("source")
+        ax.set_ylabel("target")
+        fig.tight_layout()
+        fig.savefig(out / f"attention_{i + 1:05d}.png", dpi=100)
+        plt.close(fig)
+
+
+def run(args) -> None:
+    lines = read_input(args.input)
+    refs = read_lines(args.score_reference) if args.score_reference else None
+    if refs is not None and len(refs) != len(lines):
+        raise CorpusError(f"--score-reference {args.score_reference} has {len(refs)} lines but "
+                          f"--input {args.input} has {len(lines)}")
+    out = AtomicOutput(args.output) if args.output != "-" else None
+    try:
+        translator = build_translator(args)
+        start = time.perf_counter()
+        if refs is not None:
+            text = "".join(f"{s:.6f}\n" for s in translator.score_references(lines, refs))
+        else:
+            progress = Progress(len(lines), not args.quiet)
+            want_attention = args.alignment or bool(args.plot_attention)
+            results = translator.translate(lines, nbest=args.nbest, with_attention=want_attention,
+                                           progress=progress)
+            progress.close()
+            text = "".join(format_line(i, t, args, translator) for i, t in enumerate(results))
+            if args.plot_attention:
+                plot_attention(results, translator, args.plot_attention, args.plot_limit)
+        if out is None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        else:
+            out.file.write(text)
+            out.commit()
+        if not args.quiet and refs is None:
+            elapsed = max(time.perf_counter() - start, 1e-9)
+            n_tokens = sum(len(t.tokens) + 1 for t in results)
+            print(f"{len(lines)} lines in {elapsed:.2f} s: {len(lines) / elapsed:.1f} sentences/s, "
+                  f"{n_tokens / elapsed:.0f} target tokens/s", file=sys.stderr)
+    except BaseException:
+        if out is not None:
+            out.abort()
+        raise
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (CorpusError, CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Helpers for the end-to-end tests: compose the real config, run the real console scripts."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+
+from seq2seq.config import CONF_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A tiny model on a slice of Multi30k: seconds per run on two CPU cores.
+TINY = ["debug=tiny", "trainer.enable_progress_bar=false"]
+
+
+def compose_train(overrides: list[str], output_dir: Path):
+    """The composed training config, as `seq2seq-train` would see it, writing into `output_dir`."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        cfg = compose("train", overrides=[*overrides, f"paths.output_dir={output_dir}"], return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    return cfg
+
+
+def run_script(module: str, *args: str, cwd: Path = REPO, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    """Run `python -m seq2seq.<module> args...` as a user would; output captured as text."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, "-m", f"seq2seq.{module}", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"seq2seq.{module} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "logs" / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def series(rows: list[dict[str, str]], key: str) -> list[float]:
+    return [float(r[key]) for r in rows if r.get(key) not in (None, "")]
