@@ -4,16 +4,42 @@ Exactly one output line per input line, in input order. The whole input is read 
 (strict UTF-8) before anything is written; output goes to a temporary file that is renamed into
 place only when the job is complete, so an interrupted job never leaves a file that looks done.
 
+Input lines are cleaned as training text is (control characters dropped, whitespace runs collapsed);
+a line longer than search.max_src_tokens pieces (or --max-src-tokens) is truncated, with a warning
+naming it. An empty or whitespace-only line gives an empty translation with score 0 (rank 1 of the
+n-best list, an empty alignment) without running the model. Every translation is a single line.
+
 Output formats
   text (default)  one translation per line. With --alignment: `translation<TAB>alignment`.
-  jsonl           one JSON object per line: {"line", "translation", "score", "normalized_score",
-                  and, when asked, "nbest": [{"translation", "score"}], "alignment", "src_pieces",
-                  "tgt_pieces"}.
+  jsonl           one JSON object per line: {"line": 1-based input line number, "translation",
+                  "score", "normalized_score" = score / length ** length_penalty (length = pieces,
+                  plus 1 when it ended with EOS), "finished" (false: cut at the maximum output
+                  length, max_len_a + max_len_b * source pieces), and, when asked,
+                  "nbest": [{"translation", "score"}, ...] (--nbest K > 1: best first, K entries
+                  unless the beam could not fill them; one for an empty line),
+                  "alignment", "src_pieces", "tgt_pieces" (--alignment: of the best hypothesis)}.
   --nbest K       (text) K lines per input line: `line_number<TAB>rank<TAB>score<TAB>translation`,
-                  line_number 1-based, rank 1..K, score = sum of token log-probabilities.
-  --score-reference FILE  one log-likelihood per line (the model's score of the given reference).
-Alignments are `src-tgt` pairs of 0-based sentencepiece positions (fast_align style): for each
-target piece, the source piece with the largest attention weight.
+                  line_number 1-based, rank 1..K, score = sum of token log-probabilities (EOS
+                  included) with 6 decimals; ranks the beam could not fill have score `-inf` and an
+                  empty translation. A beam narrower than K is widened to K. Not with --sample.
+  --score-reference FILE  one line per input line (text: the score with 6 decimals; jsonl:
+                  {"line", "score"}): log P(reference pieces + EOS | source), the model's score of
+                  the reference (re-tokenized with the checkpoint's sentencepiece model), computed for
+                  every line, empty ones included. It is the same quantity as "score" above: a finished
+                  translation fed back as its reference gets its own score, when its text re-tokenizes
+                  into the same pieces.
+Alignments are `src-tgt` pairs of 0-based sentencepiece positions (fast_align style, space-separated),
+src = position in "src_pieces", tgt = position in "tgt_pieces": for each target piece, the source piece
+with the largest attention weight; a target piece that attends most to the source EOS gets no pair.
+Empty when the model has no attention (model.attention=none).
+--plot-attention DIR writes DIR/attention_<line number, 5 digits>.png (target pieces down, source
+pieces across) for the non-empty lines among the first --plot-limit input lines.
+Sampling (--sample) draws each token from softmax(log-probs / --temperature), optionally from the
+--top-k best only; the same --seed, input and batching give the same samples. "score" stays the
+model's own (untempered) log-probability. --ensemble averages the members' log-probabilities per step (renormalised).
+Progress and a throughput summary go to standard error (--quiet: neither). Exit status: 0 on
+success; 2 on a usage, input or checkpoint error, reported as `error: ...` on standard error with no
+output file left behind.
 """
 
 from __future__ import annotations
@@ -46,7 +72,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="a .ckpt written by seq2seq-train (or seq2seq-average)")
     src.add_argument("--ensemble", nargs="+", metavar="CKPT", help="several checkpoints: log-probs averaged")
-    p.add_argument("--input", default="-", help="input file, plain or .gz (default: standard input)")
+    p.add_argument("--input", default="-",
+                   help="input file, plain or .gz by name (default: standard input, gzip detected)")
     p.add_argument("--output", default="-", help="output file (default: standard output)")
     p.add_argument("--format", choices=("text", "jsonl"), default="text")
     p.add_argument("--beam-size", type=int, help="beam width (1 = greedy; default: the run's search config)")
@@ -68,10 +95,28 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--precision", choices=tuple(DTYPES), default="fp32", help="bf16/fp16 autocast on GPU")
     p.add_argument("--quiet", action="store_true", help="no progress bar or throughput report")
     args = p.parse_args(argv)
-    if args.nbest < 1:
-        p.error("--nbest must be >= 1")
-    if args.beam_size is not None and args.beam_size < 1:
-        p.error("--beam-size must be >= 1")
+    for name in ("nbest", "beam_size", "batch_tokens", "max_src_tokens"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.max_len_a is not None and args.max_len_a < 0 or args.max_len_b is not None and args.max_len_b < 0:
+        p.error("--max-len-a and --max-len-b must be >= 0")
+    if not args.temperature > 0:
+        p.error(f"--temperature must be > 0, got {args.temperature}")
+    if args.top_k < 0:
+        p.error(f"--top-k must be >= 0 (0 = no restriction), got {args.top_k}")
+    if args.plot_limit < 0:
+        p.error(f"--plot-limit must be >= 0, got {args.plot_limit}")
+    if args.sample and args.nbest > 1:
+        p.error("--nbest lists come from beam search; it cannot be combined with --sample")
+    if args.nbest > 1 and args.alignment and args.format == "text":
+        p.error("--alignment with --nbest needs --format jsonl (the n-best TSV has no alignment column)")
+    if args.score_reference:
+        clash = [flag for flag, on in (("--nbest", args.nbest > 1), ("--sample", args.sample),
+                                      ("--alignment", args.alignment), ("--plot-attention", args.plot_attention))
+                 if on]
+        if clash:
+            p.error(f"--score-reference scores given references; it cannot be combined with {', '.join(clash)}")
     return args
 
 
@@ -79,8 +124,10 @@ def read_input(path: str) -> list[str]:
     """All input lines, strictly UTF-8 (errors name the line) before any output is written."""
     if path != "-":
         return read_lines(path)
-    with tempfile.NamedTemporaryFile(suffix=".stdin") as tmp:  # one reader for files and stdin
-        tmp.write(sys.stdin.buffer.read())
+    data = sys.stdin.buffer.read()
+    suffix = ".gz" if data[:2] == b"\x1f\x8b" else ".txt"  # read_lines decompresses by suffix
+    with tempfile.NamedTemporaryFile(suffix=suffix) as tmp:  # one reader for files and stdin
+        tmp.write(data)
         tmp.flush()
         try:
             return read_lines(tmp.name)
@@ -100,7 +147,8 @@ def alignment(t: Translation) -> str:
 def format_line(i: int, t: Translation, args, translator: Translator) -> str:
     if args.format == "jsonl":
         obj = {"line": i + 1, "translation": t.text, "score": t.score,
-               "normalized_score": t.score / (len(t.tokens) + 1) ** translator.cfg.length_penalty}
+               "normalized_score": t.score / max(t.length, 1) ** translator.cfg.length_penalty,
+               "finished": t.finished}
         if args.nbest > 1:
             obj["nbest"] = [{"translation": text, "score": score} for text, score in t.nbest]
         if args.alignment:
@@ -155,7 +203,12 @@ def build_translator(args) -> Translator:
     if args.nbest > search_cfg.beam_size and not args.sample:
         search_cfg.beam_size = args.nbest  # n-best needs at least that many beams
     sampling = Sampling(args.temperature, args.top_k, args.seed) if args.sample else None
-    dtype = DTYPES[args.precision] if device.type == "cuda" else None
+    dtype = DTYPES[args.precision]
+    if dtype is not None and device.type != "cuda":
+        log.warning("--precision %s applies on a GPU; translating in fp32 on the %s", args.precision, device.type)
+        dtype = None
+    if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise CheckpointError("--precision bf16: this GPU does not support bfloat16; use fp16 or fp32")
     return Translator(model, tokenizer, search_cfg, device=device, dtype=dtype, sampling=sampling)
 
 
@@ -177,20 +230,33 @@ class Progress:
             print(file=sys.stderr)
 
 
-def plot_attention(translations: list[Translation], translator: Translator, folder: str, limit: int) -> None:
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, or a clear error naming the optional extra."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         raise CheckpointError("--plot-attention needs matplotlib: pip install 'seq2seq[plot]'") from None
+    return plt
+
+
+def _labels(pieces: list[str]) -> list[str]:
+    return [p.replace("$", r"\$") for p in pieces]  # a '$' would start matplotlib's math mode
+
+
+def plot_attention(translations: list[Translation], translator: Translator, folder: str, limit: int) -> None:
+    plt = pyplot()
+    if all(t.attention is None for t in translations[:limit] if t.tokens):
+        log.warning("--plot-attention: nothing to plot (the model has no attention, or the first %d lines "
+                    "are empty)", limit)
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     for i, t in enumerate(translations[:limit]):
         if t.attention is None or not t.tokens:
             continue
-        src = translator.tokenizer.src_pieces(t.src_tokens) + ["</s>"]
-        tgt = translator.tokenizer.tgt_pieces(t.tokens) + ["</s>"]
+        src = _labels(translator.tokenizer.src_pieces(t.src_tokens)) + ["</s>"]
+        tgt = _labels(translator.tokenizer.tgt_pieces(t.tokens)) + (["</s>"] if t.finished else [])
         att = t.attention[: len(tgt), : len(src)].float().numpy()
         fig, ax = plt.subplots(figsize=(max(4, 0.35 * len(src)), max(3, 0.35 * len(tgt))))
         ax.imshow(att, cmap="Greys", aspect="auto", vmin=0.0, vmax=1.0)
@@ -209,30 +275,38 @@ def run(args) -> None:
     if refs is not None and len(refs) != len(lines):
         raise CorpusError(f"--score-reference {args.score_reference} has {len(refs)} lines but "
                           f"--input {args.input} has {len(lines)}")
+    if args.plot_attention:  # fail before any work: no matplotlib, or a folder that cannot be made
+        pyplot()
+        Path(args.plot_attention).mkdir(parents=True, exist_ok=True)
     out = AtomicOutput(args.output) if args.output != "-" else None
     try:
         translator = build_translator(args)
         start = time.perf_counter()
         if refs is not None:
-            text = "".join(f"{s:.6f}\n" for s in translator.score_references(lines, refs))
+            scores = translator.score_references(lines, refs)
+            if args.format == "jsonl":
+                text = "".join(json.dumps({"line": i + 1, "score": s}) + "\n" for i, s in enumerate(scores))
+            else:
+                text = "".join(f"{s:.6f}\n" for s in scores)
         else:
             progress = Progress(len(lines), not args.quiet)
             want_attention = args.alignment or bool(args.plot_attention)
             results = translator.translate(lines, nbest=args.nbest, with_attention=want_attention,
                                            progress=progress)
             progress.close()
+            elapsed = max(time.perf_counter() - start, 1e-9)  # translation only: not plotting or writing
             text = "".join(format_line(i, t, args, translator) for i, t in enumerate(results))
             if args.plot_attention:
                 plot_attention(results, translator, args.plot_attention, args.plot_limit)
         if out is None:
-            sys.stdout.write(text)
             sys.stdout.flush()
+            sys.stdout.buffer.write(text.encode("utf-8"))  # UTF-8 whatever the locale says
+            sys.stdout.buffer.flush()
         else:
             out.file.write(text)
             out.commit()
         if not args.quiet and refs is None:
-            elapsed = max(time.perf_counter() - start, 1e-9)
-            n_tokens = sum(len(t.tokens) + 1 for t in results)
+            n_tokens = sum(t.length for t in results)
             print(f"{len(lines)} lines in {elapsed:.2f} s: {len(lines) / elapsed:.1f} sentences/s, "
                   f"{n_tokens / elapsed:.0f} target tokens/s", file=sys.stderr)
     except BaseException:
@@ -246,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         run(args)
-    except (CorpusError, CheckpointError, ValueError) as e:
+    except (CorpusError, CheckpointError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

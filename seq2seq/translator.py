@@ -3,7 +3,9 @@
 This is the one code path for "translate these sentences": validation BLEU during training, the
 final test, and `seq2seq-translate` all call `Translator.translate`, so their figures never
 disagree. Output order always equals input order; an empty or whitespace-only input line gives an
-empty translation without touching the model.
+empty translation without touching the model. A translation is always one line of text: line
+breaks and other control characters the model may spell out with byte-fallback pieces (<0x0A>, ...)
+become spaces (or are dropped), so no output can shift the lines of a file.
 """
 
 from __future__ import annotations
@@ -17,11 +19,18 @@ import numpy as np
 import torch
 
 from seq2seq import search
+from seq2seq.corpus import clean_text
 from seq2seq.config import SearchConfig
 from seq2seq.data import collate_source, token_budget_batches
 from seq2seq.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
+
+
+def one_line(text: str) -> str:
+    """`text` as a single line: newlines and whitespace-like controls -> one space, other controls
+    dropped, whitespace runs collapsed (what `corpus.read_lines` does to input lines)."""
+    return clean_text(text.replace("\n", " "))
 
 
 @dataclass
@@ -34,6 +43,12 @@ class Translation:
     attention: torch.Tensor | None = None  # [T, S] attention per output token (EOS row included), CPU
     src_tokens: list[int] = field(default_factory=list)  # source piece ids as fed (after truncation)
     nbest: list[tuple[str, float]] = field(default_factory=list)  # (text, score), best first
+    finished: bool = True  # the best hypothesis ended with EOS (False: cut at the maximum length)
+
+    @property
+    def length(self) -> int:
+        """Scored tokens of the best hypothesis: its pieces, plus EOS when finished."""
+        return len(self.tokens) + int(self.finished)
 
 
 @dataclass
@@ -130,14 +145,16 @@ class Translator:
         if nbest > max(self.cfg.beam_size, 1) and self.sampling is None:
             raise ValueError(f"nbest={nbest} needs a beam at least that wide (search.beam_size={self.cfg.beam_size})")
         ids, _ = self._encode(lines)
-        results = [Translation(text="", score=0.0, tokens=[]) for _ in lines]
+        results = [Translation(text="", score=0.0, tokens=[], nbest=[("", 0.0)]) for _ in lines]
         todo = [i for i, line in enumerate(lines) if line.strip()]
+        if progress is not None and len(todo) < len(lines):
+            progress(len(lines) - len(todo))  # empty lines are done already
         generator = None
         if self.sampling is not None:
             generator = torch.Generator(device=self.device).manual_seed(self.sampling.seed)
         for group in self._batches(ids, todo):
             hyps = self._search_splitting([ids[i] for i in group], nbest, generator, with_attention)
-            texts = self.tokenizer.decode_tgt([h.tokens for row in hyps for h in row])
+            texts = [one_line(t) for t in self.tokenizer.decode_tgt([h.tokens for row in hyps for h in row])]
             k = 0
             for i, row in zip(group, hyps):
                 row_texts = texts[k:k + len(row)]
@@ -146,7 +163,7 @@ class Translator:
                 results[i] = Translation(
                     text=row_texts[0], score=float(best.score), tokens=list(best.tokens),
                     attention=best.attention if with_attention else None, src_tokens=ids[i],
-                    nbest=[(t, float(h.score)) for t, h in zip(row_texts, row)],
+                    nbest=[(t, float(h.score)) for t, h in zip(row_texts, row)], finished=best.finished,
                 )
             if progress is not None:
                 progress(len(group))

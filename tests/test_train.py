@@ -74,7 +74,7 @@ def test_validation_bleu_equals_translate_plus_score(tiny_run, multi30k_dir, tmp
     run_script("translate", "--checkpoint", str(run_dir / "checkpoints" / "last.ckpt"), "--input", str(src),
                "--output", str(hyp), "--quiet")
     proc = run_script("score", "--hyp", str(hyp), "--ref", str(ref), "--json")
-    assert json.loads(proc.stdout)["bleu"] == pytest.approx(val_bleu, abs=1e-6)
+    assert json.loads(proc.stdout)["scores"]["bleu"]["score"] == pytest.approx(val_bleu, abs=1e-6)
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
