@@ -101,9 +101,15 @@ def load_for_translation(path: str | os.PathLike, device: torch.device | str = "
     """-> (model in eval mode on `device`, tokenizer, search config of the run, full config dict)."""
     ckpt = read_checkpoint(path)
     payload = ckpt[PAYLOAD_KEY]
-    config = payload["config"]
-    tokenizer = Tokenizer.from_state_dict(payload["tokenizer"])
-    model_cfg = section(ModelConfig, config["model"], "model")
+    try:
+        config = payload["config"]
+        tokenizer = Tokenizer.from_state_dict(payload["tokenizer"])
+        model_cfg = section(ModelConfig, config["model"], "model")
+        search_cfg = section(SearchConfig, config["search"], "search")
+    except (KeyError, TypeError, ValueError) as e:  # ValueError: ConfigError, TokenizerError
+        what = f"no {e} entry" if isinstance(e, KeyError) else str(e)
+        raise CheckpointError(f"checkpoint {path}: its stored config or sentencepiece model is unusable "
+                              f"({what})") from None
     model = Seq2Seq.from_config(model_cfg, src_vocab_size=tokenizer.src_vocab_size,
                                 tgt_vocab_size=tokenizer.tgt_vocab_size,
                                 pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID)
@@ -113,5 +119,4 @@ def load_for_translation(path: str | os.PathLike, device: torch.device | str = "
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint {path}: its weights do not match its own config and vocabulary "
                               f"(src vocab {tokenizer.src_vocab_size}, tgt vocab {tokenizer.tgt_vocab_size}):\n{e}") from None
-    search_cfg = section(SearchConfig, config["search"], "search")
     return model.to(device).eval(), tokenizer, search_cfg, config

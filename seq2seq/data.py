@@ -177,10 +177,38 @@ class TokenBucketBatchSampler(Sampler[list[int]]):
         self.even_shards = even_shards  # pad to equal step counts (training); off for evaluation
         self.epoch = 0
         self._cache: tuple[int, list[list[int]]] | None = None
+        self._skip = 0  # batches of `epoch` consumed before a resume: the next __iter__ skips them
+        self.batches_done = 0  # batches of this rank's shard handed out in the current epoch
+
+    @property
+    def sampler(self) -> "TokenBucketBatchSampler":
+        """Lightning calls `set_epoch` on `batch_sampler.sampler` (not on the batch sampler itself)."""
+        return self
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning at the start of every epoch: a new shuffle per epoch."""
+        if epoch != self.epoch:
+            self._skip = 0  # a resume position belongs to the epoch it was saved in
         self.epoch = epoch
+
+    @property
+    def pending_skip(self) -> int:
+        """Batches the next iteration skips (set by `load_state_dict` when resuming mid-epoch)."""
+        return min(self._skip, len(self))
+
+    def state_dict(self, batches_done: int | None = None) -> dict:
+        """Position in the data order: epoch and batches of this rank's shard already consumed."""
+        return {"epoch": self.epoch, "batches_done": self.batches_done if batches_done is None else batches_done,
+                "seed": self.seed, "num_replicas": self.num_replicas, "num_batches": len(self)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume mid-epoch: the next iteration of `state['epoch']` starts after the consumed batches."""
+        self.epoch = int(state["epoch"])
+        done = int(state["batches_done"])
+        replicas = int(state.get("num_replicas", self.num_replicas))
+        if replicas != self.num_replicas:  # another world size: same global position, rounded down
+            done = done * replicas // self.num_replicas
+        self._skip = done
 
     def epoch_batches(self) -> list[list[int]]:
         """All ranks' batches of the current epoch, in order (padded to a multiple of num_replicas)."""
@@ -198,7 +226,12 @@ class TokenBucketBatchSampler(Sampler[list[int]]):
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        yield from self.epoch_batches()[self.rank::self.num_replicas]
+        shard = self.epoch_batches()[self.rank::self.num_replicas]
+        skip, self._skip = min(self._skip, len(shard)), 0
+        self.batches_done = skip
+        for batch in shard[skip:]:
+            self.batches_done += 1
+            yield batch
 
     def __len__(self) -> int:
         return len(self.epoch_batches()[self.rank::self.num_replicas])

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
-from seq2seq.config import BatchingConfig, DataConfig
-from seq2seq.data import Batch, ParallelDataset, TokenBucketBatchSampler, collate
+from seq2seq.config import BatchingConfig, ConfigError, DataConfig
+from seq2seq.data import Batch, ParallelDataset, TokenBucketBatchSampler, collate, token_budget_batches
 from seq2seq.prepare import PreparedCorpus, prepare_corpus
 
 
@@ -35,6 +36,32 @@ class ResumableDataLoader(DataLoader):
 
     def load_state_dict(self, state: dict) -> None:
         self.batch_sampler.load_state_dict(state)
+
+
+class EvalShardSampler(Sampler[list[int]]):
+    """One rank's evaluation batches: every `num_replicas`-th example in length order, grouped by token
+    budget. Sharding examples rather than batches gives every rank batches whenever the split has at
+    least as many examples as there are ranks (Lightning refuses a rank without validation batches,
+    and Multi30k's validation set is only 3 batches of 8192 tokens). The shards partition the split:
+    nothing is repeated, so loss sums over ranks are exact. With one rank: the unsharded batches.
+    """
+
+    def __init__(self, src_lengths: np.ndarray, tgt_lengths: np.ndarray, max_tokens: int, max_sentences: int = 0,
+                 bucket_width: int = 1, num_replicas: int = 1, rank: int = 0):
+        n = len(src_lengths)
+        if n < num_replicas:
+            raise ConfigError(f"the validation split has {n} sentences for {num_replicas} processes; each process "
+                              "needs at least one (raise data.max_valid_pairs or use fewer devices)")
+        order = np.argsort(np.maximum(src_lengths, tgt_lengths), kind="stable")
+        mine = order[rank::num_replicas] if num_replicas > 1 else np.arange(n)
+        groups = token_budget_batches(src_lengths[mine], tgt_lengths[mine], max_tokens, max_sentences, bucket_width)
+        self.batches = [[int(mine[i]) for i in group] for group in groups]
+
+    def __iter__(self):
+        yield from self.batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 class TranslationDataModule(pl.LightningDataModule):
@@ -73,10 +100,14 @@ class TranslationDataModule(pl.LightningDataModule):
         data = self.corpus.splits[split]
         dataset = ParallelDataset(data.src, data.tgt)
         replicas, rank = self._rank() if shard else (1, 0)
-        sampler = TokenBucketBatchSampler(
-            dataset.src_lengths, dataset.tgt_lengths, max_tokens=self.batching.max_tokens,
-            max_sentences=self.batching.max_sentences, bucket_width=self.batching.bucket_width,
-            shuffle=shuffle, seed=self.seed, num_replicas=replicas, rank=rank, even_shards=shuffle)
+        if shuffle:
+            sampler = TokenBucketBatchSampler(
+                dataset.src_lengths, dataset.tgt_lengths, max_tokens=self.batching.max_tokens,
+                max_sentences=self.batching.max_sentences, bucket_width=self.batching.bucket_width,
+                shuffle=True, seed=self.seed, num_replicas=replicas, rank=rank, even_shards=True)
+        else:  # evaluation: shard examples, not batches (see EvalShardSampler)
+            sampler = EvalShardSampler(dataset.src_lengths, dataset.tgt_lengths, self.batching.max_tokens,
+                                       self.batching.max_sentences, self.batching.bucket_width, replicas, rank)
         # The loader's own generator: creating an iterator must not draw from the global torch RNG,
         # which dropout uses (a resumed run then draws exactly what an uninterrupted run draws).
         generator = torch.Generator().manual_seed(self.seed + rank)
@@ -89,7 +120,7 @@ class TranslationDataModule(pl.LightningDataModule):
         return self._loader("train", shuffle=True, shard=True)
 
     def val_dataloader(self) -> DataLoader:
-        # Validation loss is summed over ranks; each rank takes its own shard of the batches.
+        # Validation loss is summed over ranks; each rank takes its own share of the sentences.
         return self._loader("valid", shuffle=False, shard=True)
 
     def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int) -> Batch:

@@ -125,7 +125,7 @@ class TranslationModule(pl.LightningModule):
         # Steps skipped for a non-finite loss or gradients: in total, and in a row (stop at max_bad_steps).
         self.max_bad_steps = max_bad_steps  # 0 = never stop
         self.skipped = {"total": 0, "consecutive": 0}
-        self._loss_bad = False  # a micro-batch of the current optimiser step had a non-finite loss
+        self._loss_bad: torch.Tensor | None = None  # a micro-batch of this optimiser step had a non-finite loss
         self._val_sums = torch.zeros(3)  # nll sum, smoothed-loss sum, target tokens
         self._last_step_time: float | None = None
         self.last_val_hypotheses: list[str] = []
@@ -148,12 +148,10 @@ class TranslationModule(pl.LightningModule):
         n = len(batch)
         # A non-finite loss still goes through backward (returning None is not allowed under DDP, and
         # all ranks must take part in the gradient all-reduce); the update is dropped in
-        # on_before_optimizer_step, on every rank alike.
-        if not bool(torch.isfinite(loss.detach())):
-            self._loss_bad = True
-        else:
-            self.log("train/loss", loss, prog_bar=True, batch_size=n)
-            self.log("train/ppl", torch.exp(nll / tokens), batch_size=n)
+        # on_before_optimizer_step, on every rank alike. No host sync here: the flag stays a tensor.
+        self._loss_bad = ~torch.isfinite(loss.detach()) | (self._loss_bad if self._loss_bad is not None else False)
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        self.log("train/ppl", torch.exp(nll / tokens), batch_size=n)
         now = time.perf_counter()
         if self._last_step_time is not None:
             self.log("train/tgt_tokens_per_s", tokens.float() / (now - self._last_step_time), batch_size=n)
@@ -163,22 +161,24 @@ class TranslationModule(pl.LightningModule):
     def on_before_optimizer_step(self, optimizer) -> None:
         """Skip the update (on all ranks) when the loss or a gradient is not finite; stop after too many."""
         grads = [p.grad for p in self.parameters() if p.grad is not None]
-        bad = self._loss_bad
-        self._loss_bad = False
+        flag = torch.zeros((), device=self.device)
+        if self._loss_bad is not None:
+            flag = flag + self._loss_bad.float()
+            self._loss_bad = None
         # Under a GradScaler (16-mixed), overflowing gradients are normal: the scaler skips those steps.
-        if not bad and grads and getattr(self.trainer.precision_plugin, "scaler", None) is None:
+        if grads and getattr(self.trainer.precision_plugin, "scaler", None) is None:
             norms = torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads])
-            bad = not bool(torch.isfinite(norms).all())
-        flag = torch.tensor(float(bad), device=self.device)
+            flag = flag + (~torch.isfinite(norms).all()).float()
         if self.trainer.world_size > 1:  # every rank skips, or none does
             flag = self.trainer.strategy.reduce(flag, reduce_op="sum")
-        if float(flag) > 0:
+        if float(flag) > 0:  # the one host sync of this check
             for p in self.parameters():
                 p.grad = None  # optimisers leave parameters without gradients untouched
             self.skipped["total"] += 1
             self.skipped["consecutive"] += 1
-            log.warning("step %d: non-finite loss or gradients, update skipped (%d in a row, %d in total)",
-                        self.global_step, self.skipped["consecutive"], self.skipped["total"])
+            if self.trainer.is_global_zero:
+                log.warning("step %d: non-finite loss or gradients, update skipped (%d in a row, %d in total)",
+                            self.global_step, self.skipped["consecutive"], self.skipped["total"])
         else:
             self.skipped["consecutive"] = 0
         self.log("train/skipped_steps", float(self.skipped["total"]), batch_size=1)

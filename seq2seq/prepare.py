@@ -125,7 +125,9 @@ def prepare_corpus(cfg: DataConfig) -> PreparedCorpus:
         else:
             log.info("reusing cache %s", directory)
             return corpus
-    elif directory.exists():  # a folder without meta.json was not written by us, or is damaged
+    elif directory.exists() and not (directory / META).is_file():
+        # A folder without meta.json was not written by us, or is damaged (checked again: another
+        # process may have renamed its finished cache into place since the first look).
         log.warning("cache folder %s is incomplete: rebuilding it", directory)
         _remove_dir(directory)
 

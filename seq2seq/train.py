@@ -35,9 +35,9 @@ USER_ERRORS = (ConfigError, CorpusError, TokenizerError, CheckpointError)
 
 def run_config(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config as plain containers (without Hydra's own node), for checkpoints."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    container.pop("hydra", None)
-    return container
+    # Hydra's node is left out before resolving: under compose() (tests) it holds unresolvable keys.
+    keys = [k for k in cfg.keys() if k != "hydra"]
+    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True)
 
 
 def check_hardware(cfg: DictConfig) -> None:
@@ -45,6 +45,16 @@ def check_hardware(cfg: DictConfig) -> None:
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError(f"config key 'trainer.accelerator' is {accelerator!r} but no CUDA GPU is visible "
                           "on this machine; use trainer=cpu (or trainer=ddp_cpu for several processes)")
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if on_cpu and precision_dtype(cfg.trainer.get("precision")) is not None and cfg.model.cell == "lstm":
+        # Lightning runs 16-mixed as bf16 on the CPU; oneDNN's bf16 LSTM needs AVX512-BF16 hardware.
+        try:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                torch.nn.LSTM(2, 2)(torch.zeros(1, 1, 2))
+        except RuntimeError:
+            raise ConfigError(f"config key 'trainer.precision' is {cfg.trainer.precision!r}, but this CPU cannot "
+                              "run an LSTM in bfloat16 (oneDNN needs AVX512-BF16); on the CPU use "
+                              "trainer.precision=32-true (or model.cell=gru)") from None
 
 
 def max_bad_steps(cfg: DictConfig) -> int:
@@ -85,9 +95,9 @@ class WorkerLogging(pl.Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if not logging.getLogger().handlers:  # a fresh spawned process; the main one keeps its handlers
-            import logging.config
+            from logging.config import dictConfig
 
-            logging.config.dictConfig(self.config)
+            dictConfig(self.config)
 
 
 def hydra_logging_config() -> dict[str, Any] | None:
@@ -101,10 +111,18 @@ def hydra_logging_config() -> dict[str, Any] | None:
 
 
 def check_launch(trainer: pl.Trainer) -> None:
-    """Refuse a DDP launch that re-runs the script (strategy=ddp) inside a Hydra multirun: every child
-    would start the whole sweep again."""
+    """Refuse launches that cannot work: a DDP launch that re-runs the script (strategy=ddp) inside a
+    Hydra multirun (every child would start the whole sweep again), and several nodes without anything
+    that tells this process where the other nodes are (it would wait for them forever)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
+
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    if (trainer.num_nodes > 1 and type(environment).__name__ == "LightningEnvironment"
+            and not {"MASTER_ADDR", "NODE_RANK"} <= set(os.environ)):
+        raise ConfigError(f"config key 'trainer.num_nodes' is {trainer.num_nodes}, but no cluster launcher started "
+                          "this process: submit through SLURM (hydra/launcher=slurm, or srun), or set MASTER_ADDR, "
+                          "MASTER_PORT and NODE_RANK on every node (see docs/cluster.md)")
 
     launcher = getattr(trainer.strategy, "launcher", None)
     relaunches = (type(launcher).__name__ == "_SubprocessScriptLauncher"

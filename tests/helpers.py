@@ -31,7 +31,7 @@ def compose_train(overrides: list[str], output_dir: Path):
 
 def run_script(module: str, *args: str, cwd: Path = REPO, check: bool = True, **kw) -> subprocess.CompletedProcess:
     """Run `python -m seq2seq.<module> args...` as a user would; output captured as text."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", f"seq2seq.{module}", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, **kw)
     if check and proc.returncode != 0:

@@ -1,0 +1,245 @@
+"""Resume and checkpoint reliability: a killed run continues exactly where it was, checkpoint writes
+survive SIGKILL, and non-finite steps are skipped (and stop the run when they keep coming)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+from seq2seq.checkpoint import AtomicCheckpointIO, load_for_translation
+from seq2seq.lit_module import TrainingDivergedError, TranslationModule
+from seq2seq.train import train
+
+from .helpers import REPO, TINY, compose_train, read_metrics, series
+
+# Two short epochs of a tiny model with dropout on a 64-pair slice; cheap validation.
+BASE = [*TINY, "deterministic=true", "test_after_training=false", "trainer.max_steps=-1", "trainer.max_epochs=2",
+        "data.max_train_pairs=24", "data.max_valid_pairs=4", "batching.max_tokens=150",
+        "search.max_len_a=2", "search.max_len_b=0.5", "model.dropout=0.3", "model.rnn_dropout=0.0",
+        "callbacks.early_stopping.patience=50"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory, multi30k_dir):
+    """One prepared-data cache shared by every run of this module."""
+    return tmp_path_factory.mktemp("resume") / "data"
+
+
+def overrides(data_dir, *extra: str) -> list[str]:
+    return [*BASE, f"paths.data_dir={data_dir}", *extra]
+
+
+def load(path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_same_training_state(a: dict, b: dict, callbacks: bool = True) -> None:
+    """Weights, optimiser, schedule, counters, early stopping and best-checkpoint score all equal."""
+    assert a["global_step"] == b["global_step"]
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), f"parameter {key} differs"
+    sa, sb = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
+    for i in sa:
+        for name in sa[i]:
+            assert torch.equal(torch.as_tensor(sa[i][name]), torch.as_tensor(sb[i][name])), f"optimizer {i}.{name}"
+    assert a["lr_schedulers"] == b["lr_schedulers"]
+    for key, state in (a["callbacks"] if callbacks else {}).items():
+        other = b["callbacks"][key]
+        if key.startswith("EarlyStopping"):
+            assert state["wait_count"] == other["wait_count"] and torch.equal(state["best_score"], other["best_score"])
+        if key.startswith("ModelCheckpoint"):
+            scores = state["best_model_score"], other["best_model_score"]
+            assert scores == (None, None) or torch.equal(*scores)
+
+
+_TRAINING_STEP = TranslationModule.training_step
+
+
+class SimulatedCrash(Exception):
+    pass
+
+
+class Recorder:
+    """Patch TranslationModule.training_step to record (epoch, step, example indices) of every batch."""
+
+    def __init__(self, monkeypatch, fail_at_step: int | None = None):
+        self.seen: list[tuple[int, int, tuple[int, ...]]] = []
+        self.module: TranslationModule | None = None
+        original = _TRAINING_STEP
+        recorder = self
+
+        def training_step(module, batch, batch_idx):
+            if fail_at_step is not None and module.global_step == fail_at_step:
+                raise SimulatedCrash()  # Lightning re-raises it after its own handling
+            recorder.module = module
+            recorder.seen.append((module.current_epoch, module.global_step, tuple(batch.indices.tolist())))
+            return original(module, batch, batch_idx)
+
+        monkeypatch.setattr(TranslationModule, "training_step", training_step)
+
+    def save_final(self, path) -> dict:
+        """The state at the end of training (last.ckpt may be older: it is written at validations)."""
+        self.module.trainer.save_checkpoint(path)
+        return load(path)
+
+
+MID_EPOCH = ["trainer.val_check_interval=3"]  # validation + last.ckpt every 3 steps, mid-epoch
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, data_dir):
+    """The uninterrupted reference run: its folder and the (epoch, step, example indices) of every batch."""
+    run_dir = tmp_path_factory.mktemp("straight")
+    with pytest.MonkeyPatch.context() as mp:
+        recorder = Recorder(mp)
+        train(compose_train(overrides(data_dir, *MID_EPOCH), run_dir))
+        recorder.save_final(run_dir / "final.ckpt")
+    return run_dir, recorder.seen
+
+
+def test_sigkill_at_epoch_boundary_then_resume_is_identical(tmp_path, data_dir, straight):
+    # The reference validates every 3 steps, this run at epoch ends: validation touches neither the
+    # weights nor the random streams, so the training trajectories must be the same.
+    args = overrides(data_dir, "trainer.val_check_interval=1.0")  # validation + last.ckpt at each epoch end
+    reference = load(straight[0] / "final.ckpt")
+
+    # The same run as a user would start it, SIGKILLed as epoch 1 begins (after epoch 0's last.ckpt).
+    run_dir = tmp_path / "killed"
+    code = textwrap.dedent(f"""
+        import os, signal, sys
+        import torch
+        torch.set_num_threads({torch.get_num_threads()})  # as in this process: same float sums, same numbers
+        from seq2seq.lit_module import TranslationModule
+        def on_train_epoch_start(self):
+            if self.current_epoch == 1:
+                os.kill(os.getpid(), signal.SIGKILL)
+        TranslationModule.on_train_epoch_start = on_train_epoch_start
+        sys.argv = ["seq2seq-train", *{args!r}, "hydra.run.dir={run_dir}"]
+        from seq2seq.train import main
+        main()
+    """)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    saved = load(run_dir / "checkpoints" / "last.ckpt")
+    per_epoch = len([s for s in straight[1] if s[0] == 0])
+    assert saved["epoch"] == 0 and saved["global_step"] == per_epoch  # written at the end of epoch 0
+
+    # seq2seq-train hydra.run.dir=<run> ckpt_path=last
+    train(compose_train([*args, "ckpt_path=last"], run_dir))
+    resumed = load(run_dir / "checkpoints" / "last.ckpt")
+    assert_same_training_state(resumed, reference, callbacks=False)
+    assert series(read_metrics(run_dir), "train/loss")[-3:] == series(read_metrics(straight[0]), "train/loss")[-3:]
+
+
+def test_mid_epoch_resume_sees_exactly_the_remaining_batches(tmp_path, data_dir, monkeypatch, straight):
+    args = overrides(data_dir, *MID_EPOCH)
+    straight_dir, seen = straight
+    assert len([s for s in seen if s[0] == 0]) > 5 and {e for e, _, _ in seen} == {0, 1}
+    assert [b for e, _, b in seen if e == 0] != [b for e, _, b in seen if e == 1]  # reshuffled every epoch
+
+    crashed = Recorder(monkeypatch, fail_at_step=5)
+    with pytest.raises(SimulatedCrash):
+        train(compose_train(args, tmp_path / "run"))
+    assert crashed.seen == seen[:5]
+    saved = load(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert saved["global_step"] == 3 and saved["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["batches_done"] == 3
+
+    resumed = Recorder(monkeypatch)
+    train(compose_train([*args, "ckpt_path=last"], tmp_path / "run"))
+    assert resumed.seen[0][:2] == (0, 3)  # continues at the saved step, in the saved epoch
+    assert resumed.seen == seen[3:]  # exactly the batches not yet trained on, in order
+    final = resumed.save_final(tmp_path / "final.ckpt")
+    reference = load(straight_dir / "final.ckpt")
+    assert final["epoch"] == reference["epoch"] == 2
+    assert_same_training_state(final, reference)
+
+
+# ---------------------------------------------------------------------- non-finite steps
+def poison(monkeypatch, steps: set[int] | None = None, from_step: int | None = None, where: str = "loss"):
+    """Make the loss (or, with where='grad', one gradient) non-finite at the given optimiser steps."""
+    hit = (lambda s: s in steps) if steps is not None else (lambda s: s >= from_step)
+    if where == "loss":
+        original = TranslationModule._losses
+
+        def _losses(module, batch):
+            smoothed, nll, tokens = original(module, batch)
+            if module.training and hit(module.global_step):
+                smoothed = smoothed * float("nan")
+            return smoothed, nll, tokens
+
+        monkeypatch.setattr(TranslationModule, "_losses", _losses)
+    else:
+        def on_after_backward(module):
+            if hit(module.global_step):
+                next(module.parameters()).grad.fill_(float("inf"))
+
+        monkeypatch.setattr(TranslationModule, "on_after_backward", on_after_backward, raising=False)
+
+
+@pytest.mark.parametrize("where", ["loss", "grad"])
+def test_non_finite_steps_are_skipped_and_counted(tmp_path, data_dir, monkeypatch, where):
+    poison(monkeypatch, steps={1, 2}, where=where)
+    train(compose_train(overrides(data_dir, "trainer.max_epochs=1", "trainer.max_steps=6"), tmp_path))
+    ckpt = load(tmp_path / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 6
+    adam_steps = {int(s["step"]) for s in ckpt["optimizer_states"][0]["state"].values()}
+    assert adam_steps == {4}  # 6 steps, 2 skipped: the parameters were updated 4 times
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+    assert series(read_metrics(tmp_path), "train/skipped_steps")[-1] == 2
+
+
+def test_too_many_bad_steps_stop_with_a_usable_last_checkpoint(tmp_path, data_dir, monkeypatch):
+    poison(monkeypatch, from_step=2)
+    with pytest.raises(TrainingDivergedError, match=r"3 consecutive steps had a non-finite loss.*max_bad_steps=3"):
+        train(compose_train(overrides(data_dir, "max_bad_steps=3", "trainer.max_epochs=1"), tmp_path))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    ckpt = load(last)
+    assert ckpt["global_step"] == 5
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+    model, tokenizer, _, _ = load_for_translation(last)  # translation reads it
+    assert model is not None and tokenizer.tgt_vocab_size > 0
+    monkeypatch.undo()  # the data is fine again: the run resumes from last.ckpt
+    train(compose_train(overrides(data_dir, "max_bad_steps=3", "trainer.max_epochs=1", "ckpt_path=last"), tmp_path))
+    assert load(last)["global_step"] > 5
+
+
+# ---------------------------------------------------------------------- atomic checkpoint writes
+def test_sigkill_during_checkpoint_writes_keeps_the_previous_checkpoint(tmp_path):
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    # Built before forking: the child only serialises (no tensor kernels in a forked process).
+    payloads = [{"version": v, "weights": torch.full((2_000_000,), float(v))} for v in range(3)]  # 8 MB each
+    io.save_checkpoint(payloads[0], path)
+    seen_versions = set()
+    for round_ in range(4):
+        pid = os.fork()
+        if pid == 0:  # child: overwrite the checkpoint again and again
+            try:
+                for i in range(1_000_000):
+                    io.save_checkpoint(payloads[1 + i % 2], path)
+            finally:
+                os._exit(0)
+        # After a while (some saves done), kill it while a write is in progress (its temporary file exists).
+        time.sleep(0.03 + 0.07 * round_)
+        deadline = time.monotonic() + 20
+        while not list(tmp_path.glob(".last.ckpt.*.tmp")) and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        assert list(tmp_path.glob(".last.ckpt.*.tmp")), "the writer never started a save"
+        os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # the previous complete checkpoint
+        assert torch.equal(ckpt["weights"], payloads[ckpt["version"]]["weights"])
+        seen_versions.add(ckpt["version"])
+        for leftover in tmp_path.glob(".last.ckpt.*.tmp"):  # what a killed writer leaves: never the real name
+            leftover.unlink()
+    assert seen_versions & {1, 2}, "the writer never completed a save: the test proved nothing"
