@@ -1,0 +1,224 @@
+#!/usr/bin/env python
+"""Collect the final metrics of several `seq2seq-train` runs (a Hydra sweep) into one table.
+
+    python scripts/collect_runs.py multirun/train/2026-01-01_12-00-00            # markdown to stdout
+    python scripts/collect_runs.py multirun/train/* --csv runs.csv --markdown runs.md
+
+Each argument is a run folder or any folder above run folders (a sweep folder); a run folder is one
+holding `.hydra/overrides.yaml`. Per run it reads
+  .hydra/overrides.yaml         the command-line settings of the run (the sweep's varied ones among them)
+  logs/metrics.csv              the last logged value of every val/* metric, the last train/loss and
+                                step, and the best value of the monitored validation metric
+  checkpoints/*.scores.json     the final test scores written after training (cased BLEU/chrF/TER and
+                                lowercased BLEU)
+Settings that differ between the runs become columns (all settings with --all-settings, or when there
+is a single run). A run without logs/metrics.csv still gets a row, its status saying so; a run
+without test scores (test_after_training=false) leaves those cells empty.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+# Direction of each monitored validation metric (mirrors seq2seq.config.METRIC_MODES; this script
+# must run without the package installed, e.g. on a login node with only the run folders).
+METRIC_MODES = {"bleu": "max", "chrf": "max", "ter": "min", "ppl": "min", "loss": "min"}
+VAL_ORDER = ("val/bleu", "val/chrf", "val/ter", "val/ppl", "val/loss")
+
+
+def find_runs(paths: list[Path]) -> list[Path]:
+    """Run folders at or below `paths`, in natural order (sweep job 2 before job 10), without repeats."""
+    runs: list[Path] = []
+    for path in paths:
+        if (path / ".hydra" / "overrides.yaml").is_file():
+            found = [path]
+        else:
+            found = [p.parent.parent for p in path.rglob(".hydra/overrides.yaml")]
+        runs.extend(sorted(found, key=_natural_key))
+    unique = list(dict.fromkeys(p.resolve() for p in runs))
+    return unique
+
+
+def _natural_key(path: Path) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
+
+
+def read_overrides(run: Path) -> dict[str, str]:
+    """`.hydra/overrides.yaml` (a YAML list of `key=value` strings) -> {key: value}."""
+    import yaml  # PyYAML comes with hydra-core/omegaconf
+
+    items = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text(encoding="utf-8")) or []
+    settings: dict[str, str] = {}
+    for item in items:
+        item = str(item)
+        if item.startswith("~"):  # a deletion: `~key` or `~key=value`
+            settings[item[1:].split("=", 1)[0]] = "(deleted)"
+            continue
+        key, _, value = item.partition("=")
+        settings[key.lstrip("+")] = value
+    return settings
+
+
+def monitored_metric(run: Path) -> str:
+    config = run / ".hydra" / "config.yaml"
+    if config.is_file():
+        import yaml
+
+        cfg = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+        metric = (cfg.get("validation") or {}).get("metric")
+        if metric in METRIC_MODES:
+            return metric
+    return "bleu"
+
+
+def _number(text: str | None) -> float | None:
+    if text in (None, ""):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def read_metrics(run: Path) -> dict[str, float]:
+    """Final values from logs/metrics.csv: steps, last train/loss, last val/*, best monitored."""
+    path = run / "logs" / "metrics.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    out: dict[str, float] = {}
+    steps = [_number(r.get("step")) for r in rows]
+    steps = [s for s in steps if s is not None]
+    if steps:
+        out["steps"] = int(max(steps)) + 1  # Lightning logs step i for the (i+1)-th optimiser step
+    keys = [k for k in (rows[0].keys() if rows else []) if k == "train/loss" or k.startswith("val/")]
+    for key in keys:
+        values = [v for v in (_number(r.get(key)) for r in rows) if v is not None]
+        if values:
+            out[key] = values[-1]
+    metric = monitored_metric(run)
+    values = [v for v in (_number(r.get(f"val/{metric}")) for r in rows) if v is not None]
+    if values:
+        out[f"best val/{metric}"] = max(values) if METRIC_MODES[metric] == "max" else min(values)
+    return out
+
+
+def read_test_scores(run: Path) -> dict[str, float]:
+    """checkpoints/*.scores.json -> test/bleu, test/bleu_lc, test/chrf, test/ter (prefixed by the test
+    set's name when a run holds scores for several sets)."""
+    files = sorted((run / "checkpoints").glob("*.scores.json"))
+    out: dict[str, float] = {}
+    for path in files:
+        try:
+            scores = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        prefix = "test" if len(files) == 1 else f"test[{path.name[:-len('.scores.json')]}]"
+        cased, lower = scores.get("cased", {}), scores.get("lowercase", {})
+        for name, value in (("bleu", cased.get("bleu")), ("bleu_lc", lower.get("bleu")),
+                            ("chrf", cased.get("chrf")), ("ter", cased.get("ter"))):
+            if isinstance(value, (int, float)):
+                out[f"{prefix}/{name}"] = float(value)
+    return out
+
+
+def collect(paths: list[Path], all_settings: bool = False) -> tuple[list[str], list[dict[str, Any]]]:
+    """-> (column names, one row per run)."""
+    runs = find_runs(paths)
+    if not runs:
+        raise SystemExit(f"error: no run folders (with .hydra/overrides.yaml) under {', '.join(map(str, paths))}")
+    base = _common_parent(runs)
+    rows, settings = [], []
+    for run in runs:
+        overrides = read_overrides(run)
+        metrics = read_metrics(run)
+        tests = read_test_scores(run)
+        row: dict[str, Any] = {"run": str(run.relative_to(base)) if run != base else run.name,
+                               "status": "ok" if metrics else "no metrics (failed, or still running)"}
+        row.update(metrics)
+        row.update(tests)
+        rows.append(row)
+        settings.append(overrides)
+
+    keys = list(dict.fromkeys(k for s in settings for k in s))  # in command-line order
+    if not all_settings and len(runs) > 1:
+        keys = [k for k in keys if len({s.get(k) for s in settings}) > 1]
+    for row, s in zip(rows, settings):
+        row.update({k: s.get(k, "") for k in keys})
+
+    present = {k for r in rows for k in r}
+    metric_cols = [c for c in ("steps", "train/loss", *VAL_ORDER) if c in present]
+    metric_cols += sorted(c for c in present if c.startswith("val/") and c not in metric_cols)
+    metric_cols += sorted(c for c in present if c.startswith("best "))
+    metric_cols += sorted(c for c in present if c.startswith(("test/", "test[")))
+    return ["run", *keys, *metric_cols, "status"], rows
+
+
+def _common_parent(runs: list[Path]) -> Path:
+    if len(runs) == 1:
+        return runs[0].parent
+    parts = zip(*(r.parts for r in runs))
+    common = [p[0] for p in parts if len(set(p)) == 1]
+    return Path(*common) if common else Path("/")
+
+
+def _fmt(value: Any) -> str:
+    """Markdown cells: scores with 2 decimals, small values (losses) with 3; integers as they are."""
+    if isinstance(value, float) and math.isfinite(value):
+        return f"{value:.2f}" if abs(value) >= 10 else f"{value:.3f}"
+    return str(value)
+
+
+def to_markdown(columns: list[str], rows: list[dict[str, Any]]) -> str:
+    def cell(v: Any) -> str:
+        return _fmt(v).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(columns) + " |",
+             "|" + "|".join("---:" if _numeric(rows, c) else "---" for c in columns) + "|"]
+    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _numeric(rows: list[dict[str, Any]], column: str) -> bool:
+    values = [r.get(column) for r in rows if r.get(column) not in (None, "")]
+    return bool(values) and all(isinstance(v, (int, float)) for v in values)
+
+
+def to_csv(columns: list[str], rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({c: ("" if row.get(c) is None else row.get(c, "")) for c in columns})
+    return buffer.getvalue()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="+", type=Path, help="run folders or sweep folders above them")
+    p.add_argument("--csv", type=Path, help="also write the table as CSV here")
+    p.add_argument("--markdown", type=Path, help="write the markdown table here instead of standard output")
+    p.add_argument("--all-settings", action="store_true", help="a column for every override, varied or not")
+    args = p.parse_args(argv)
+    columns, rows = collect(args.paths, args.all_settings)
+    markdown = to_markdown(columns, rows)
+    if args.markdown:
+        args.markdown.write_text(markdown, encoding="utf-8")
+    else:
+        sys.stdout.write(markdown)
+    if args.csv:
+        args.csv.write_text(to_csv(columns, rows), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
