@@ -7,6 +7,7 @@ encoder and two decoder layers check the layer layouts of the bridge and of the 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
@@ -325,3 +326,30 @@ def test_special_ids_and_config_errors():
         section(ModelConfig, {"attention": "none", "input_feed": True}, "model")
     with pytest.raises(ConfigError, match="input_feed"):  # the same check, reached from the model
         Seq2Seq.from_config(ModelConfig(attention="none", input_feed=True), SRC_V, TGT_V, PAD, BOS, EOS)
+
+
+@pytest.mark.parametrize("attention", ["luong_general", "luong_dot", "bahdanau"])
+def test_reorder_within_source_rows_reuses_the_memory_with_identical_results(attention):
+    """A beam-style reorder (rows keep their source row) reuses keys/values/mask without a copy;
+    a reorder that changes source rows copies them. Either way the steps equal a copying state's."""
+    model = make_model("gru", attention, True).eval()
+    src, src_lengths, src_mask, tgt_in, _ = batch(random_pairs([(3, 4), (5, 4)]))
+    with torch.no_grad():
+        state = model.reorder_state(model.init_state(src, src_lengths, src_mask),
+                                    torch.tensor([0, 0, 0, 1, 1, 1]))  # 2 sentences x 3 beams
+        copying = dataclasses.replace(state, source_rows=None)  # the plain always-copy path
+        _, state, _ = model.step(tgt_in[[0, 0, 0, 1, 1, 1], 0], state)
+        _, copying, _ = model.step(tgt_in[[0, 0, 0, 1, 1, 1], 0], copying)
+        within = torch.tensor([2, 0, 0, 4, 3, 5])  # beams reordered inside each sentence
+        reused = model.reorder_state(state, within)
+        assert reused.keys is state.keys and reused.values is state.values
+        assert reused.pad_mask is state.pad_mask
+        moved = model.reorder_state(state, torch.tensor([3, 0, 0, 4, 3, 5]))  # row 0 changes sentence
+        assert moved.keys is not state.keys
+        torch.testing.assert_close(moved.keys[0], state.keys[3], atol=0, rtol=0)
+        expected = model.reorder_state(copying, within)
+        for a, b in ((reused, expected), (model.reorder_state(moved, torch.arange(6)),
+                                          model.reorder_state(copying, torch.tensor([3, 0, 0, 4, 3, 5])))):
+            lp_a, _, att_a = model.step(tgt_in[[0, 0, 0, 1, 1, 1], 1], a)
+            lp_b, _, att_b = model.step(tgt_in[[0, 0, 0, 1, 1, 1], 1], b)
+            assert torch.equal(lp_a, lp_b) and torch.equal(att_a, att_b)
