@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from seq2seq.checkpoint import PAYLOAD_KEY, make_payload
 from seq2seq.config import (METRIC_MODES, ModelConfig, OptimConfig, SchedulerConfig, SearchConfig,
@@ -36,10 +40,6 @@ class TrainingDivergedError(RuntimeError):
 
 def _rng_state() -> dict[str, Any]:
     """Global RNG states as plain containers (checkpoints load with weights_only=True)."""
-    import random
-
-    import numpy as np
-
     np_state = np.random.get_state()
     py_state = random.getstate()
     return {"torch": torch.get_rng_state(),
@@ -50,10 +50,6 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: dict[str, Any], rank: int) -> None:
     """Restore `_rng_state()`. Checkpoints hold rank 0's state: other ranks derive a distinct one."""
-    import random
-
-    import numpy as np
-
     torch.set_rng_state(state["torch"])
     if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -126,6 +122,7 @@ class TranslationModule(pl.LightningModule):
         self.max_bad_steps = max_bad_steps  # 0 = never stop
         self.skipped = {"total": 0, "consecutive": 0}
         self._loss_bad: torch.Tensor | None = None  # a micro-batch of this optimiser step had a non-finite loss
+        self._grad_norm: torch.Tensor | None = None  # total gradient norm of this step, computed once
         self._val_sums = torch.zeros(3)  # nll sum, smoothed-loss sum, target tokens
         self._last_step_time: float | None = None
         self.last_val_hypotheses: list[str] = []
@@ -165,10 +162,11 @@ class TranslationModule(pl.LightningModule):
         if self._loss_bad is not None:
             flag = flag + self._loss_bad.float()
             self._loss_bad = None
+        # One fused norm over all gradients: non-finite iff some gradient is; clipping reuses it.
+        self._grad_norm = torch.nn.utils.get_total_norm(grads) if grads else None
         # Under a GradScaler (16-mixed), overflowing gradients are normal: the scaler skips those steps.
-        if grads and getattr(self.trainer.precision_plugin, "scaler", None) is None:
-            norms = torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads])
-            flag = flag + (~torch.isfinite(norms).all()).float()
+        if self._grad_norm is not None and getattr(self.trainer.precision_plugin, "scaler", None) is None:
+            flag = flag + (~torch.isfinite(self._grad_norm)).float()
         if self.trainer.world_size > 1:  # every rank skips, or none does
             flag = self.trainer.strategy.reduce(flag, reduce_op="sum")
         if float(flag) > 0:  # the one host sync of this check
@@ -196,10 +194,6 @@ class TranslationModule(pl.LightningModule):
             "(trainer.gradient_clip_val), check the data, then resume with ckpt_path=last.")
 
     def _last_checkpoint_path(self) -> str:
-        from pathlib import Path
-
-        from lightning.pytorch.callbacks import ModelCheckpoint
-
         for cb in self.trainer.checkpoint_callbacks:
             if isinstance(cb, ModelCheckpoint) and cb.dirpath:
                 return str(Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}")
@@ -207,9 +201,15 @@ class TranslationModule(pl.LightningModule):
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         """Clip by norm to trainer.gradient_clip_val (if set) and log the norm either way."""
-        max_norm = float(gradient_clip_val) if gradient_clip_val else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm)
+        params = [p for p in self.parameters() if p.grad is not None]  # none after a skipped step
+        if not params:
+            return
+        norm = self._grad_norm if self._grad_norm is not None else torch.nn.utils.get_total_norm(
+            [p.grad for p in params])
+        if gradient_clip_val:
+            torch.nn.utils.clip_grads_with_norm_(params, float(gradient_clip_val), norm)
         self.log("train/grad_norm", norm, batch_size=1)
+        self._grad_norm = None
 
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:
