@@ -468,3 +468,15 @@ def int_list(text: str) -> list[int]:
     if not values or min(values) < 1:
         raise ValueError(f"expected positive integers, got {text!r}")
     return values
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+    """Run a script's main() with the project's user errors (bad config, missing corpus or checkpoint)
+    reported as one `error:` line and exit code 2, like the console scripts."""
+    from seq2seq.train import USER_ERRORS
+
+    try:
+        return main(argv)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -91,16 +91,5 @@ def main(argv=None) -> int:
     return 0
 
 
-def run(argv=None) -> int:
-    """main() with the project's user errors (bad config, missing corpus or checkpoint) as one line."""
-    from seq2seq.train import USER_ERRORS
-
-    try:
-        return main(argv)
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
 if __name__ == "__main__":
-    sys.exit(run())
+    sys.exit(_bench.run_cli(main))

@@ -30,14 +30,6 @@ DESIGN_IDS = [f"{c}-{a}-{'bi' if b else 'uni'}{'-feed' if f else ''}" for c, a, 
 design = pytest.mark.parametrize("cell,attention,bidirectional,input_feed", DESIGNS, ids=DESIGN_IDS)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: threading only adds overhead (and thrashes when other test runs share the CPUs)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def make_model(cell="lstm", attention="luong_general", bidirectional=True, input_feed=False,
                seed=0, **overrides) -> Seq2Seq:

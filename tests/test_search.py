@@ -16,16 +16,6 @@ from seq2seq.search import (Ensemble, Hypothesis, beam_search, greedy, max_lengt
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: intra-op threads only add overhead, and on a shared 2-core machine
-    spinning OpenMP workers make each op ~10x slower. Restored afterwards for other modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class FakeModel(nn.Module):
     """A tiny random attentive GRU decoder over a position-aware embedding "encoder".
 

@@ -42,14 +42,6 @@ AWKWARD_LINES = 6
 EMPTY = {1, 2}  # 0-based indices of the empty / whitespace-only lines
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors on a shared 2-core machine: extra intra-op threads only slow things down."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, multi30k_dir) -> Path:
