@@ -161,7 +161,6 @@ class TokenBucketBatchSampler(Sampler[list[int]]):
         seed: int = 0,
         num_replicas: int = 1,
         rank: int = 0,
-        even_shards: bool = True,
     ):
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is outside 0..{num_replicas - 1}")
@@ -174,7 +173,6 @@ class TokenBucketBatchSampler(Sampler[list[int]]):
         self.seed = seed
         self.num_replicas = num_replicas
         self.rank = rank
-        self.even_shards = even_shards  # pad to equal step counts (training); off for evaluation
         self.epoch = 0
         self._cache: tuple[int, list[list[int]]] | None = None
         self._skip = 0  # batches of `epoch` consumed before a resume: the next __iter__ skips them
@@ -219,7 +217,7 @@ class TokenBucketBatchSampler(Sampler[list[int]]):
                                        self.max_sentences, self.bucket_width, rng)
         if rng is not None:
             batches = [batches[i] for i in rng.permutation(len(batches))]
-        if self.even_shards and batches:
+        if batches:
             total = math.ceil(len(batches) / self.num_replicas) * self.num_replicas
             batches = batches + [batches[i % len(batches)] for i in range(total - len(batches))]
         self._cache = (self.epoch, batches)

@@ -96,15 +96,15 @@ class TranslationDataModule(pl.LightningDataModule):
             return 1, 0
         return trainer.world_size, trainer.global_rank
 
-    def _loader(self, split: str, shuffle: bool, shard: bool) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
         data = self.corpus.splits[split]
         dataset = ParallelDataset(data.src, data.tgt)
-        replicas, rank = self._rank() if shard else (1, 0)
+        replicas, rank = self._rank()
         if shuffle:
             sampler = TokenBucketBatchSampler(
                 dataset.src_lengths, dataset.tgt_lengths, max_tokens=self.batching.max_tokens,
                 max_sentences=self.batching.max_sentences, bucket_width=self.batching.bucket_width,
-                shuffle=True, seed=self.seed, num_replicas=replicas, rank=rank, even_shards=True)
+                shuffle=True, seed=self.seed, num_replicas=replicas, rank=rank)
         else:  # evaluation: shard examples, not batches (see EvalShardSampler)
             sampler = EvalShardSampler(dataset.src_lengths, dataset.tgt_lengths, self.batching.max_tokens,
                                        self.batching.max_sentences, self.batching.bucket_width, replicas, rank)
@@ -117,11 +117,11 @@ class TranslationDataModule(pl.LightningDataModule):
                    persistent_workers=self.batching.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True, shard=True)
+        return self._loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
         # Validation loss is summed over ranks; each rank takes its own share of the sentences.
-        return self._loader("valid", shuffle=False, shard=True)
+        return self._loader("valid", shuffle=False)
 
     def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int) -> Batch:
         return batch.to(device, non_blocking=self.batching.pin_memory)

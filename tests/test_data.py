@@ -82,14 +82,6 @@ def test_rank_shards_are_disjoint_complete_and_equal(replicas):
     assert 0 <= sum(len(s) for s in shards) - len(distinct) < replicas
 
 
-def test_evaluation_shards_are_not_padded():
-    src, tgt = random_lengths(100)
-    shards = [list(TokenBucketBatchSampler(src, tgt, max_tokens=200, shuffle=False, num_replicas=3, rank=r,
-                                           even_shards=False)) for r in range(3)]
-    seen = sorted(i for s in shards for b in s for i in b)
-    assert seen == list(range(100))
-
-
 def test_dataset_lengths_count_special_tokens():
     ds = ParallelDataset([np.array([1, 2, 3], np.int32)], [np.array([4], np.int32)])
     assert ds.src_lengths.tolist() == [4] and ds.tgt_lengths.tolist() == [2]

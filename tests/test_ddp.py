@@ -133,7 +133,7 @@ def test_each_rank_trains_and_validates_on_its_own_shard(ddp_run):
 def test_evaluation_shards_give_every_rank_examples_and_partition_the_split():
     rng = np.random.default_rng(0)
     src, tgt = rng.integers(1, 40, 100), rng.integers(1, 40, 100)
-    unsharded = list(TokenBucketBatchSampler(src, tgt, 300, shuffle=False, even_shards=False))
+    unsharded = list(TokenBucketBatchSampler(src, tgt, 300, shuffle=False))
     assert list(EvalShardSampler(src, tgt, 300)) == unsharded  # one process: the usual batches
     for replicas in (2, 3, 8):
         shards = [list(EvalShardSampler(src, tgt, 100_000, num_replicas=replicas, rank=r)) for r in range(replicas)]
