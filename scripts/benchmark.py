@@ -169,14 +169,12 @@ def bench_train(cfg, device: torch.device, args, workdir: Path) -> dict[str, Any
     check_hardware(cfg)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     datamodule = TranslationDataModule(data, batching, seed=int(cfg.seed))
-    datamodule.prepare_data()
     datamodule.setup("fit")
     module = TranslationModule(model_cfg, section(OptimConfig, cfg.optim, "optim"),
                                section(SchedulerConfig, cfg.scheduler, "scheduler"),
                                section(SearchConfig, cfg.search, "search"),
                                section(ValidationConfig, cfg.validation, "validation"),
-                               tokenizer=datamodule.tokenizer, run_config=run_config(cfg),
-                               total_steps=max(int(cfg.trainer.get("max_steps", -1)), 0))
+                               tokenizer=datamodule.tokenizer, run_config=run_config(cfg))
     train_split = datamodule.corpus.splits["train"]
     tgt_lengths = np.array([len(t) + 1 for t in train_split.tgt], dtype=np.int64)  # pieces + EOS
     profile_steps = args.profile_steps if device.type == "cuda" else 0

@@ -179,6 +179,8 @@ class BatchingConfig:
     def validate(self, prefix: str) -> None:
         _positive(f"{prefix}.max_tokens", self.max_tokens)
         _positive(f"{prefix}.bucket_width", self.bucket_width)
+        _positive(f"{prefix}.max_sentences", self.max_sentences, allow_zero=True)
+        _positive(f"{prefix}.num_workers", self.num_workers, allow_zero=True)
 
 
 @dataclass
@@ -227,6 +229,8 @@ class SearchConfig:
         _positive(f"{prefix}.beam_size", self.beam_size)
         _positive(f"{prefix}.batch_tokens", self.batch_tokens)
         _positive(f"{prefix}.max_src_tokens", self.max_src_tokens)
+        for key in ("length_penalty", "max_len_a", "max_len_b"):
+            _positive(f"{prefix}.{key}", getattr(self, key), allow_zero=True)
 
 
 @dataclass
@@ -259,6 +263,10 @@ class SchedulerConfig:
     def validate(self, prefix: str) -> None:
         _choice(f"{prefix}.name", self.name, ("warmup_decay", "plateau", "constant"))
         _choice(f"{prefix}.decay", self.decay, ("inverse_sqrt", "linear", "cosine", "none"))
+        for key in ("warmup_steps", "total_steps", "min_lr", "plateau_patience"):
+            _positive(f"{prefix}.{key}", getattr(self, key), allow_zero=True)
+        if not 0.0 < self.plateau_factor <= 1.0:
+            raise ConfigError(f"config key '{prefix}.plateau_factor' must be in (0, 1], got {self.plateau_factor}")
 
 
 @dataclass

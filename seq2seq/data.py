@@ -39,6 +39,11 @@ class Batch:
     def num_tgt_tokens(self) -> int:
         return int(self.tgt_mask.sum())
 
+    def pin_memory(self) -> "Batch":
+        """Called by DataLoader(pin_memory=True) so that `to(non_blocking=True)` really overlaps."""
+        return Batch(self.src.pin_memory(), self.src_lengths, self.src_mask.pin_memory(),
+                     self.tgt_in.pin_memory(), self.tgt_out.pin_memory(), self.tgt_mask.pin_memory(), self.indices)
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
         """Move to `device`; `src_lengths` and `indices` stay on the CPU."""
         move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731

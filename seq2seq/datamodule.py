@@ -80,7 +80,8 @@ class TranslationDataModule(pl.LightningDataModule):
         self.corpus: PreparedCorpus | None = None
 
     def prepare_data(self) -> None:
-        prepare_corpus(self.data_cfg)
+        if self.corpus is None:  # train() already loaded it in this process
+            prepare_corpus(self.data_cfg)
 
     def setup(self, stage: str | None = None) -> None:
         if self.corpus is None:

@@ -70,6 +70,8 @@ def lr_factor(step: int, cfg: SchedulerConfig, total_steps: int, base_lr: float)
     warmup = max(cfg.warmup_steps, 0)
     if warmup and step <= warmup:
         return step / warmup
+    if cfg.name == "constant":
+        return 1.0
     floor = cfg.min_lr / base_lr
     if cfg.decay == "inverse_sqrt":
         return max(math.sqrt(max(warmup, 1) / step), floor)
@@ -82,10 +84,11 @@ def lr_factor(step: int, cfg: SchedulerConfig, total_steps: int, base_lr: float)
     return 1.0
 
 
-def precision_dtype(precision: str | int | None) -> torch.dtype | None:
-    """Autocast dtype for decoding under a Trainer precision ('bf16-mixed' -> bfloat16, '32-true' -> None)."""
+def precision_dtype(precision: str | int | None, device_type: str) -> torch.dtype | None:
+    """Autocast dtype for decoding under a Trainer precision ('bf16-mixed' -> bfloat16, '32-true' -> None).
+    Lightning runs '16-mixed' as bfloat16 on the CPU, so decoding there does too."""
     precision = str(precision)
-    if precision.startswith("bf16"):
+    if precision.startswith("bf16") or (precision.startswith("16") and device_type == "cpu"):
         return torch.bfloat16
     if precision.startswith("16"):
         return torch.float16
@@ -102,7 +105,6 @@ class TranslationModule(pl.LightningModule):
         validation: ValidationConfig,
         tokenizer: Tokenizer,
         run_config: dict[str, Any],
-        total_steps: int = 0,
         max_bad_steps: int = 10,
     ):
         super().__init__()
@@ -115,7 +117,6 @@ class TranslationModule(pl.LightningModule):
         self.val_cfg = validation
         self.tokenizer = tokenizer
         self.run_config = run_config  # stored in every checkpoint: translation needs nothing else
-        self.total_steps = total_steps
         # Reduce-on-plateau state (scheduler.name == plateau); saved in checkpoints.
         self.plateau = {"scale": 1.0, "best": None, "bad": 0}
         # Steps skipped for a non-finite loss or gradients: in total, and in a row (stop at max_bad_steps).
@@ -125,19 +126,19 @@ class TranslationModule(pl.LightningModule):
         self._grad_norm: torch.Tensor | None = None  # total gradient norm of this step, computed once
         self._val_sums = torch.zeros(3)  # nll sum, smoothed-loss sum, target tokens
         self._last_step_time: float | None = None
-        self.last_val_hypotheses: list[str] = []
 
     # ------------------------------------------------------------------ loss
     def _losses(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (label-smoothed loss sum, NLL sum, target token count), padding ignored."""
         logits = self.model(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in)  # [B, T, V]
-        logits = logits.float().flatten(0, 1)  # [B*T, V]
-        target = batch.tgt_out.flatten()  # [B*T]
-        smoothed = F.cross_entropy(logits, target, ignore_index=PAD_ID,
-                                   label_smoothing=self.optim_cfg.label_smoothing, reduction="sum")
-        nll = F.cross_entropy(logits, target, ignore_index=PAD_ID, reduction="sum").detach()
-        tokens = batch.tgt_mask.sum()
-        return smoothed, nll, tokens
+        log_probs = torch.log_softmax(logits.float(), dim=-1)  # [B, T, V], one pass for both losses
+        nll_t = -log_probs.gather(2, batch.tgt_out.unsqueeze(2)).squeeze(2)  # [B, T]
+        uniform_t = -log_probs.mean(dim=-1)  # [B, T]: cross-entropy against the uniform distribution
+        eps = self.optim_cfg.label_smoothing  # the same smoothing as F.cross_entropy(label_smoothing=eps)
+        mask = batch.tgt_mask  # [B, T], padding ignored
+        smoothed = torch.where(mask, (1.0 - eps) * nll_t + eps * uniform_t, 0.0).sum()
+        nll = torch.where(mask, nll_t, 0.0).sum().detach()
+        return smoothed, nll, mask.sum()
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         smoothed, nll, tokens = self._losses(batch)
@@ -220,7 +221,7 @@ class TranslationModule(pl.LightningModule):
         self._val_sums += torch.stack([nll, smoothed.detach(), tokens.float()])
 
     def translator(self) -> Translator:
-        dtype = precision_dtype(self._trainer.precision) if self._trainer is not None else None
+        dtype = precision_dtype(self._trainer.precision, self.device.type) if self._trainer is not None else None
         return Translator(self.model, self.tokenizer, self.search_cfg, device=self.device, dtype=dtype)
 
     def decode_split(self, sources: list[str]) -> list[str]:
@@ -248,14 +249,14 @@ class TranslationModule(pl.LightningModule):
         hyps = self.decode_split(valid.src_text[:limit])
         scores = score_corpus(hyps, [valid.tgt_text[:limit]])
         metrics.update(bleu=scores["bleu"], chrf=scores["chrf"], ter=scores["ter"])
-        self.last_val_hypotheses = hyps
         for name, value in metrics.items():
             self.log(f"val/{name}", value, prog_bar=name in ("bleu", "ppl"), batch_size=1)
         if self.trainer.is_global_zero and not self.trainer.sanity_checking:
             log.info("step %d: val BLEU %.2f chrF %.2f TER %.2f ppl %.2f (%s)", self.global_step,
                      metrics["bleu"], metrics["chrf"], metrics["ter"], metrics["ppl"],
                      scores["signature"]["bleu"])
-        self._update_plateau(metrics[self.val_cfg.metric])
+        if not self.trainer.sanity_checking:  # an untrained model's score is no plateau baseline
+            self._update_plateau(metrics[self.val_cfg.metric])
 
     def _update_plateau(self, value: float) -> None:
         if self.sched_cfg.name != "plateau":
@@ -276,7 +277,9 @@ class TranslationModule(pl.LightningModule):
         cfg = self.optim_cfg
         cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
         optimizer = cls(self.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-        total = self.sched_cfg.total_steps or self.total_steps
+        total = self.sched_cfg.total_steps
+        if not total and self.sched_cfg.decay in ("linear", "cosine"):
+            total = int(self.trainer.estimated_stepping_batches)  # max_steps, or epochs x batches
 
         def factor(step: int) -> float:  # warm-up and decay, times the plateau reductions (if any)
             return lr_factor(step, self.sched_cfg, total, cfg.lr) * self.plateau["scale"]

@@ -46,7 +46,7 @@ def check_hardware(cfg: DictConfig) -> None:
         raise ConfigError(f"config key 'trainer.accelerator' is {accelerator!r} but no CUDA GPU is visible "
                           "on this machine; use trainer=cpu (or trainer=ddp_cpu for several processes)")
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
-    if on_cpu and precision_dtype(cfg.trainer.get("precision")) is not None and cfg.model.cell == "lstm":
+    if on_cpu and precision_dtype(cfg.trainer.get("precision"), "cpu") is not None and cfg.model.cell == "lstm":
         # Lightning runs 16-mixed as bf16 on the CPU; oneDNN's bf16 LSTM needs AVX512-BF16 hardware.
         try:
             with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -168,11 +168,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True)
 
     datamodule = TranslationDataModule(data, batching, seed=cfg.seed)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
+    datamodule.setup("fit")  # builds the cache on a miss: the model needs the vocabulary sizes
     module = TranslationModule(model_cfg, optim, scheduler, search_cfg, validation,
                                tokenizer=datamodule.tokenizer, run_config=run_config(cfg),
-                               total_steps=max(int(cfg.trainer.get("max_steps", -1)), 0),
                                max_bad_steps=bad_steps)
     n_params = sum(p.numel() for p in module.parameters())
     log.info("model: %s cell, %s attention, %.2fM parameters", model_cfg.cell, model_cfg.attention, n_params / 1e6)
@@ -187,7 +185,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
-    best = next((cb.best_model_path for cb in callbacks if isinstance(cb, pl.callbacks.ModelCheckpoint)), "")
+    # The checkpoint callback that monitors validation.metric (last/periodic ones monitor nothing).
+    best = next((cb.best_model_path for cb in trainer.checkpoint_callbacks if cb.monitor), "")
     if cfg.test_after_training and trainer.is_global_zero:
         if not best:
             log.warning("no best checkpoint was written (no validation ran?): skipping the test")
@@ -197,7 +196,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             prefix = Path(best).parent / f"{data.test_split}.{data.src_lang}-{data.tgt_lang}"
             # The trainer's precision, not the module's: after ddp_spawn the module in this process is detached.
             scores = evaluate(best, test.src_text, test.tgt_text, prefix, device,
-                              precision_dtype(trainer.precision))
+                              precision_dtype(trainer.precision, device.type))
             print(f"test ({data.test_split}, {data.src_lang}->{data.tgt_lang}) with {best}:")
             for line in report_lines(scores["cased"]) + report_lines(scores["lowercase"])[:1]:
                 print(line)

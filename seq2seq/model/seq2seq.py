@@ -39,6 +39,7 @@ class Seq2Seq(nn.Module):
                     dropout=dropout, rnn_dropout=rnn_dropout,
                     tie_embeddings=tie_embeddings).validate("model")
         self.pad_id = pad_id
+        self.tgt_vocab_size = tgt_vocab_size  # Ensemble checks that its members agree
         self.bos_id = bos_id
         self.eos_id = eos_id
         self.decoder_layers = decoder_layers
