@@ -147,19 +147,25 @@ def _greedy_choice(log_probs: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
 
 
 # ------------------------------------------------------------------- greedy and sampling (rowwise)
+def _prepare(model: Any, src: Tensor, src_lengths: Tensor, src_mask: Tensor, max_len_a: float,
+             max_len_b: float, sync_every: int | None) -> tuple[Tensor, int, Tensor]:
+    """Shared preamble of the searches -> (source lengths, sync interval, max output lengths (CPU))."""
+    lengths = _check_inputs(src, src_lengths, src_mask)
+    _warn_if_training(model)
+    every = _sync_every(src.device, sync_every)
+    return lengths, every, max_lengths(lengths, max_len_a, max_len_b)
+
+
 def _decode_rows(model: Any, src: Tensor, src_lengths: Tensor, src_mask: Tensor,
                  max_len_a: float, max_len_b: float,
                  choose: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
                  return_attention: bool, sync_every: int | None) -> list[Hypothesis]:
     """One row per sentence; `choose(log_probs [n,V] f32, scores [n]) -> (tokens [n], new scores [n])`."""
-    lengths = _check_inputs(src, src_lengths, src_mask)
     batch = src.size(0)
     if batch == 0:
         return []
-    _warn_if_training(model)
+    lengths, every, limits_cpu = _prepare(model, src, src_lengths, src_mask, max_len_a, max_len_b, sync_every)
     device = src.device
-    every = _sync_every(device, sync_every)
-    limits_cpu = max_lengths(lengths, max_len_a, max_len_b)
     horizon = int(limits_cpu.max())
     pad, bos, eos = model.pad_id, model.bos_id, model.eos_id
 
@@ -297,14 +303,11 @@ def beam_search(model: Any, src: Tensor, src_lengths: Tensor, src_mask: Tensor, 
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
     if not 1 <= nbest <= beam_size:
         raise ValueError(f"nbest must be in [1, beam_size={beam_size}], got {nbest}")
-    lengths = _check_inputs(src, src_lengths, src_mask)
     batch = src.size(0)
     if batch == 0:
         return []
-    _warn_if_training(model)
+    lengths, every, limits_cpu = _prepare(model, src, src_lengths, src_mask, max_len_a, max_len_b, sync_every)
     device = src.device
-    every = _sync_every(device, sync_every)
-    limits_cpu = max_lengths(lengths, max_len_a, max_len_b)
     horizon = int(limits_cpu.max())
     pad, bos, eos = model.pad_id, model.bos_id, model.eos_id
     k = beam_size
