@@ -6,6 +6,11 @@ Everything here talks to the model only through the contract in docs/design.md::
     state = model.init_state(src [B,S], src_lengths [B] cpu int64, src_mask [B,S] bool)
     log_probs [N,V], state, attention [N,S] | None = model.step(prev_tokens [N], state)
     state = model.reorder_state(state, index [N'])      # rows selected / repeated / dropped
+    state = model.reorder_state(state, index [G, R])    # the same for index.reshape(-1), and each
+                      # group's R rows share a source: a model may keep per-source tensors per group
+    state = model.reorder_state(state, index [N], within_source=True)
+                      # beams reshuffled among the beams of their own sentence: a model may keep
+                      # what depends on the source alone (attention keys) where it is
 
 so it works unchanged for a `Seq2Seq`, an `Ensemble` of them, or a test double.
 
@@ -313,30 +318,34 @@ def beam_search(model: Any, src: Tensor, src_lengths: Tensor, src_mask: Tensor, 
     k = beam_size
     two_k = 2 * k
     rank = torch.arange(two_k, device=device)
-    beam_offsets = torch.arange(k, device=device)
 
-    # Pool of finalized hypotheses per sentence: K slots plus a bin (slot K) for dropped entries,
-    # so that writes need no data-dependent shapes (and no sync).
+    # Backpointers, one slice per step, rows by original sentence: the step's 2K candidates (token,
+    # its log-prob, parent beam) and which candidates became the K live beams. A hypothesis is
+    # rebuilt from them once, at the end, so a step costs O(K) per sentence however long the
+    # hypotheses are (copying each beam's history every step would cost O(t)).
+    bp_tok = torch.full((horizon, batch, two_k), pad, dtype=torch.long, device=device)
+    bp_lp = torch.zeros((horizon, batch, two_k), dtype=torch.float32, device=device)
+    bp_parent = torch.zeros((horizon, batch, two_k), dtype=torch.long, device=device)
+    bp_live = torch.zeros((horizon, batch, k), dtype=torch.long, device=device)
+    bp_attn: Tensor | None = None  # [horizon, batch, K, S]: attention of each step's K input rows
+
+    # Finalized hypotheses, by where they end (step, candidate rank): K slots per sentence plus a
+    # bin (slot K) for dropped entries, so that writes need no data-dependent shapes (and no sync).
     slots = k + 1
-    pool_tok = torch.full((batch, slots, horizon), pad, dtype=torch.long, device=device)
-    pool_pos = torch.zeros((batch, slots, horizon), dtype=torch.float32, device=device)
-    pool_attn: Tensor | None = None
+    pool_step = torch.zeros((batch, slots), dtype=torch.long, device=device)
+    pool_cand = torch.zeros((batch, slots), dtype=torch.long, device=device)
     pool_score = torch.full((batch, slots), NEG_INF, dtype=torch.float32, device=device)
-    pool_len = torch.ones((batch, slots), dtype=torch.long, device=device)
     pool_eos = torch.zeros((batch, slots), dtype=torch.bool, device=device)
     pool_valid = torch.zeros((batch, slots), dtype=torch.bool, device=device)
 
     # Live beams of the active sentences (shrinks as sentences finish).
     state = model.init_state(src, src_lengths, src_mask)
-    state = model.reorder_state(state, torch.arange(batch, device=device).repeat_interleave(k))
+    state = model.reorder_state(state, torch.arange(batch, device=device).unsqueeze(1).expand(batch, k))
     n = batch
     sent = torch.arange(batch, device=device)  # original sentence of each active sentence
     limit = limits_cpu.to(device)
     scores = torch.full((batch, k), NEG_INF, dtype=torch.float32, device=device)
     scores[:, 0] = 0.0
-    hist_tok = torch.full((batch, k, horizon), pad, dtype=torch.long, device=device)
-    hist_pos = torch.zeros((batch, k, horizon), dtype=torch.float32, device=device)
-    hist_attn: Tensor | None = None
     count = torch.zeros(batch, dtype=torch.long, device=device)  # finalized so far (<= K)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     prev = torch.full((batch * k,), bos, dtype=torch.long, device=device)
@@ -349,7 +358,6 @@ def beam_search(model: Any, src: Tensor, src_lengths: Tensor, src_mask: Tensor, 
         top_s, top_i = _top2(cand, two_k)  # [n, 2K], best first
         beam = torch.div(top_i, vocab, rounding_mode="floor")
         tok = top_i - beam * vocab
-        tok_lp = log_probs.view(n, k * vocab).gather(1, top_i)
         valid = top_s > NEG_INF
         is_eos = tok == eos
         # The first K non-EOS candidates continue (keys are distinct; ascending = rank order).
@@ -358,81 +366,83 @@ def beam_search(model: Any, src: Tensor, src_lengths: Tensor, src_mask: Tensor, 
         last = t + 1 >= limit  # [n]
         fin = valid & ~done.unsqueeze(1) & ((is_eos & (rank < k)) | (is_act & last.unsqueeze(1)))
 
-        # Histories of the 2K candidates: parent beam's history plus the new token.
-        gather_t = beam.unsqueeze(2).expand(n, two_k, t)
-        c_tok = torch.cat([hist_tok[:, :, :t].gather(1, gather_t), tok.unsqueeze(2)], dim=2)
-        c_pos = torch.cat([hist_pos[:, :, :t].gather(1, gather_t), tok_lp.unsqueeze(2)], dim=2)
-        c_attn = None
+        bp_tok[t, sent] = tok
+        bp_lp[t, sent] = log_probs.view(n, k * vocab).gather(1, top_i)
+        bp_parent[t, sent] = beam
+        bp_live[t, sent] = act
         if return_attention and attn is not None:
-            width = attn.size(-1)
-            if hist_attn is None:
-                hist_attn = torch.zeros((n, k, horizon, width), dtype=torch.float32, device=device)
-                pool_attn = torch.zeros((batch, slots, horizon, width), dtype=torch.float32,
-                                        device=device)
-            step_attn = attn.float().view(n, k, width).gather(
-                1, beam.unsqueeze(2).expand(n, two_k, width))
-            c_attn = torch.cat([hist_attn[:, :, :t].gather(
-                1, beam.view(n, two_k, 1, 1).expand(n, two_k, t, width)), step_attn.unsqueeze(2)], dim=2)
+            if bp_attn is None:
+                bp_attn = torch.zeros((horizon, batch, k, attn.size(-1)), dtype=torch.float32,
+                                      device=device)
+            bp_attn[t, sent] = attn.float().view(n, k, -1)
 
         # Finalize: append to each sentence's pool in rank order; overflow goes to the bin.
         slot = count.unsqueeze(1) + fin.long().cumsum(1) - 1
         kept = fin & (slot < k)
         slot = torch.where(kept, slot, k)
         srow = sent.unsqueeze(1).expand(n, two_k)
-        pool_tok[srow, slot, : t + 1] = c_tok
-        pool_pos[srow, slot, : t + 1] = c_pos
-        if c_attn is not None:
-            pool_attn[srow, slot, : t + 1] = c_attn
+        pool_step[srow, slot] = t
+        pool_cand[srow, slot] = rank.expand(n, two_k)
         pool_score[srow, slot] = top_s
-        pool_len[srow, slot] = t + 1
         pool_eos[srow, slot] = is_eos
         pool_valid[srow, slot] = True  # the bin's flag is never read
         count = count + kept.long().sum(1)
         done = done | (count >= k) | last
 
-        # Advance the live beams.
+        # Advance the live beams. Beams move only among the beams of their own sentence, so the
+        # state's per-source tensors stay in place unless finished sentences are dropped too.
         scores = top_s.gather(1, act)
         parent = beam.gather(1, act)  # [n, K]
-        hist_tok[:, :, : t + 1] = c_tok.gather(1, act.unsqueeze(2).expand(n, k, t + 1))
-        hist_pos[:, :, : t + 1] = c_pos.gather(1, act.unsqueeze(2).expand(n, k, t + 1))
-        if c_attn is not None:
-            hist_attn[:, :, : t + 1] = c_attn.gather(
-                1, act.view(n, k, 1, 1).expand(n, k, t + 1, c_attn.size(-1)))
         prev = tok.gather(1, act).view(-1)
         reorder = (torch.arange(n, device=device).unsqueeze(1) * k + parent).view(-1)
+        within_source = True
         if (t + 1) % every == 0 and t + 1 < horizon:
             done_cpu = done.cpu()  # the one host-device sync
             if bool(done_cpu.all()):
                 break
             if bool(done_cpu.any()):
                 keep = (~done_cpu).nonzero().squeeze(1).to(device)
-                reorder = reorder.view(n, k).index_select(0, keep).view(-1)
+                reorder = reorder.view(n, k).index_select(0, keep)  # [n', K]: sentences stay grouped
                 prev = prev.view(n, k).index_select(0, keep).view(-1)
-                sent, limit, scores, hist_tok, hist_pos, count, done = (
-                    x.index_select(0, keep) for x in (sent, limit, scores, hist_tok, hist_pos, count, done))
-                if hist_attn is not None:
-                    hist_attn = hist_attn.index_select(0, keep)
+                sent, limit, scores, count, done = (
+                    x.index_select(0, keep) for x in (sent, limit, scores, count, done))
                 n = keep.numel()
-        state = model.reorder_state(state, reorder)
+                within_source = False
+        state = model.reorder_state(state, reorder, within_source=within_source)
 
-    # Rank the finalized hypotheses of every sentence at once, then copy to the host once.
+    # Rank the finalized hypotheses of every sentence at once.
     valid = pool_valid[:, :k]
-    norm = pool_score[:, :k] / pool_len[:, :k].float().pow(length_penalty)
+    norm = pool_score[:, :k] / (pool_step[:, :k] + 1).float().pow(length_penalty)
     norm = norm.masked_fill(~valid, NEG_INF)
-    order = norm.argsort(dim=1, descending=True, stable=True)[:, :nbest]  # [B, nbest]
-    pick = lambda x: x.gather(1, order.view(batch, nbest, *([1] * (x.dim() - 2))).expand(  # noqa: E731
-        batch, nbest, *x.shape[2:])).cpu()
-    tok_c, pos_c, score_c, len_c, eos_c, valid_c = (
-        pick(x) for x in (pool_tok, pool_pos, pool_score, pool_len, pool_eos, valid))
-    attn_c = pick(pool_attn) if pool_attn is not None else None
+    order = norm.argsort(dim=1, descending=True, stable=True)[:, :nbest]  # [B, m] (m = nbest)
+    end = pool_step.gather(1, order)  # [B, m] step of the last token
+    cand = pool_cand.gather(1, order)  # [B, m] its candidate rank at that step
 
+    # Follow the backpointers from each chosen hypothesis's last step to step 0, all at once.
+    span = int(end.max()) + 1
+    out_tok = torch.full((batch, nbest, span), pad, dtype=torch.long, device=device)
+    out_lp = torch.zeros((batch, nbest, span), dtype=torch.float32, device=device)
+    out_attn = (torch.zeros((batch, nbest, span, bp_attn.size(-1)), dtype=torch.float32, device=device)
+                if bp_attn is not None else None)
+    for t in range(span - 1, -1, -1):
+        out_tok[:, :, t] = bp_tok[t].gather(1, cand)  # beyond a hypothesis's end: never read
+        out_lp[:, :, t] = bp_lp[t].gather(1, cand)
+        parent = bp_parent[t].gather(1, cand)  # [B, m] live beam the candidate extends
+        if out_attn is not None:
+            out_attn[:, :, t] = bp_attn[t].gather(1, parent.unsqueeze(2).expand(-1, -1, out_attn.size(-1)))
+        if t:
+            cand = torch.where(t <= end, bp_live[t - 1].gather(1, parent), cand)
+
+    tok_c, pos_c, end_c = out_tok.cpu(), out_lp.cpu(), end.cpu()
+    score_c, eos_c, valid_c = (x.gather(1, order).cpu() for x in (pool_score, pool_eos, valid))
+    attn_c = out_attn.cpu() if out_attn is not None else None
     results: list[list[Hypothesis]] = []
     for b in range(batch):
         hyps = []
         for j in range(nbest):
             if not bool(valid_c[b, j]):
                 continue
-            n_tok = int(len_c[b, j])
+            n_tok = int(end_c[b, j]) + 1
             finished = bool(eos_c[b, j])
             toks = tok_c[b, j, :n_tok].tolist()
             if finished:
@@ -543,5 +553,6 @@ class Ensemble:
         attn = torch.stack(attns).mean(0) if attns else None
         return torch.log_softmax(mean, dim=-1), new_state, attn
 
-    def reorder_state(self, state: list[Any], index: Tensor) -> list[Any]:
-        return [m.reorder_state(s, index) for m, s in zip(self.models, state)]
+    def reorder_state(self, state: list[Any], index: Tensor, within_source: bool = False) -> list[Any]:
+        return [m.reorder_state(s, index, within_source=within_source)
+                for m, s in zip(self.models, state)]

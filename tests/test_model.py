@@ -7,7 +7,6 @@ encoder and two decoder layers check the layer layouts of the bridge and of the 
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 
 import pytest
@@ -321,27 +320,39 @@ def test_special_ids_and_config_errors():
 
 
 @pytest.mark.parametrize("attention", ["luong_general", "luong_dot", "bahdanau"])
-def test_reorder_within_source_rows_reuses_the_memory_with_identical_results(attention):
-    """A beam-style reorder (rows keep their source row) reuses keys/values/mask without a copy;
-    a reorder that changes source rows copies them. Either way the steps equal a copying state's."""
+def test_reorder_within_source_keeps_the_memory_with_identical_results(attention):
+    """Beam-style reorders: grouped rows ([G, R] index) keep the keys once per sentence, a
+    `within_source=True` reorder reuses keys/values/mask without a copy, and the steps agree with
+    the plain per-row form (one copy of the keys for every row)."""
     model = make_model("gru", attention, True).eval()
-    src, src_lengths, src_mask, tgt_in, _ = batch(random_pairs([(3, 4), (5, 4)]))
+    src, src_lengths, src_mask, tgt_in, _ = batch(random_pairs([(3, 4), (5, 4), (2, 3)]))
+    rows = [0, 0, 0, 1, 1, 1, 2, 2, 2]  # 3 sentences x 3 beams
     with torch.no_grad():
-        state = model.reorder_state(model.init_state(src, src_lengths, src_mask),
-                                    torch.tensor([0, 0, 0, 1, 1, 1]))  # 2 sentences x 3 beams
-        copying = dataclasses.replace(state, source_rows=None)  # the plain always-copy path
-        _, state, _ = model.step(tgt_in[[0, 0, 0, 1, 1, 1], 0], state)
-        _, copying, _ = model.step(tgt_in[[0, 0, 0, 1, 1, 1], 0], copying)
-        within = torch.tensor([2, 0, 0, 4, 3, 5])  # beams reordered inside each sentence
-        reused = model.reorder_state(state, within)
-        assert reused.keys is state.keys and reused.values is state.values
-        assert reused.pad_mask is state.pad_mask
-        moved = model.reorder_state(state, torch.tensor([3, 0, 0, 4, 3, 5]))  # row 0 changes sentence
-        assert moved.keys is not state.keys
-        torch.testing.assert_close(moved.keys[0], state.keys[3], atol=0, rtol=0)
-        expected = model.reorder_state(copying, within)
-        for a, b in ((reused, expected), (model.reorder_state(moved, torch.arange(6)),
-                                          model.reorder_state(copying, torch.tensor([3, 0, 0, 4, 3, 5])))):
-            lp_a, _, att_a = model.step(tgt_in[[0, 0, 0, 1, 1, 1], 1], a)
-            lp_b, _, att_b = model.step(tgt_in[[0, 0, 0, 1, 1, 1], 1], b)
-            assert torch.equal(lp_a, lp_b) and torch.equal(att_a, att_b)
+        init = model.init_state(src, src_lengths, src_mask)
+        grouped = model.reorder_state(init, torch.tensor(rows).view(3, 3))
+        plain = model.reorder_state(init, torch.tensor(rows))
+        assert grouped.keys.size(0) == 3 and plain.keys.size(0) == 9
+        _, grouped, _ = model.step(tgt_in[rows, 0], grouped)
+        _, plain, _ = model.step(tgt_in[rows, 0], plain)
+        within = torch.tensor([2, 0, 0, 4, 3, 5, 8, 8, 6])  # beams reordered inside each sentence
+        reused = model.reorder_state(grouped, within, within_source=True)
+        assert reused.keys is grouped.keys and reused.values is grouped.values
+        assert reused.pad_mask is grouped.pad_mask
+        plain = model.reorder_state(plain, within)
+        lp_a, reused, att_a = model.step(tgt_in[rows, 1], reused)
+        lp_b, plain, att_b = model.step(tgt_in[rows, 1], plain)
+        torch.testing.assert_close(lp_a, lp_b)
+        torch.testing.assert_close(att_a, att_b)
+        # Drop sentence 1, keep the others grouped: the keys follow their sentences.
+        dropped = model.reorder_state(reused, torch.tensor([[0, 1, 2], [6, 7, 8]]))
+        assert dropped.keys.size(0) == 2
+        torch.testing.assert_close(dropped.keys[1], grouped.keys[2], atol=0, rtol=0)
+        lp_a, _, att_a = model.step(tgt_in[[0, 0, 0, 2, 2, 2], 2], dropped)
+        lp_b, _, att_b = model.step(tgt_in[[0, 0, 0, 2, 2, 2], 2],
+                                    model.reorder_state(plain, torch.tensor([0, 1, 2, 6, 7, 8])))
+        torch.testing.assert_close(lp_a, lp_b)
+        torch.testing.assert_close(att_a, att_b)
+        with pytest.raises(ValueError, match="keeps the 9 rows"):
+            model.reorder_state(grouped, within[:4], within_source=True)
+        with pytest.raises(ValueError, match="reorder index"):
+            model.reorder_state(grouped, within.view(1, 3, 3))

@@ -52,8 +52,10 @@ class FakeModel(nn.Module):
         m = src_mask.unsqueeze(-1).float()
         feat = (enc * m).sum(1) / m.sum(1)  # [B, H]
         self.step_batch_sizes = []
+        self.within_source_reorders = self.grouped_reorders = 0
         return {"h": torch.tanh(feat @ self.w_init), "enc": enc, "mask": src_mask, "feat": feat,
-                "t": torch.zeros(src.size(0), device=src.device)}
+                "t": torch.zeros(src.size(0), device=src.device),
+                "src_row": torch.arange(src.size(0), device=src.device)}
 
     def step(self, prev_tokens, state):
         self.step_batch_sizes.append(prev_tokens.numel())
@@ -71,8 +73,18 @@ class FakeModel(nn.Module):
         new = dict(state, h=h, t=state["t"] + 1)
         return log_probs, new, attn.to(self.out_dtype)
 
-    def reorder_state(self, state, index):
-        return {k: v.index_select(0, index) for k, v in state.items()}
+    def reorder_state(self, state, index, within_source=False):
+        """Every form of the contract, holding search to its promises (checked on the host)."""
+        src_row = state["src_row"]
+        if index.dim() == 2:  # groups of rows that share a source
+            assert (src_row[index] == src_row[index[:, :1]]).all()
+            self.grouped_reorders += 1
+        if not within_source:
+            return {k: v.index_select(0, index.reshape(-1)) for k, v in state.items()}
+        assert torch.equal(src_row.index_select(0, index), src_row)
+        self.within_source_reorders += 1
+        per_source = {"enc", "mask", "feat", "src_row"}  # kept in place, as a real model does
+        return {k: v if k in per_source else v.index_select(0, index) for k, v in state.items()}
 
 
 def make_batch(seqs, device="cpu"):
@@ -208,10 +220,30 @@ def test_beam_matches_plain_reference(beam_size, length_penalty, a, b):
     sources = random_sources(10, seed=beam_size)
     model = FakeModel(seed=beam_size)
     out = beam_search(model, *make_batch(sources), beam_size, length_penalty, a, b, nbest=beam_size)
+    assert model.within_source_reorders > 0  # beams moved without copying the source tensors
+    assert model.grouped_reorders > 0  # expansion and dropping keep sentences grouped
     for source, hyps in zip(sources, out):
         ref = reference_beam_search(model, source, beam_size, length_penalty, a, b)
         assert [(h.tokens, h.finished) for h in hyps] == [(r[0], r[2]) for r in ref]
         assert [h.score for h in hyps] == pytest.approx([r[1] for r in ref], abs=1e-4)
+        for h in hyps:  # per-token scores and attention rows belong to the hypothesis's own path
+            positional, attention = replay(model, source, h.tokens + [EOS] * h.finished)
+            torch.testing.assert_close(h.positional_scores, positional, atol=1e-5, rtol=0)
+            torch.testing.assert_close(h.attention, attention, atol=1e-5, rtol=0)
+            assert float(h.positional_scores.sum()) == pytest.approx(h.score, abs=1e-4)
+
+
+def replay(model, source, tokens):
+    """Teacher-force `tokens` for one sentence -> (log-prob of each token [T], attention [T, S])."""
+    src, lengths, mask = make_batch([source])
+    state = model.init_state(src, lengths, mask)
+    prev, positional, attention = BOS, [], []
+    for token in tokens:
+        log_probs, state, attn = model.step(torch.tensor([prev]), state)
+        positional.append(log_probs[0, token].float())
+        attention.append(attn[0].float())
+        prev = token
+    return torch.stack(positional), torch.stack(attention)
 
 
 @pytest.mark.parametrize("length_penalty", [

@@ -54,9 +54,16 @@ class Attention(nn.Module):
 
     def step(self, query: Tensor, keys: Tensor, values: Tensor,
              pad_mask: Tensor) -> tuple[Tensor, Tensor]:
-        """One query per row: query [N, Q] -> context [N, C], weights [N, S] float32."""
-        context, weights = self(query.unsqueeze(1), keys, values, pad_mask)  # [N, 1, C], [N, 1, S]
-        return context.squeeze(1), weights.squeeze(1)
+        """One query per row: query [N, Q], keys [G, S, K] -> context [N, C], weights [N, S] float32.
+
+        The N = G * R rows come in G groups of R consecutive rows with one source (the beams of a
+        sentence; R = 1 outside beam search): a group's R queries are scored as the T queries of
+        `forward`, so each source's keys are read once per step rather than once per beam.
+        """
+        rows = query.size(0)
+        grouped = query.view(keys.size(0), -1, query.size(-1))  # [G, R, Q]
+        context, weights = self(grouped, keys, values, pad_mask)  # [G, R, C], [G, R, S]
+        return context.reshape(rows, -1), weights.reshape(rows, -1)  # [N, C], [N, S]
 
 
 class AdditiveAttention(Attention):

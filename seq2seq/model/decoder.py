@@ -1,6 +1,7 @@
 """Attentive RNN decoder: the search state, the bridge, the output layer and the decoder itself.
 
-Shapes: B batch, N search rows (B times beams, after `index_select`), T target length, S source length,
+Shapes: B batch, N search rows (B times beams, after `index_select`), G source groups (N / beams),
+T target length, S source length,
 E embedding size, H decoder hidden size, L decoder layers, M memory (encoder output) size, K key size,
 C context size, O attentional-output size (= H), V target vocabulary.
 
@@ -36,46 +37,55 @@ from .encoder import make_rnn
 
 @dataclass
 class DecoderState:
-    """Everything `step` needs; every tensor has the search rows on one dimension.
+    """Everything `step` needs; every tensor has the search rows (or their sources) on one dimension.
 
     Hidden states keep PyTorch's RNN layout (rows on dim 1) so they go into the RNN without a copy; all
-    other tensors have rows on dim 0. Reordering is one `index_select` per tensor. Keys, values and
-    mask are computed once per source batch (`Decoder.init_state`) and only reordered afterwards.
+    other tensors have rows on dim 0. Keys, values and mask are computed once per source batch
+    (`Decoder.init_state`), never recomputed, and kept ONCE PER SOURCE: the N rows come in G groups of
+    R = N / G consecutive rows that share a source sentence (R = 1 for training and greedy search, the
+    beam size in beam search), and each group attends over its sentence's keys in one product.
     """
 
     hidden: Tensor  # [L, N, H] decoder RNN hidden state
     cell: Tensor | None  # [L, N, H] LSTM memory cell; None for other cells
     feed: Tensor | None  # [N, O] previous attentional output (input feeding); else None
-    keys: Tensor | None  # [N, S, K] precomputed attention keys; None without attention
-    values: Tensor | None  # [N, S, C] attention values (may be the same tensor as keys)
-    pad_mask: Tensor | None  # [N, S] bool, True at source padding; None without attention
-    # [N] int64: the row of the encoded source batch that each row's keys/values/pad_mask come from.
-    # Kept for CPU states only (see `index_select`); None otherwise.
-    source_rows: Tensor | None = None
+    keys: Tensor | None  # [G, S, K] precomputed attention keys; None without attention
+    values: Tensor | None  # [G, S, C] attention values (may be the same tensor as keys)
+    pad_mask: Tensor | None  # [G, S] bool, True at source padding; None without attention
 
-    def index_select(self, index: Tensor) -> DecoderState:
-        """Rows `index` [N'] (any order, repeats allowed) of every tensor.
+    def index_select(self, index: Tensor, within_source: bool = False) -> DecoderState:
+        """The rows `index` of the state (any order, repeats allowed), in one of three forms.
 
-        Beam search reorders rows every step, but only among the beams of one sentence, and those
-        share their keys, values and mask. When every row keeps the source row it had, those three
-        tensors are reused as they are instead of copied ([N, S, K + C] floats per step; about a third
-        of CPU beam-search time before). The values are the same either way, so outputs are identical.
-        The check needs the row map on the host, so it is done for CPU states only: on an accelerator
-        it would be a device sync per step, which search avoids.
+        index [N']      new row i is old row index[i]; every row becomes its own group (R = 1).
+        index [G', R']  the same for index.reshape(-1), with the promise that the R' rows of each
+                        new group share a source sentence: the per-source tensors are selected once
+                        per group (beam expansion, dropping finished sentences in beam search).
+        index [N] and within_source=True: the promise that each row keeps its source sentence (beams
+                        reshuffled among the beams of their own sentence): the per-source tensors stay
+                        as they are, with no copy at all. This is beam search's every step.
+        Promises are not checked: that would need the index on the host (a device sync per step).
         """
+        if index.dim() not in (1, 2):
+            raise ValueError(f"a reorder index is [N'] or [G', R'], got shape {tuple(index.shape)}")
+        flat = index.reshape(-1)
 
         def rows(t: Tensor | None, dim: int = 0) -> Tensor | None:
-            return None if t is None else t.index_select(dim, index)
+            return None if t is None else t.index_select(dim, flat)
 
-        source_rows = rows(self.source_rows)  # [N']
-        if source_rows is not None and torch.equal(source_rows, self.source_rows):
-            keys, values, pad_mask = self.keys, self.values, self.pad_mask  # same rows: no copy
-        else:
-            values = rows(self.values)  # [N', S, C]
-            keys = values if self.keys is self.values else rows(self.keys)  # [N', S, K]
-            pad_mask = rows(self.pad_mask)
+        keys, values, pad_mask = self.keys, self.values, self.pad_mask
+        if within_source:
+            if index.dim() != 1 or index.numel() != self.hidden.size(1):
+                raise ValueError(f"a within-source reorder keeps the {self.hidden.size(1)} rows, "
+                                 f"got an index of shape {tuple(index.shape)}")
+        elif pad_mask is not None:
+            per_group = self.hidden.size(1) // pad_mask.size(0)  # R rows share each source
+            first = index[:, 0] if index.dim() == 2 else index  # one old row of each new group
+            sources = torch.div(first, per_group, rounding_mode="floor") if per_group > 1 else first
+            values = values.index_select(0, sources)  # [G', S, C]
+            keys = values if self.keys is self.values else keys.index_select(0, sources)  # [G', S, K]
+            pad_mask = pad_mask.index_select(0, sources)  # [G', S]
         return DecoderState(hidden=rows(self.hidden, 1), cell=rows(self.cell, 1), feed=rows(self.feed),
-                            keys=keys, values=values, pad_mask=pad_mask, source_rows=source_rows)
+                            keys=keys, values=values, pad_mask=pad_mask)
 
 
 class Bridge(nn.Module):
@@ -170,10 +180,8 @@ class Decoder(nn.Module):
             keys, values = self.attention.prepare(memory)  # [B, S, K], [B, S, C]
             pad_mask = ~src_mask  # [B, S] True at padding
         feed = hidden.new_zeros(hidden.size(1), self.output_size) if self.input_feed else None  # [B, O]
-        source_rows = (torch.arange(memory.size(0), device=memory.device)
-                       if keys is not None and memory.device.type == "cpu" else None)  # [B]
         return DecoderState(hidden=hidden, cell=cell, feed=feed, keys=keys, values=values,
-                            pad_mask=pad_mask, source_rows=source_rows)
+                            pad_mask=pad_mask)
 
     # ---------------------------------------------------------------- teacher forcing
     def forward(self, tgt_in: Tensor, state: DecoderState) -> Tensor:

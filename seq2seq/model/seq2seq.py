@@ -111,6 +111,10 @@ class Seq2Seq(nn.Module):
         """prev_tokens [N] -> (log_probs [N, V] float32, new state, attention [N, S] float32 | None)."""
         return self.decoder.step(prev_tokens, state)
 
-    def reorder_state(self, state: DecoderState, index: Tensor) -> DecoderState:
-        """Rows `index` [N'] of the state: select, repeat (beam expansion) or drop (finished) rows."""
-        return state.index_select(index)
+    def reorder_state(self, state: DecoderState, index: Tensor,
+                      within_source: bool = False) -> DecoderState:
+        """Rows `index` [N'] of the state: select, repeat (beam expansion) or drop (finished) rows.
+
+        `within_source=True`: every row keeps its source sentence (see `DecoderState.index_select`).
+        """
+        return state.index_select(index, within_source)
