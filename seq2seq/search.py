@@ -151,14 +151,25 @@ def _greedy_choice(log_probs: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
     return indices[:, 0], values[:, 0]
 
 
+def _hypothesis(tokens: Tensor, positional: Tensor, attention: Tensor | None, length: int, finished: bool,
+                score: float, src_length: int) -> Hypothesis:
+    """A `Hypothesis` from host buffers: tokens/positional [>= length], attention [>= length, >= S_i]."""
+    ids = tokens[:length].tolist()
+    return Hypothesis(tokens=ids[:-1] if finished else ids, score=score,
+                      attention=attention[:length, :src_length].clone() if attention is not None else None,
+                      positional_scores=positional[:length].clone(), finished=finished)
+
+
 # ------------------------------------------------------------------- greedy and sampling (rowwise)
 def _prepare(model: Any, src: Tensor, src_lengths: Tensor, src_mask: Tensor, max_len_a: float,
-             max_len_b: float, sync_every: int | None) -> tuple[Tensor, int, Tensor]:
-    """Shared preamble of the searches -> (source lengths, sync interval, max output lengths (CPU))."""
+             max_len_b: float, sync_every: int | None) -> tuple[Tensor, int, Tensor, int]:
+    """Shared preamble of the searches (non-empty batch) -> (source lengths, sync interval, max output
+    lengths, their maximum: the number of steps at most); all on the CPU."""
     lengths = _check_inputs(src, src_lengths, src_mask)
     _warn_if_training(model)
     every = _sync_every(src.device, sync_every)
-    return lengths, every, max_lengths(lengths, max_len_a, max_len_b)
+    limits = max_lengths(lengths, max_len_a, max_len_b)
+    return lengths, every, limits, int(limits.max())
 
 
 def _decode_rows(model: Any, src: Tensor, src_lengths: Tensor, src_mask: Tensor,
@@ -169,9 +180,9 @@ def _decode_rows(model: Any, src: Tensor, src_lengths: Tensor, src_mask: Tensor,
     batch = src.size(0)
     if batch == 0:
         return []
-    lengths, every, limits_cpu = _prepare(model, src, src_lengths, src_mask, max_len_a, max_len_b, sync_every)
+    lengths, every, limits_cpu, horizon = _prepare(model, src, src_lengths, src_mask, max_len_a, max_len_b,
+                                                   sync_every)
     device = src.device
-    horizon = int(limits_cpu.max())
     pad, bos, eos = model.pad_id, model.bos_id, model.eos_id
 
     # Output buffers for every sentence, indexed by original row.
@@ -229,18 +240,8 @@ def _decode_rows(model: Any, src: Tensor, src_lengths: Tensor, src_mask: Tensor,
 
     tok_c, pos_c, len_c, eos_c, score_c = (x.cpu() for x in (out_tok, out_pos, out_len, out_eos, out_score))
     attn_c = out_attn.cpu() if out_attn is not None else None
-    hyps = []
-    for b in range(batch):
-        n = int(len_c[b])
-        finished = bool(eos_c[b])
-        toks = tok_c[b, :n].tolist()
-        if finished:
-            toks = toks[:-1]
-        hyps.append(Hypothesis(
-            tokens=toks, score=float(score_c[b]),
-            attention=attn_c[b, :n, : int(lengths[b])].clone() if attn_c is not None else None,
-            positional_scores=pos_c[b, :n].clone(), finished=finished))
-    return hyps
+    return [_hypothesis(tok_c[b], pos_c[b], attn_c[b] if attn_c is not None else None, int(len_c[b]),
+                        bool(eos_c[b]), float(score_c[b]), int(lengths[b])) for b in range(batch)]
 
 
 @torch.inference_mode()
@@ -311,9 +312,9 @@ def beam_search(model: Any, src: Tensor, src_lengths: Tensor, src_mask: Tensor, 
     batch = src.size(0)
     if batch == 0:
         return []
-    lengths, every, limits_cpu = _prepare(model, src, src_lengths, src_mask, max_len_a, max_len_b, sync_every)
+    lengths, every, limits_cpu, horizon = _prepare(model, src, src_lengths, src_mask, max_len_a, max_len_b,
+                                                   sync_every)
     device = src.device
-    horizon = int(limits_cpu.max())
     pad, bos, eos = model.pad_id, model.bos_id, model.eos_id
     k = beam_size
     two_k = 2 * k
@@ -438,21 +439,10 @@ def beam_search(model: Any, src: Tensor, src_lengths: Tensor, src_mask: Tensor, 
     attn_c = out_attn.cpu() if out_attn is not None else None
     results: list[list[Hypothesis]] = []
     for b in range(batch):
-        hyps = []
-        for j in range(nbest):
-            if not bool(valid_c[b, j]):
-                continue
-            n_tok = int(end_c[b, j]) + 1
-            finished = bool(eos_c[b, j])
-            toks = tok_c[b, j, :n_tok].tolist()
-            if finished:
-                toks = toks[:-1]
-            hyps.append(Hypothesis(
-                tokens=toks, score=float(score_c[b, j]),
-                attention=(attn_c[b, j, :n_tok, : int(lengths[b])].clone()
-                           if attn_c is not None else None),
-                positional_scores=pos_c[b, j, :n_tok].clone(), finished=finished))
-        results.append(hyps)
+        results.append([_hypothesis(tok_c[b, j], pos_c[b, j], attn_c[b, j] if attn_c is not None else None,
+                                    int(end_c[b, j]) + 1, bool(eos_c[b, j]), float(score_c[b, j]),
+                                    int(lengths[b]))
+                        for j in range(nbest) if bool(valid_c[b, j])])
     return results
 
 
