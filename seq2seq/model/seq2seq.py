@@ -113,8 +113,9 @@ class Seq2Seq(nn.Module):
 
     def reorder_state(self, state: DecoderState, index: Tensor,
                       within_source: bool = False) -> DecoderState:
-        """Rows `index` [N'] of the state: select, repeat (beam expansion) or drop (finished) rows.
+        """Rows `index` of the state: select, repeat (beam expansion) or drop (finished) rows.
 
-        `within_source=True`: every row keeps its source sentence (see `DecoderState.index_select`).
+        `index` is [N'], or [G', R'] for rows grouped by source sentence; `within_source=True`: every
+        row keeps its source sentence (the forms are described in `DecoderState.index_select`).
         """
         return state.index_select(index, within_source)
