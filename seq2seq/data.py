@@ -30,7 +30,7 @@ class Batch:
     tgt_in: torch.Tensor  # [B, T] long: BOS + pieces
     tgt_out: torch.Tensor  # [B, T] long: pieces + EOS, PAD beyond
     tgt_mask: torch.Tensor  # [B, T] bool, True at real target tokens
-    indices: torch.Tensor  # [B] int64: example indices in the split
+    indices: torch.Tensor  # [B] int64: example indices in the split (rows sorted by decreasing source length)
 
     def __len__(self) -> int:
         return self.src.size(0)
@@ -80,7 +80,12 @@ def collate_source(seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.T
 
 
 def collate(examples: Sequence[tuple[int, Sequence[int], Sequence[int]]]) -> Batch:
-    """(index, source ids, target ids) triples -> Batch."""
+    """(index, source ids, target ids) triples -> Batch, rows sorted by decreasing source length.
+
+    Sorted rows let the encoder pack with `enforce_sorted=True`, which needs no host-device sync;
+    `indices` says which example each row is (ties keep their input order).
+    """
+    examples = sorted(examples, key=lambda e: -len(e[1]))  # stable
     indices = torch.tensor([e[0] for e in examples], dtype=torch.long)
     src, src_lengths, src_mask = collate_source([e[1] for e in examples])
     tgt_in, tgt_lengths = _pad([e[2] for e in examples], prefix=BOS_ID, suffix=None)
@@ -119,6 +124,7 @@ def token_budget_batches(
 
     Examples are sorted by (bucketed) length so that neighbours have similar lengths; `rng` breaks
     ties randomly (different batches every epoch) and is None for a fixed, deterministic grouping.
+    Each batch lists its examples by decreasing source length (what `collate` needs anyway).
     The padded size of a batch is its sentence count times the longest length on either side. An
     example longer than the budget gets a batch of its own rather than being dropped.
     """
@@ -144,7 +150,9 @@ def token_budget_batches(
         width = new_width
     if current:
         batches.append(current)
-    return batches
+    # Within a batch: decreasing source length (ties in order), so `collate` keeps the sampler's order
+    # and the encoder packs the rows without a host sync.
+    return [sorted(batch, key=lambda i: -src_lengths[i]) for batch in batches]
 
 
 class TokenBucketBatchSampler(Sampler[list[int]]):

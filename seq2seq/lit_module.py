@@ -20,7 +20,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
 from seq2seq.checkpoint import PAYLOAD_KEY, make_payload
 from seq2seq.config import (METRIC_MODES, ModelConfig, OptimConfig, SchedulerConfig, SearchConfig,
@@ -95,6 +95,15 @@ def precision_dtype(precision: str | int | None, device_type: str) -> torch.dtyp
     return None
 
 
+def use_tensor_cores(device: torch.device) -> None:
+    """On CUDA, let float32 matmuls and cuDNN (the RNNs, which run in float32 even under autocast, see
+    `model.encoder.run_rnn`) use TF32 tensor cores: 10-bit mantissa products, float32 accumulation,
+    the precision PyTorch picks for cuDNN convolutions by default. A no-op elsewhere."""
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cudnn.allow_tf32 = True
+
+
 class TranslationModule(pl.LightningModule):
     def __init__(
         self,
@@ -122,7 +131,7 @@ class TranslationModule(pl.LightningModule):
         # Steps skipped for a non-finite loss or gradients: in total, and in a row (stop at max_bad_steps).
         self.max_bad_steps = max_bad_steps  # 0 = never stop
         self.skipped = {"total": 0, "consecutive": 0}
-        self._loss_bad: torch.Tensor | None = None  # a micro-batch of this optimiser step had a non-finite loss
+        self._skip_counts: torch.Tensor | None = None  # device-side skip counters (on_before_optimizer_step)
         self._grad_norm: torch.Tensor | None = None  # total gradient norm of this step, computed once
         self._val_sums = torch.zeros(3)  # nll sum, smoothed-loss sum, target tokens
         self._last_step_time: float | None = None
@@ -142,13 +151,23 @@ class TranslationModule(pl.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         smoothed, nll, tokens = self._losses(batch)
-        loss = smoothed / tokens  # normalised per target token
+        # Normalised by the GLOBAL target-token count. DDP averages gradients over the W ranks, so rank
+        # r's loss smoothed_r * W / sum_r tokens_r gives the gradient of sum_r smoothed_r / sum_r tokens_r:
+        # exactly the single-process step over the union of the ranks' batches. The count's all-reduce is
+        # queued on the device like a kernel (no host sync). Gradient accumulation (Lightning divides by
+        # N = accumulate_grad_batches) stays per micro-batch: exact when the N micro-batches hold equal
+        # token counts, otherwise each micro-batch's tokens weigh 1 / (N x its own global count).
+        world = self.trainer.world_size
+        total = tokens
+        if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            total = tokens.clone()
+            torch.distributed.all_reduce(total)
+        loss = smoothed * world / total
         n = len(batch)
-        # A non-finite loss still goes through backward (returning None is not allowed under DDP, and
-        # all ranks must take part in the gradient all-reduce); the update is dropped in
-        # on_before_optimizer_step, on every rank alike. No host sync here: the flag stays a tensor.
-        self._loss_bad = ~torch.isfinite(loss.detach()) | (self._loss_bad if self._loss_bad is not None else False)
-        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        # A non-finite loss makes the gradients non-finite too; the update is then dropped in
+        # on_before_optimizer_step. Logged values stay tensors: Lightning reads them every
+        # log_every_n_steps (and the progress bar refreshes at that rate, see on_fit_start).
+        self.log("train/loss", smoothed.detach() / tokens, prog_bar=True, batch_size=n)
         self.log("train/ppl", torch.exp(nll / tokens), batch_size=n)
         now = time.perf_counter()
         if self._last_step_time is not None:
@@ -156,40 +175,71 @@ class TranslationModule(pl.LightningModule):
         self._last_step_time = now
         return loss
 
+    def on_fit_start(self) -> None:
+        use_tensor_cores(self.device)
+        # Once, now that the parameters are on their device (and wrapped by DDP): not in every forward.
+        self.model.flatten_parameters()
+        # The progress bar shows the loss: refreshing it materialises the loss on the host (a sync), so
+        # it refreshes when the loggers do, not every step.
+        bar = self.trainer.progress_bar_callback
+        if isinstance(bar, TQDMProgressBar) and bar.refresh_rate == 1:
+            bar._refresh_rate = max(int(self.trainer.log_every_n_steps), 1)
+
     def on_before_optimizer_step(self, optimizer) -> None:
-        """Skip the update (on all ranks) when the loss or a gradient is not finite; stop after too many."""
+        """Skip the update (on all ranks) when a gradient is not finite; stop after too many.
+
+        Sync-free: the decision stays on the device. A fused Adam takes it as `found_inf` (the GradScaler
+        protocol: the kernel leaves parameters, moments and step count untouched), and the skip counters
+        are device tensors read every log_every_n_steps (`_read_skip_counters`). No extra collective
+        either: under DDP the gradients are already all-reduced, so every rank computes the same norm and
+        decides alike; a rank's non-finite loss makes its gradients, hence everyone's, non-finite.
+        """
+        opt = getattr(optimizer, "optimizer", optimizer)
         grads = [p.grad for p in self.parameters() if p.grad is not None]
-        flag = torch.zeros((), device=self.device)
-        if self._loss_bad is not None:
-            flag = flag + self._loss_bad.float()
-            self._loss_bad = None
         # One fused norm over all gradients: non-finite iff some gradient is; clipping reuses it.
         self._grad_norm = torch.nn.utils.get_total_norm(grads) if grads else None
         # Under a GradScaler (16-mixed), overflowing gradients are normal: the scaler skips those steps.
-        if self._grad_norm is not None and getattr(self.trainer.precision_plugin, "scaler", None) is None:
-            flag = flag + (~torch.isfinite(self._grad_norm)).float()
-        if self.trainer.world_size > 1:  # every rank skips, or none does
-            flag = self.trainer.strategy.reduce(flag, reduce_op="sum")
-        if float(flag) > 0:  # the one host sync of this check
+        if self._grad_norm is None or getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            opt.found_inf = None
+            return
+        bad = (~torch.isfinite(self._grad_norm)).float()  # [] 1.0 = skip this step
+        if self._skip_counts is None:  # [skipped in total, current run, longest run since the last read]
+            start = [self.skipped["total"], self.skipped["consecutive"], 0]  # a resumed run continues its run
+            self._skip_counts = torch.tensor(start, dtype=torch.float32, device=bad.device)
+        run = (self._skip_counts[1] + 1.0) * bad
+        self._skip_counts = torch.stack([self._skip_counts[0] + bad, run, torch.maximum(self._skip_counts[2], run)])
+        if opt.defaults.get("fused"):
+            opt.found_inf = bad
+        elif bool(bad):  # an optimiser that cannot skip on the device: one host read per step (free on the CPU)
             for p in self.parameters():
                 p.grad = None  # optimisers leave parameters without gradients untouched
-            self.skipped["total"] += 1
-            self.skipped["consecutive"] += 1
-            if self.trainer.is_global_zero:
-                log.warning("step %d: non-finite loss or gradients, update skipped (%d in a row, %d in total)",
-                            self.global_step, self.skipped["consecutive"], self.skipped["total"])
-        else:
-            self.skipped["consecutive"] = 0
-        self.log("train/skipped_steps", float(self.skipped["total"]), batch_size=1)
+        self.log("train/skipped_steps", self._skip_counts[0], batch_size=1)
+
+    def _read_skip_counters(self) -> int:
+        """Copy the device-side skip counters to `self.skipped` (one small host read); -> the longest run
+        of consecutive skipped steps since the previous read."""
+        if self._skip_counts is None:
+            return self.skipped["consecutive"]
+        total, run, longest = (int(x) for x in self._skip_counts.tolist())
+        if total > self.skipped["total"] and self.trainer.is_global_zero:
+            log.warning("step %d: %d update(s) skipped for non-finite loss or gradients since the last report "
+                        "(%d in total, %d in a row now)", self.global_step, total - self.skipped["total"], total, run)
+        self.skipped.update(total=total, consecutive=run)
+        self._skip_counts[2] = 0  # the current run lives on in [1]: it is counted again if it goes on
+        return longest
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        """After `max_bad_steps` skipped steps in a row: write last.ckpt and stop with a clear error."""
-        if not self.max_bad_steps or self.skipped["consecutive"] < self.max_bad_steps:
+        """Every log_every_n_steps: read the skip counters; after `max_bad_steps` skipped steps in a row,
+        write last.ckpt and stop with a clear error."""
+        if self.global_step % max(int(self.trainer.log_every_n_steps), 1):
+            return
+        longest = self._read_skip_counters()
+        if not self.max_bad_steps or longest < self.max_bad_steps:
             return
         path = self._last_checkpoint_path()
         self.trainer.save_checkpoint(path)  # all ranks take part; rank 0 writes
         raise TrainingDivergedError(
-            f"training stopped at step {self.global_step}: {self.skipped['consecutive']} consecutive steps had "
+            f"training stopped at step {self.global_step}: {longest} consecutive steps had "
             f"a non-finite loss or gradients (max_bad_steps={self.max_bad_steps}; {self.skipped['total']} skipped "
             f"in total). The last good state is in {path}. Lower optim.lr, clip gradients "
             "(trainer.gradient_clip_val), check the data, then resume with ckpt_path=last.")
@@ -228,9 +278,23 @@ class TranslationModule(pl.LightningModule):
         """Translate `sources`, sharded over ranks and gathered: every rank returns all hypotheses."""
         world, rank = self.trainer.world_size, self.trainer.global_rank
         mine = list(range(rank, len(sources), world))
-        texts = [t.text for t in self.translator().translate([sources[i] for i in mine])]
         if world == 1:
-            return texts
+            return [t.text for t in self.translator().translate([sources[i] for i in mine])]
+        # Under DDP a rank that fails here (out of memory even for one sentence, ...) must not leave the
+        # others waiting in the all_gather below until the collective times out: all ranks agree on
+        # failure first, then every rank raises.
+        error: BaseException | None = None
+        try:
+            texts = [t.text for t in self.translator().translate([sources[i] for i in mine])]
+        except Exception as e:  # noqa: BLE001 -- re-raised below, after the ranks have agreed
+            error = e
+        failed = torch.tensor([float(error is not None)], device=self.device)
+        failed = self.trainer.strategy.reduce(failed, reduce_op="sum")
+        if error is not None:
+            raise error
+        if float(failed) > 0:
+            raise RuntimeError(f"validation decoding failed on {int(failed)} other rank(s) "
+                               "(their error is in their log); stopping this rank too")
         gathered: list[Any] = [None] * world
         torch.distributed.all_gather_object(gathered, list(zip(mine, texts)))
         out = [""] * len(sources)
@@ -276,7 +340,13 @@ class TranslationModule(pl.LightningModule):
     def configure_optimizers(self):
         cfg = self.optim_cfg
         cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
-        optimizer = cls(self.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        # Fused: one kernel for the whole update instead of a few per parameter group, and it skips a
+        # non-finite step on the device (`found_inf`, see on_before_optimizer_step). Not under a
+        # GradScaler: Lightning then leaves unscaling to the optimiser, after our gradient clipping.
+        fused = (self.device.type in ("cuda", "cpu")
+                 and getattr(self.trainer.precision_plugin, "scaler", None) is None)
+        optimizer = cls(self.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
+                        fused=fused or None)
         total = self.sched_cfg.total_steps
         if not total and self.sched_cfg.decay in ("linear", "cosine"):
             total = int(self.trainer.estimated_stepping_batches)  # max_steps, or epochs x batches
@@ -291,6 +361,8 @@ class TranslationModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[PAYLOAD_KEY] = make_payload(self.run_config, self.tokenizer)
         checkpoint[PAYLOAD_KEY]["plateau"] = dict(self.plateau)
+        if self._trainer is not None and self.trainer.training:
+            self._read_skip_counters()
         checkpoint[PAYLOAD_KEY]["skipped"] = dict(self.skipped)
         checkpoint[PAYLOAD_KEY]["rng"] = _rng_state()  # dropout continues exactly where it was
 
@@ -301,5 +373,6 @@ class TranslationModule(pl.LightningModule):
         payload = checkpoint.get(PAYLOAD_KEY, {})
         if payload.get("skipped"):
             self.skipped = dict(payload["skipped"])
+            self._skip_counts = None  # rebuilt from self.skipped at the next step
         if payload.get("rng") and self._trainer is not None:  # resuming a run (not a plain weights load)
             _set_rng_state(payload["rng"], self.trainer.global_rank)

@@ -97,7 +97,7 @@ class Translator:
     def _batches(self, ids: list[list[int]], todo: list[int]) -> list[list[int]]:
         lengths = np.array([len(ids[i]) + 1 for i in todo], dtype=np.int64)
         groups = token_budget_batches(lengths, None, self.cfg.batch_tokens)
-        return [[todo[j] for j in group] for group in groups]
+        return [[todo[j] for j in group] for group in groups]  # each by decreasing length: packs sync-free
 
     def _autocast(self):
         if self.dtype is None or self.dtype == torch.float32:
@@ -122,17 +122,24 @@ class Translator:
 
     def _search_splitting(self, seqs: list[list[int]], nbest: int, generator,
                           attention: bool) -> list[list[search.Hypothesis]]:
-        """Search a batch; on CUDA out-of-memory halve it and retry instead of dying."""
+        """Search a batch; on out-of-memory halve it and retry instead of dying.
+
+        The retry happens after the `except` block is left (the PyTorch FAQ pattern): while the
+        exception is being handled, its traceback keeps the failed attempt's frames, and with them its
+        tensors, alive, so `empty_cache()` there could free nothing and the halves would run out too.
+        """
         try:
             return self._search(seqs, nbest, generator, attention)
-        except torch.cuda.OutOfMemoryError:
+        except torch.OutOfMemoryError:
             if len(seqs) == 1:
                 raise
+        # Here the exception and its traceback are gone: the failed attempt's memory can be released.
+        if self.device.type == "cuda":
             torch.cuda.empty_cache()
-            half = len(seqs) // 2
-            log.warning("CUDA out of memory on a batch of %d sentences: retrying in halves", len(seqs))
-            return (self._search_splitting(seqs[:half], nbest, generator, attention)
-                    + self._search_splitting(seqs[half:], nbest, generator, attention))
+        half = len(seqs) // 2
+        log.warning("out of memory on a batch of %d sentences: retrying in halves", len(seqs))
+        return (self._search_splitting(seqs[:half], nbest, generator, attention)
+                + self._search_splitting(seqs[half:], nbest, generator, attention))
 
     def translate(
         self,

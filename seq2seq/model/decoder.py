@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from .attention import build_attention
 from .embeddings import TokenEmbedding
-from .encoder import make_rnn
+from .encoder import make_rnn, run_rnn
 
 
 @dataclass
@@ -174,7 +174,6 @@ class Decoder(nn.Module):
     def init_state(self, memory: Tensor, src_mask: Tensor, hidden: Tensor,
                    cell: Tensor | None) -> DecoderState:
         """memory [B, S, M], src_mask [B, S] bool (True at real tokens), hidden/cell [L, B, H]."""
-        self.rnn.flatten_parameters()
         keys = values = pad_mask = None
         if self.attention is not None:
             keys, values = self.attention.prepare(memory)  # [B, S, K], [B, S, C]
@@ -196,7 +195,7 @@ class Decoder(nn.Module):
             raise RuntimeError("this decoder design needs the step loop (bahdanau or input feeding)")
         embedded = self.dropout(self.embedding(tgt_in))  # [B, T, E]
         hx = (state.hidden, state.cell) if self.is_lstm else state.hidden
-        outputs, _ = self.rnn(embedded, hx)  # [B, T, H]
+        outputs, _ = run_rnn(self.rnn, embedded, hx)  # [B, T, H] float32
         if self.attention is not None:
             context, _ = self.attention(outputs, state.keys, state.values, state.pad_mask)  # [B, T, C]
             outputs = torch.tanh(self.combine(torch.cat([outputs, context], dim=-1)))  # [B, T, O]
@@ -251,9 +250,9 @@ class Decoder(nn.Module):
                state: DecoderState) -> tuple[Tensor, Tensor, Tensor | None]:
         """One RNN step: inputs [N, I] -> top-layer output [N, H], hidden [L, N, H], cell or None."""
         if self.is_lstm:
-            outputs, (hidden, cell) = self.rnn(inputs.unsqueeze(1),
-                                               (state.hidden, state.cell))  # [N, 1, H], [L, N, H] x2
+            outputs, (hidden, cell) = run_rnn(self.rnn, inputs.unsqueeze(1),
+                                              (state.hidden, state.cell))  # [N, 1, H], [L, N, H] x2
         else:
-            outputs, hidden = self.rnn(inputs.unsqueeze(1), state.hidden)  # [N, 1, H], [L, N, H]
+            outputs, hidden = run_rnn(self.rnn, inputs.unsqueeze(1), state.hidden)  # [N, 1, H], [L, N, H]
             cell = None
         return outputs.squeeze(1), hidden, cell

@@ -6,6 +6,7 @@ L layers.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -33,6 +34,33 @@ def make_rnn(cell: str, input_size: int, hidden_size: int, num_layers: int, drop
     raise ValueError(f"unknown cell {cell!r}")  # ModelConfig.validate names the valid choices
 
 
+def run_rnn(rnn: nn.RNNBase, inputs, hx=None):
+    """`rnn(inputs, hx)` in the precision of the RNN's weights (float32), also under autocast.
+
+    Autocast would run the recurrence in low precision, and not even in the one asked for: PyTorch's
+    autocast wrapper for cuDNN RNNs (aten/src/ATen/cudnn/AutocastRNN.cpp, `_cudnn_rnn_cast_reflatten`)
+    casts input, hx, cx and the weights to float16 whatever the autocast dtype, and re-casts and
+    re-flattens the weights on every call (every decoder step); under bf16-mixed there is no
+    GradScaler to catch fp16 underflow. On the CPU, autocast runs oneDNN's LSTM in bfloat16. So the
+    recurrence runs with autocast off, in float32 (TF32 tensor cores on Ampere/Hopper when
+    `torch.backends.cudnn.allow_tf32`); attention and the output layer stay under autocast. Outputs
+    come back in float32; the next autocast op casts them down where it wants to.
+
+    inputs: a Tensor or PackedSequence; hx: a Tensor, an (h, c) pair for an LSTM, or None.
+    """
+    data = inputs.data if isinstance(inputs, nn.utils.rnn.PackedSequence) else inputs
+    if not torch.is_autocast_enabled(data.device.type):
+        return rnn(inputs, hx)
+    dtype = rnn.weight_hh_l0.dtype
+    with torch.autocast(data.device.type, enabled=False):
+        inputs = inputs.to(dtype)
+        if isinstance(hx, tuple):
+            hx = tuple(h.to(dtype) for h in hx)
+        elif hx is not None:
+            hx = hx.to(dtype)
+        return rnn(inputs, hx)
+
+
 class Encoder(nn.Module):
     """Embeds and encodes a padded source batch; padding never enters the recurrence.
 
@@ -58,9 +86,13 @@ class Encoder(nn.Module):
         Returns outputs [B, S, D*H], final_hidden [B, D*H], final_cell [B, D*H] or None.
         """
         embedded = self.dropout(self.embedding(src))  # [B, S, E]
-        packed = pack_padded_sequence(embedded, src_lengths, batch_first=True, enforce_sorted=False)
-        self.rnn.flatten_parameters()
-        packed_outputs, final = self.rnn(packed)  # packed [sum(lengths), D*H]; [L*D, B, H]
+        # Batches sorted by decreasing source length (`data.collate`, `Translator`) pack without a host
+        # sync; packing an unsorted batch sorts it with an index copied to the device and back.
+        ordered = src_lengths.numel() < 2 or bool((src_lengths[:-1] >= src_lengths[1:]).all())  # CPU op
+        packed = pack_padded_sequence(embedded, src_lengths, batch_first=True, enforce_sorted=ordered)
+        # No flatten_parameters() here: it re-allocates and copies every weight on each call. Weights are
+        # flattened when the module moves (`RNNBase._apply`) and once at fit start (`Seq2Seq.flatten_parameters`).
+        packed_outputs, final = run_rnn(self.rnn, packed)  # packed [sum(lengths), D*H]; [L*D, B, H]
         outputs, _ = pad_packed_sequence(packed_outputs, batch_first=True,
                                          total_length=src.size(1))  # [B, S, D*H], zeros at padding
         if self.is_lstm:

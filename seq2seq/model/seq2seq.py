@@ -86,6 +86,16 @@ class Seq2Seq(nn.Module):
                 module.reset_parameters()
         nn.init.zeros_(self.decoder.output.proj.bias)
 
+    def flatten_parameters(self) -> None:
+        """Lay each RNN's weights out in one contiguous cuDNN buffer (a no-op off CUDA).
+
+        Call it once after the parameters have moved or been wrapped (fit start), never per forward:
+        each call re-allocates and copies every recurrent weight. `.to()` already does it.
+        """
+        for module in self.modules():
+            if isinstance(module, nn.RNNBase):
+                module.flatten_parameters()
+
     # ------------------------------------------------------------------ contract
     def forward(self, src: Tensor, src_lengths: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor:
         """src [B, S], src_lengths [B] CPU int64, src_mask [B, S] bool, tgt_in [B, T] -> logits [B, T, V].
