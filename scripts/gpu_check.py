@@ -1,0 +1,292 @@
+"""The stages of `scripts/gpu_check.sh` (run that, not this): every GPU figure in one device call.
+
+    (a) cuda_tests   pytest -m cuda (tests/test_cuda.py)
+    (b) throughput   scripts/benchmark.py --skip-decode: one-call vs input-feeding decoder, 8k and 16k
+                     target tokens per batch, fp32 (TF32) and bf16: target tokens/s, peak memory, share
+                     of step time outside GPU kernels (torch.profiler)
+    (c) quality      scripts/benchmark.py --bleu-threshold 100 (never reached) with trainer.max_time:
+                     experiment=multi30k_gpu de->en for a fixed budget, validation BLEU against wall time
+    (d) decoding     scripts/bench_translate.py on best.ckpt of (c): greedy and beam 5 over the test set
+
+Each stage runs as subprocesses with a time cap; a failing or timed-out stage is recorded in the
+report and the next one runs. The device returns at most 8 files, so everything goes into two:
+$OUT/gpu_report.json and $OUT/gpu_report.md (environment, each figure with the command behind it,
+the tail of any failure's output). `--mode smoke` runs every stage tiny on the CPU (the test suite
+does, so this script cannot rot without a GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+# Full mode: caps in seconds per stage; the whole must fit 8 minutes (480 s) on one H100 from a bare
+# machine: gpu_check.sh's wheel install (~10 s) comes first, then 60 + 120 + 215 + 45 = 440 s at most.
+# The training budget of (c) is 3 minutes, not 4, to fit; the target is BLEU >= 38 within 2 minutes.
+FULL = {
+    "budget_s": 460,
+    "data": [],  # filled in from --data-root / --data-dir
+    "cuda_tests_cap": 60,
+    "throughput": {"overrides": ["experiment=multi30k_gpu", "test_after_training=false"],
+                   "batch_tokens": [8192, 16384], "precisions": ["32-true", "bf16-mixed"], "train_steps": 40,
+                   "warmup_steps": 8, "profile_steps": 5, "device": "cuda", "cap": 120, "cap_each": 30},
+    "quality": {"overrides": ["experiment=multi30k_gpu", "data.src_lang=de", "data.tgt_lang=en",
+                              "trainer.max_time=00:00:03:00", "trainer.max_epochs=100", "test_after_training=false"],
+                "cap": 215, "device": "cuda"},
+    "decode": {"beams": "1,5", "batch_tokens": "16384", "cap": 45, "device": "cuda"},
+}
+# Smoke mode: the same stages, tiny, on the CPU (tests/test_gpu_check.py; under 3 minutes on 2 cores).
+SMOKE = {
+    "budget_s": 170,
+    "data": [],
+    "cuda_tests_cap": 60,
+    "throughput": {"overrides": ["debug=tiny", "test_after_training=false"], "batch_tokens": [512],
+                   "precisions": ["32-true"], "train_steps": 2, "warmup_steps": 1, "profile_steps": 0,
+                   "device": "cpu", "cap": 80, "cap_each": 40, "extra": ["--threads", "1"]},
+    "quality": {"overrides": ["debug=tiny", "trainer.max_steps=-1", "trainer.max_time=00:00:00:15",
+                              "trainer.max_epochs=2", "trainer.val_check_interval=3", "data.max_valid_pairs=8",
+                              "search.max_len_a=2", "search.max_len_b=0.5", "test_after_training=false"],
+                "cap": 60, "device": "cpu", "extra": ["--threads", "1", "--max-sentences", "8"]},
+    "decode": {"beams": "1,5", "batch_tokens": "2000", "cap": 40, "device": "cpu",
+               "extra": ["--threads", "1", "--max-sentences", "8", "--warmup-sentences", "2"]},
+}
+DESIGNS = {"one_call": ["model.input_feed=false"], "input_feed": ["model.input_feed=true"]}
+
+
+class Report:
+    def __init__(self, out: Path, mode: str):
+        self.out, self.started = out, time.monotonic()
+        self.data: dict[str, Any] = {"mode": mode, "environment": environment(), "stages": {}}
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def stage(self, name: str, **fields) -> None:
+        self.data["stages"].setdefault(name, {}).update(fields)
+        self.write()
+
+    def write(self) -> None:
+        self.data["total_seconds"] = round(self.elapsed(), 1)
+        (self.out / "gpu_report.json").write_text(json.dumps(self.data, indent=2, default=str))
+        (self.out / "gpu_report.md").write_text(markdown(self.data))
+
+
+def environment() -> dict[str, Any]:
+    import torch
+
+    env = {"python": sys.version.split()[0], "torch": torch.__version__, "cuda": torch.version.cuda,
+           "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+           "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    try:
+        env["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                                    text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        env["git"] = None
+    return env
+
+
+def run(cmd: list[str], cap: float) -> tuple[int | str, float, str]:
+    """-> (exit code or 'timeout', seconds, last 3,000 characters of stdout+stderr)."""
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=max(cap, 1))
+        return proc.returncode, time.monotonic() - t0, (proc.stdout + proc.stderr)[-3000:]
+    except subprocess.TimeoutExpired as e:
+        out = ((e.stdout or b"") + (e.stderr or b"")).decode("utf-8", "replace") if isinstance(e.stdout, bytes) \
+            else (e.stdout or "") + (e.stderr or "")
+        return "timeout", time.monotonic() - t0, out[-3000:]
+
+
+def cap_for(report: Report, budget: float, wanted: float) -> float:
+    return min(wanted, budget - report.elapsed())
+
+
+def stage_cuda_tests(report: Report, cfg: dict) -> None:
+    cmd = [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "cuda", "-rs", "tests/test_cuda.py"]
+    rc, seconds, out = run(cmd, cap_for(report, cfg["budget_s"], cfg["cuda_tests_cap"]))
+    summary = next((line for line in reversed(out.splitlines()) if " in " in line and ("passed" in line or
+                    "skipped" in line or "failed" in line or "error" in line)), "")
+    report.stage("cuda_tests", command=shlex.join(cmd[1:]), exit=rc, seconds=round(seconds, 1), summary=summary,
+                 output_tail=out[-2500:] if rc not in (0, 5) else out[-800:])
+
+
+def stage_throughput(report: Report, cfg: dict, workdir: Path) -> None:
+    t = cfg["throughput"]
+    deadline = report.elapsed() + t["cap"]
+    rows = []
+    for design, design_overrides in DESIGNS.items():
+        for precision in t["precisions"]:
+            for tokens in t["batch_tokens"]:
+                name = f"{design}/{precision}/{tokens}"
+                cap = min(cap_for(report, cfg["budget_s"], t["cap_each"]), deadline - report.elapsed())
+                if cap < 10:
+                    rows.append({"run": name, "error": "skipped: out of time"})
+                    continue
+                out_json = workdir / f"throughput_{design}_{precision}_{tokens}.json"
+                cmd = [PY, "scripts/benchmark.py", *t["overrides"], *cfg["data"], *design_overrides,
+                       f"trainer.precision={precision}", f"batching.max_tokens={tokens}", "--skip-decode",
+                       "--device", t["device"], "--train-steps", str(t["train_steps"]), "--warmup-steps",
+                       str(t["warmup_steps"]), "--profile-steps", str(t["profile_steps"]), *t.get("extra", []),
+                       "--json", str(out_json)]
+                rc, seconds, out = run(cmd, cap)
+                row: dict[str, Any] = {"run": name, "command": shlex.join(cmd[1:]), "exit": rc,
+                                       "seconds": round(seconds, 1)}
+                if rc == 0 and out_json.is_file():
+                    train = json.loads(out_json.read_text()).get("train", {})
+                    row.update({k: train.get(k) for k in ("tgt_tok_per_s", "step_ms", "peak_mem_mib",
+                                                          "outside_kernels_share", "mean_batch_sentences")})
+                else:
+                    row["error"] = out[-1500:]
+                rows.append(row)
+                report.stage("throughput", rows=rows)
+    report.stage("throughput", rows=rows)
+
+
+def stage_quality(report: Report, cfg: dict, workdir: Path) -> Path | None:
+    q = cfg["quality"]
+    out_json, run_dir = workdir / "quality.json", workdir / "quality_run"
+    cmd = [PY, "scripts/benchmark.py", *q["overrides"], *cfg["data"], "--bleu-threshold", "100",
+           "--skip-train", "--skip-decode", "--device", q["device"], "--output-dir", str(run_dir),
+           *q.get("extra", []), "--json", str(out_json)]
+    rc, seconds, out = run(cmd, cap_for(report, cfg["budget_s"], q["cap"]))
+    fields: dict[str, Any] = {"command": shlex.join(cmd[1:]), "exit": rc, "seconds": round(seconds, 1)}
+    ttq = json.loads(out_json.read_text()).get("time_to_quality", {}) if out_json.is_file() else {}
+    before = ttq.get("process_seconds_before_train") or 0.0
+    fields["validations"] = [{"step": v.get("step"), "epoch": v.get("epoch"), "val_bleu": v.get("bleu"),
+                              "seconds_since_train_call": round(v["seconds_since_process_start"] - before, 1)
+                              if v.get("seconds_since_process_start") is not None else None}
+                             for v in ttq.get("validations", [])]
+    fields["best_val_bleu"] = max((v["val_bleu"] for v in fields["validations"] if v["val_bleu"] is not None),
+                                  default=None)
+    fields["test_bleu"] = ttq.get("test_bleu")
+    if rc != 0:
+        fields["error"] = out[-1500:]
+    report.stage("quality", **fields)
+    best = sorted(run_dir.glob("**/checkpoints/best.ckpt"))
+    return best[0] if best else None
+
+
+def stage_decode(report: Report, cfg: dict, checkpoint: Path | None, workdir: Path) -> None:
+    d = cfg["decode"]
+    if checkpoint is None:
+        report.stage("decode", error="no best.ckpt from the quality stage")
+        return
+    out_json = workdir / "decode.json"
+    cmd = [PY, "scripts/bench_translate.py", *cfg["data"], "--checkpoint", str(checkpoint), "--beams", d["beams"],
+           "--batch-tokens", d["batch_tokens"], "--device", d["device"], *d.get("extra", []), "--json", str(out_json)]
+    rc, seconds, out = run(cmd, cap_for(report, cfg["budget_s"], d["cap"]))
+    fields: dict[str, Any] = {"command": shlex.join(cmd[1:]), "exit": rc, "seconds": round(seconds, 1)}
+    if out_json.is_file():
+        result = json.loads(out_json.read_text())
+        fields["autocast"] = result.get("autocast")
+        fields["rows"] = [{k: r.get(k) for k in ("search", "sentences", "seconds", "sent_per_s", "bleu",
+                                                   "peak_mem_mib")} for r in result.get("results", [])]
+    if rc != 0:
+        fields["error"] = out[-1500:]
+    report.stage("decode", **fields)
+
+
+def markdown(data: dict[str, Any]) -> str:
+    env = data["environment"]
+    lines = [f"# GPU check ({data['mode']} mode)", "",
+             f"GPU: {env.get('gpu')}; torch {env.get('torch')}, CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')}, "
+             f"Python {env.get('python')}; commit {env.get('git')}; {data.get('total_seconds')} s in all.", ""]
+    stages = data["stages"]
+    if "cuda_tests" in stages:
+        s = stages["cuda_tests"]
+        lines += ["## (a) CUDA tests", "", f"`{s['command']}` -> exit {s['exit']}, {s['seconds']} s: {s['summary']}", ""]
+        if s.get("exit") not in (0, 5):
+            lines += ["```", s.get("output_tail", ""), "```", ""]
+    if "throughput" in stages:
+        lines += ["## (b) Training throughput", "",
+                  "| run (design/precision/batch tokens) | target tok/s | step ms | peak MiB | outside kernels | note |",
+                  "|---|---|---|---|---|---|"]
+        for r in stages["throughput"]["rows"]:
+            note = "" if "error" not in r else f"exit {r.get('exit')}: " + r["error"].strip().splitlines()[-1][:120] \
+                if r["error"].strip() else "error"
+            lines.append(f"| {r['run']} | {fmt(r.get('tgt_tok_per_s'))} | {fmt(r.get('step_ms'))} | "
+                         f"{fmt(r.get('peak_mem_mib'))} | {fmt(r.get('outside_kernels_share'))} | {note} |")
+        cmds = [r["command"] for r in stages["throughput"]["rows"] if "command" in r]
+        if cmds:
+            lines += ["", "Commands (`python ...`):", "", *[f"- `{c}`" for c in cmds]]
+        lines.append("")
+    if "quality" in stages:
+        s = stages["quality"]
+        lines += ["## (c) Time to quality", "", f"`{s.get('command')}` -> exit {s.get('exit')}, {s.get('seconds')} s; "
+                  f"best val BLEU {fmt(s.get('best_val_bleu'))}, test BLEU {fmt(s.get('test_bleu'))}", "",
+                  "| seconds since train() | step | val BLEU |", "|---|---|---|"]
+        lines += [f"| {v['seconds_since_train_call']} | {v['step']} | {fmt(v['val_bleu'])} |" for v in s.get("validations", [])]
+        if s.get("error"):
+            lines += ["", "```", s["error"], "```"]
+        lines.append("")
+    if "decode" in stages:
+        s = stages["decode"]
+        lines += ["## (d) Decoding the test set with best.ckpt of (c)", "",
+                  f"`{s.get('command')}` -> exit {s.get('exit')}, {s.get('seconds')} s, autocast {s.get('autocast')}", "",
+                  "| search | sentences | seconds | sent/s | BLEU | peak MiB |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['search']} | {r['sentences']} | {fmt(r['seconds'])} | {fmt(r['sent_per_s'])} | "
+                  f"{fmt(r['bleu'])} | {fmt(r['peak_mem_mib'])} |" for r in s.get("rows", [])]
+        if s.get("error"):
+            lines += ["", "```", s["error"], "```"]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.3f}" if abs(value) < 10 else f"{value:,.0f}"
+    return str(value)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mode", choices=("full", "smoke"), default="full")
+    p.add_argument("--out", required=True, help="folder for gpu_report.json and gpu_report.md")
+    p.add_argument("--data-root", help="folder with the Multi30k files (data.root=...)")
+    p.add_argument("--data-dir", help="where the prepared-data cache goes (paths.data_dir=...)")
+    args = p.parse_args()
+    cfg = json.loads(json.dumps(SMOKE if args.mode == "smoke" else FULL))
+    if args.data_root:
+        cfg["data"].append(f"data.root={args.data_root}")
+    if args.data_dir:
+        cfg["data"].append(f"paths.data_dir={args.data_dir}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    workdir = Path(args.data_dir or out).resolve() / "gpu_check_work"
+    workdir.mkdir(parents=True, exist_ok=True)
+    report = Report(out, args.mode)
+    report.write()
+    for name, call in (("cuda_tests", lambda: stage_cuda_tests(report, cfg)),
+                       ("throughput", lambda: stage_throughput(report, cfg, workdir))):
+        try:
+            call()
+        except Exception as e:  # noqa: BLE001 -- recorded; the next stage still runs
+            report.stage(name, error=f"{type(e).__name__}: {e}")
+    checkpoint = None
+    try:
+        checkpoint = stage_quality(report, cfg, workdir)
+    except Exception as e:  # noqa: BLE001
+        report.stage("quality", error=f"{type(e).__name__}: {e}")
+    try:
+        stage_decode(report, cfg, checkpoint, workdir)
+    except Exception as e:  # noqa: BLE001
+        report.stage("decode", error=f"{type(e).__name__}: {e}")
+    report.write()
+    print((out / "gpu_report.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

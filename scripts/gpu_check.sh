@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Every GPU figure in ONE device call (at most 8 minutes on one H100, from a bare machine):
+#   (a) pytest -m cuda  (b) training throughput  (c) time to quality  (d) decoding the test set.
+# Writes $OUT/gpu_report.json and $OUT/gpu_report.md (stages: scripts/gpu_check.py).
+#
+#   scripts/gpu_check.sh --stage   here, before the device call: copies the Hydra/pytest wheels into
+#                                  .whl/ and Multi30k into .gpu/multi30k (both git-ignored, carried)
+#   scripts/gpu_check.sh           on the device machine (see docs/cluster.md for the `run` call)
+#   scripts/gpu_check.sh --smoke   every stage tiny on the CPU, same report files (part of the tests)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+mode=full
+case "${1:-}" in
+  "") ;;
+  --smoke) mode=smoke ;;
+  --stage) mode=stage ;;
+  *) echo "usage: scripts/gpu_check.sh [--smoke | --stage]" >&2; exit 2 ;;
+esac
+
+if [ "$mode" = stage ]; then
+  set -e
+  shared=${SHARED:-../shared}
+  mkdir -p .whl .gpu
+  cp "$shared"/gpu-wheels/*.whl .whl/
+  # pytest for stage (a); pure-Python wheels, pinned to what the test suite runs here.
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+    --platform manylinux2014_x86_64 -d .whl pytest==9.0.3 pluggy==1.6.0 iniconfig==2.3.0
+  rm -rf .gpu/multi30k && cp -r "$shared"/data/multi30k .gpu/multi30k
+  du -sh .whl .gpu
+  exit 0
+fi
+
+OUT=${OUT:-$PWD/outputs/gpu_check}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+# A bare device machine lacks hydra-core, omegaconf, antlr4 (and maybe pytest): install the carried wheels.
+if ! python3 -c "import hydra, omegaconf, pytest" 2>/dev/null; then
+  if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
+  else
+    echo "error: hydra-core/omegaconf/pytest are missing and .whl/ holds no wheels; run scripts/gpu_check.sh --stage first" >&2
+  fi
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+
+args=(--mode "$mode" --out "$OUT")
+if [ "$mode" = full ]; then
+  [ -d .gpu/multi30k ] && { args+=(--data-root "$PWD/.gpu/multi30k"); export SEQ2SEQ_DATA_ROOT=$PWD/.gpu/multi30k; }
+  args+=(--data-dir /tmp/gpu_check_data)  # the prepared-data cache stays on the machine
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
+else
+  export OMP_NUM_THREADS=1
+  args+=(--data-dir "${SMOKE_DATA_DIR:-$OUT/data}")
+fi
+exec python3 scripts/gpu_check.py "${args[@]}"

@@ -1,0 +1,37 @@
+"""`scripts/gpu_check.sh --smoke`: every stage of the one-call GPU check runs tiny on the CPU and its
+report holds every stage's figures, so the script cannot rot while no GPU is around."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from .helpers import REPO
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_writes_every_stage_of_the_report(tmp_path, multi30k_dir):
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "SMOKE_DATA_DIR": str(tmp_path / "data")}
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--smoke"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "gpu_report.json").read_text())
+    assert set(os.listdir(tmp_path / "out")) == {"gpu_report.json", "gpu_report.md"}  # the device returns <= 8
+    assert report["mode"] == "smoke" and report["environment"]["torch"]
+    stages = report["stages"]
+    assert stages["cuda_tests"]["exit"] in (0, 5) and "skipped" in stages["cuda_tests"]["summary"]
+    rows = stages["throughput"]["rows"]
+    assert {r["run"].split("/")[0] for r in rows} == {"one_call", "input_feed"}
+    assert all(r["exit"] == 0 and r["tgt_tok_per_s"] > 0 and r["peak_mem_mib"] > 0 for r in rows), rows
+    quality = stages["quality"]
+    assert quality["exit"] == 0 and quality["validations"], quality
+    assert all(v["val_bleu"] is not None and v["seconds_since_train_call"] > 0 for v in quality["validations"])
+    decode = stages["decode"]
+    assert decode["exit"] == 0 and [r["search"] for r in decode["rows"]] == ["greedy", "beam5"], decode
+    assert all(r["seconds"] > 0 and r["bleu"] is not None for r in decode["rows"])
+    md = (tmp_path / "out" / "gpu_report.md").read_text()
+    for heading in ("(a) CUDA tests", "(b) Training throughput", "(c) Time to quality", "(d) Decoding"):
+        assert heading in md
