@@ -71,14 +71,10 @@ def device_overrides(device: torch.device) -> list[str]:
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The decode autocast dtype for a Trainer precision string, as validation decoding uses it
-    (`TranslationModule.translator`): bf16/fp16 for the mixed precisions, on CUDA only."""
-    if device.type != "cuda":
-        return None
-    if "bf16" in precision:
-        return torch.bfloat16
-    if precision.startswith("16"):
-        return torch.float16
-    return None
+    (`TranslationModule.translator`, `lit_module.precision_dtype`), on CUDA only."""
+    from seq2seq.lit_module import precision_dtype
+
+    return precision_dtype(precision, device.type) if device.type == "cuda" else None
 
 
 def synchronize(device: torch.device) -> None:

@@ -1,10 +1,14 @@
-"""DDP weighs every target token alike: a 2-rank step (gloo, CPU) equals one process's step over the
-union of both ranks' batches, however unequal their token counts."""
+"""DDP on 2 gloo ranks (CPU), one spawn for both checks: every target token weighs alike (a DDP step
+equals one process's step over the union of both ranks' batches, however unequal their token counts),
+and a rank whose validation decoding fails does not leave the other waiting in a collective."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import time
+from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
@@ -54,16 +58,42 @@ class TrainingStep(nn.Module):
         return self.module.training_step(batch, 0)
 
 
+class FailingTranslator:
+    def translate(self, lines):
+        raise torch.OutOfMemoryError("CUDA out of memory (injected, even for one sentence)")
+
+
+class EchoTranslator:
+    def translate(self, lines):
+        return [SimpleNamespace(text=line.upper()) for line in lines]
+
+
 def ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # A short collective timeout: a rank left waiting fails the test in seconds instead of 30 minutes.
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=30))
     try:
         module = make_module(world)
         ddp = DistributedDataParallel(TrainingStep(module))
         ddp(collate(rank_examples(rank))).backward()  # DDP averages the gradients over the ranks
         if rank == 0:
             torch.save({name: p.grad for name, p in module.named_parameters()}, out)
+
+        # Validation decoding: rank 1 runs out of memory; both ranks must raise, neither may hang.
+        def reduce(tensor, reduce_op):
+            dist.all_reduce(tensor)
+            return tensor
+
+        module._trainer = SimpleNamespace(world_size=world, global_rank=rank, strategy=SimpleNamespace(reduce=reduce))
+        module.translator = FailingTranslator if rank == 1 else EchoTranslator
+        try:
+            module.decode_split([f"sentence {i}" for i in range(5)])
+            outcome = "returned"
+        except Exception as e:  # noqa: BLE001 -- recorded for the test
+            outcome = f"{type(e).__name__}: {e}"
+        with open(f"{out}.rank{rank}.json", "w") as f:
+            json.dump(outcome, f)
     finally:
         dist.destroy_process_group()
 
@@ -75,14 +105,26 @@ def free_port() -> int:
 
 
 @pytest.mark.slow  # two spawned processes: ~30 s on a shared 2-core machine
-def test_ddp_gradient_equals_the_single_process_gradient_of_the_union(tmp_path):
+def test_ddp_weighs_tokens_globally_and_ranks_agree_on_validation_failures(tmp_path):
     """Mutation: `loss = smoothed / tokens` (each rank by its own count, the old behaviour) -> the DDP
     gradient is the mean of two per-rank averages and differs from the union's by far more than rounding."""
     out = tmp_path / "grads.pt"
-    mp.spawn(ddp_worker, args=(2, free_port(), str(out)), nprocs=2, join=True)
+    context = mp.spawn(ddp_worker, args=(2, free_port(), str(out)), nprocs=2, join=False)
+    deadline = time.monotonic() + 150
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:  # a rank stuck in a collective: fail instead of hanging
+            for process in context.processes:
+                process.kill()
+            pytest.fail("a DDP rank did not finish within 150 s (waiting in a collective?)")
     ddp_grads = torch.load(out, weights_only=True)
 
     single = make_module(1)
     single.training_step(collate(rank_examples(0) + rank_examples(1)), 0).backward()
     for name, p in single.named_parameters():
         torch.testing.assert_close(ddp_grads[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+    # Mutation (validation): rank 0 going on to all_gather_object without the agreed failure flag ->
+    # it waits there (no outcome written, or a collective error instead of this message): fails.
+    outcomes = [json.loads((tmp_path / f"grads.pt.rank{r}.json").read_text()) for r in range(2)]
+    assert outcomes[1].startswith("OutOfMemoryError"), outcomes
+    assert outcomes[0].startswith("RuntimeError: validation decoding failed on 1 other rank"), outcomes
