@@ -45,7 +45,8 @@ FULL = {
                    "batch_tokens": [8192, 16384], "precisions": ["bf16-mixed", "32-true"], "train_steps": 40,
                    "warmup_steps": 8, "profile_steps": 5, "device": "cuda", "cap": 110, "cap_each": 30},
     "quality": {"overrides": ["experiment=multi30k_gpu", "data.src_lang=de", "data.tgt_lang=en",
-                              "trainer.max_epochs=100", "test_after_training=false"],
+                              "trainer.max_epochs=100", "test_after_training=false",
+                              "callbacks.early_stopping.patience=1000"],  # the time budget ends the run
                 "max_time_s": 180, "min_time_s": 60, "margin_s": 30, "device": "cuda"},
     "decode": {"beams": "1,5", "batch_tokens": "16384", "cap": 45, "device": "cuda"},
 }

@@ -25,7 +25,7 @@ if [ "$mode" = stage ]; then
   cp "$shared"/gpu-wheels/*.whl .whl/
   # pytest for stage (a); pure-Python wheels, pinned to what the test suite runs here.
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
-    --platform manylinux2014_x86_64 -d .whl pytest==9.0.3 pluggy==1.6.0 iniconfig==2.3.0
+    --platform manylinux2014_x86_64 -d .whl pytest==9.0.3 pluggy==1.6.0 iniconfig==2.3.0 pygments==2.20.0
   rm -rf .gpu/multi30k && cp -r "$shared"/data/multi30k .gpu/multi30k
   du -sh .whl .gpu
   exit 0
