@@ -157,10 +157,9 @@ class TranslationModule(pl.LightningModule):
         # queued on the device like a kernel (no host sync). Gradient accumulation (Lightning divides by
         # N = accumulate_grad_batches) stays per micro-batch: exact when the N micro-batches hold equal
         # token counts, otherwise each micro-batch's tokens weigh 1 / (N x its own global count).
-        world = self.trainer.world_size
-        total = tokens
-        if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-            total = tokens.clone()
+        world, total = 1, tokens
+        if self.trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            world, total = torch.distributed.get_world_size(), tokens.clone()
             torch.distributed.all_reduce(total)
         loss = smoothed * world / total
         n = len(batch)
@@ -361,9 +360,11 @@ class TranslationModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[PAYLOAD_KEY] = make_payload(self.run_config, self.tokenizer)
         checkpoint[PAYLOAD_KEY]["plateau"] = dict(self.plateau)
-        if self._trainer is not None and self.trainer.training:
-            self._read_skip_counters()
-        checkpoint[PAYLOAD_KEY]["skipped"] = dict(self.skipped)
+        skipped = dict(self.skipped)
+        if self._skip_counts is not None:  # the device counters are ahead of self.skipped between reads
+            total, run, _ = (int(x) for x in self._skip_counts.tolist())
+            skipped.update(total=total, consecutive=run)
+        checkpoint[PAYLOAD_KEY]["skipped"] = skipped
         checkpoint[PAYLOAD_KEY]["rng"] = _rng_state()  # dropout continues exactly where it was
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
