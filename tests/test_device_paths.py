@@ -239,3 +239,24 @@ def test_training_steps_read_nothing_back_from_the_device(tmp_path, multi30k_dir
             setattr(torch.Tensor, name, ORIGINAL_READS[name])
     assert HostReadCounter.ran, "the probe never ran"
     assert HostReadCounter.seen == []
+
+
+def test_the_progress_bar_refreshes_at_the_logging_rate(tmp_path):
+    """Each refresh of the progress bar reads the logged loss back from the device: it refreshes every
+    log_every_n_steps, not every step. Mutation: the refresh-rate line removed from on_fit_start -> 1."""
+    from types import SimpleNamespace
+
+    import lightning.pytorch as pl
+
+    from seq2seq.config import OptimConfig, SchedulerConfig, ValidationConfig
+    from seq2seq.lit_module import TranslationModule
+
+    model = section(ModelConfig, dict(cell="gru", embedding_size=8, encoder_hidden_size=6, decoder_hidden_size=8,
+                                      encoder_layers=1, attention_size=6), "model")
+    module = TranslationModule(model, OptimConfig(), SchedulerConfig(), SearchConfig(), ValidationConfig(),
+                               tokenizer=SimpleNamespace(src_vocab_size=12, tgt_vocab_size=12), run_config={})
+    trainer = pl.Trainer(accelerator="cpu", log_every_n_steps=7, enable_progress_bar=True, logger=False,
+                         enable_checkpointing=False, default_root_dir=tmp_path)
+    module.trainer = trainer
+    module.on_fit_start()
+    assert trainer.progress_bar_callback.refresh_rate == 7
