@@ -162,6 +162,35 @@ def test_a_decoding_step_does_not_sync():
             torch.cuda.set_sync_debug_mode(0)
 
 
+def count_syncs(fn) -> int:
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    return sum("synchronizing" in str(w.message) for w in caught)
+
+
+def test_greedy_search_syncs_only_every_sync_every_steps():
+    """Search copies the finished flags to the host every `sync_every` steps, plus a few copies when it
+    starts and ends; never once per step."""
+    model = tiny_model().to(CUDA).eval()
+    batch = cuda_batch()
+    kw = dict(max_len_a=40, max_len_b=0)  # 40 steps unless every sentence ends early
+    with torch.inference_mode():
+        search.greedy(model, batch.src, batch.src_lengths, batch.src_mask, **kw)  # warm-up
+        every_step = count_syncs(lambda: search.greedy(model, batch.src, batch.src_lengths, batch.src_mask,
+                                                       sync_every=1, **kw))
+        every_8 = count_syncs(lambda: search.greedy(model, batch.src, batch.src_lengths, batch.src_mask,
+                                                    sync_every=8, **kw))
+    assert every_8 < every_step
+    assert every_8 <= 40 // 8 + 12, (every_8, every_step)
+
+
 def test_encoding_a_sorted_batch_does_not_sync():
     model = tiny_model().to(CUDA).eval()
     batch = cuda_batch()
