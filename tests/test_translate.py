@@ -25,6 +25,7 @@ from seq2seq.checkpoint import PAYLOAD_KEY, load_for_translation
 from seq2seq.config import TokenizerConfig
 from seq2seq.tokenizer import EOS_ID, Tokenizer, train_sentencepiece
 from seq2seq.train import train
+from seq2seq.translator import Translator
 
 from .conftest import synthetic_pairs
 from .helpers import REPO, TINY, compose_train, learn
@@ -560,18 +561,18 @@ def test_plot_attention_writes_pngs(ckpt, tmp_path, sources):
     assert len(out_lines(tmp_path / "out.txt")) == 5
 
 
-def test_device_and_precision_flags(ckpt, tmp_path, sources, capsys):
+def test_device_and_precision_flags(ckpt, tmp_path, sources, capsys, caplog):
     src = write(tmp_path / "in.de", sources)
     jsonl_fast = ["--format", "jsonl", *FAST]  # scores with all their digits: any bf16 rounding shows
     assert run("--checkpoint", ckpt, "--input", src, "--output", tmp_path / "cpu.txt", "--device", "cpu",
                *jsonl_fast) == 0
-    capsys.readouterr()
+    caplog.clear()
     assert run("--checkpoint", ckpt, "--input", src, "--output", tmp_path / "bf16.txt", "--device", "auto",
                "--precision", "bf16", *jsonl_fast) == 0
     if not torch.cuda.is_available():
         # --precision applies on a GPU only: on the CPU a warning says so and decoding is plain fp32
         # (mutation that makes this fail: translate.py keeping the bf16 dtype on the CPU).
-        assert "applies on a GPU; translating in fp32 on the cpu" in capsys.readouterr().err
+        assert "applies on a GPU; translating in fp32 on the cpu" in caplog.text
         assert (tmp_path / "bf16.txt").read_bytes() == (tmp_path / "cpu.txt").read_bytes()
         capsys.readouterr()
         assert run("--checkpoint", ckpt, "--input", src, "--output", tmp_path / "gpu.txt", "--device", "cuda") == 2
