@@ -102,6 +102,18 @@ def test_bench_translate_on_the_checkpoint(bench):
     assert lines[2] == f"| greedy | 40 | {report['results'][0]['bleu']:.2f} |"
 
 
+def test_bench_data_reports_encoding_and_cache_loading(learnable_corpus, tmp_path):
+    """scripts/bench_data.py: the data-side figures that used to be wall-clock limits in unit tests."""
+    out = tmp_path / "data.json"
+    proc = run("bench_data.py", *learn(learnable_corpus), f"paths.data_dir={tmp_path / 'data'}", "--repeat", "1",
+               "--json", str(out))
+    report = json.loads(out.read_text())
+    assert report["corpus"]["train_sentences"] == 600
+    assert report["encode_train_src"]["pieces"] > 600 and report["encode_train_src"]["seconds"] > 0
+    assert report["load_prepared_cache"]["pairs"] == 600 + 40 + 30
+    assert "sentencepiece encoding of the training sources" in proc.stdout
+
+
 def test_kernel_busy_time_is_the_union_of_gpu_intervals():
     trace = {"traceEvents": [
         {"ph": "X", "cat": "kernel", "ts": 0, "dur": 10},
