@@ -184,6 +184,7 @@ def bench_train(cfg, device: torch.device, args, workdir: Path) -> dict[str, Any
         cfg.trainer, callbacks=[timer], logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, max_steps=total, max_epochs=-1,
         min_epochs=0, limit_val_batches=0, num_sanity_val_steps=0, val_check_interval=1.0,
+        check_val_every_n_epoch=1,  # a config with step-based validation (=null) would reject 1.0 above
         fast_dev_run=False)
     trainer.fit(module, datamodule=datamodule)
     if timer.seconds is None:

@@ -3,6 +3,7 @@
 
     python scripts/collect_runs.py multirun/train/2026-01-01_12-00-00            # markdown to stdout
     python scripts/collect_runs.py multirun/train/* --csv runs.csv --markdown runs.md
+    python scripts/collect_runs.py outputs/train/2026-01-01_12-00-00 --json run.json   # + validation history
 
 Each argument is a run folder or any folder above run folders (a sweep folder); a run folder is one
 holding `.hydra/overrides.yaml`. Per run it reads
@@ -11,6 +12,8 @@ holding `.hydra/overrides.yaml`. Per run it reads
                                 step, and the best value of the monitored validation metric
   checkpoints/*.scores.json     the final test scores written after training (cased BLEU/chrF/TER and
                                 lowercased BLEU)
+With --json, every run's validation history (step, epoch and val/* of each validation, in order) and
+its row go to a JSON file: the README's per-epoch validation BLEU rows are regenerated from it.
 Settings that differ between the runs become columns (all settings with --all-settings, or when there
 is a single run). A run without logs/metrics.csv still gets a row, its status saying so; a run
 without test scores (test_after_training=false) leaves those cells empty.
@@ -112,6 +115,21 @@ def read_metrics(run: Path) -> dict[str, float]:
     return out
 
 
+def read_validations(run: Path) -> list[dict[str, float]]:
+    """Every validation of logs/metrics.csv, in order: step, epoch and its val/* figures."""
+    path = run / "logs" / "metrics.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    out = []
+    for r in rows:
+        values = {k: _number(v) for k, v in r.items() if k.startswith("val/") and _number(v) is not None}
+        if values:
+            out.append({"step": _number(r.get("step")), "epoch": _number(r.get("epoch")), **values})
+    return out
+
+
 def read_test_scores(run: Path) -> dict[str, float]:
     """checkpoints/*.scores.json -> test/bleu, test/bleu_lc, test/chrf, test/ter (prefixed by the test
     set's name when a run holds scores for several sets)."""
@@ -208,8 +226,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--csv", type=Path, help="also write the table as CSV here")
     p.add_argument("--markdown", type=Path, help="write the markdown table here instead of standard output")
     p.add_argument("--all-settings", action="store_true", help="a column for every override, varied or not")
+    p.add_argument("--json", type=Path, help="also write each run's row and validation history as JSON here")
     args = p.parse_args(argv)
     columns, rows = collect(args.paths, args.all_settings)
+    if args.json:
+        runs = find_runs(args.paths)
+        payload = {"columns": columns,
+                   "runs": [{**row, "path": str(run), "validations": read_validations(run)}
+                            for row, run in zip(rows, runs)]}
+        args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     markdown = to_markdown(columns, rows)
     if args.markdown:
         args.markdown.write_text(markdown, encoding="utf-8")

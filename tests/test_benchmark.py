@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from .helpers import REPO
+from .helpers import REPO, learn
 
 sys.path.insert(0, str(REPO / "scripts"))
 import _bench  # noqa: E402
@@ -35,16 +35,19 @@ DECODE_ROW = {"search", "beam_size", "batch_tokens", "sentences", "seconds", "se
 ENVIRONMENT = {"device", "device_name", "torch", "cuda", "python", "cpu_count", "torch_threads", "git"}
 
 
+VAL_EVERY = 25
+THRESHOLD = 5.0
+
+
 @pytest.fixture(scope="module")
-def bench(tmp_path_factory):
-    """benchmark.py: training throughput, decoding and time-to-quality on a tiny run."""
+def bench(tmp_path_factory, learnable_corpus):
+    """benchmark.py: training throughput, decoding and time-to-quality on a tiny run of the learnable toy
+    pair, whose validation BLEU climbs from 0 past THRESHOLD within a few hundred steps."""
     tmp = tmp_path_factory.mktemp("bench")
-    if not (REPO.parent / "shared/data/multi30k/train.en.gz").is_file():
-        pytest.skip("Multi30k not found")
     out = tmp / "bench.json"
-    proc = run("benchmark.py", *TINY, f"paths.data_dir={tmp / 'data'}", *COMMON, "--train-steps", "2",
-               "--warmup-steps", "1", "--beams", "1,2", "--bleu-threshold", "0",
-               "--output-dir", str(tmp / "run"), "--json", str(out))
+    proc = run("benchmark.py", *TINY, *learn(learnable_corpus, 400, VAL_EVERY), f"paths.data_dir={tmp / 'data'}",
+               *COMMON, "--train-steps", "2", "--warmup-steps", "1", "--beams", "1,2",
+               "--bleu-threshold", str(THRESHOLD), "--output-dir", str(tmp / "run"), "--json", str(out))
     return tmp, json.loads(out.read_text()), proc.stdout
 
 
@@ -68,9 +71,13 @@ def test_benchmark_json_has_every_figure(bench):
     for row in decode["results"]:
         assert DECODE_ROW <= set(row) and row["sentences"] == 6
     ttq = report["time_to_quality"]
-    assert ttq["reached"] and ttq["val_bleu"] >= 0 and ttq["seconds_since_process_start"] > 0
-    assert ttq["seconds_since_train_call"] <= ttq["seconds_since_process_start"]
-    assert ttq["step"] == 3  # debug=tiny validates every 3 steps; stopped at the first validation
+    # Training stopped at the first validation whose BLEU reached the threshold, not before, not after
+    # (mutation that makes it fail: BleuThresholdStop stopping at the first validation whatever its BLEU).
+    history = [h["bleu"] for h in ttq["validations"]]
+    assert ttq["reached"] and ttq["val_bleu"] >= THRESHOLD and history[-1] == ttq["val_bleu"]
+    assert len(history) >= 2 and all(b < THRESHOLD for b in history[:-1]), history
+    assert ttq["step"] == VAL_EVERY * len(history)
+    assert 0 < ttq["seconds_since_train_call"] <= ttq["seconds_since_process_start"]
     assert "training (2 steps after 1 warm-up" in stdout and "decoding 6 test_2016_flickr" in stdout
 
 
@@ -88,6 +95,23 @@ def test_bench_translate_on_the_checkpoint(bench):
     for row in report["results"]:
         assert DECODE_ROW <= set(row)
     assert "peak memory" in proc.stdout
+    # the README's decoding table is regenerated from this JSON
+    table = run("json_table.py", str(out), "--rows", "results", "--columns", "search,batch_tokens,bleu").stdout
+    lines = table.splitlines()
+    assert lines[0] == "| search | batch_tokens | bleu |" and len(lines) == 2 + 4
+    assert lines[2] == f"| greedy | 40 | {report['results'][0]['bleu']:.2f} |"
+
+
+def test_bench_data_reports_encoding_and_cache_loading(learnable_corpus, tmp_path):
+    """scripts/bench_data.py: the data-side figures that used to be wall-clock limits in unit tests."""
+    out = tmp_path / "data.json"
+    proc = run("bench_data.py", *learn(learnable_corpus), f"paths.data_dir={tmp_path / 'data'}", "--repeat", "1",
+               "--json", str(out))
+    report = json.loads(out.read_text())
+    assert report["corpus"]["train_sentences"] == 600
+    assert report["encode_train_src"]["pieces"] > 600 and report["encode_train_src"]["seconds"] > 0
+    assert report["load_prepared_cache"]["pairs"] == 600 + 40 + 30
+    assert "sentencepiece encoding of the training sources" in proc.stdout
 
 
 def test_kernel_busy_time_is_the_union_of_gpu_intervals():

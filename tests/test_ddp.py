@@ -9,7 +9,6 @@ preparation must be safe when several processes (SLURM ranks, `strategy=ddp` chi
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import multiprocessing
@@ -29,15 +28,15 @@ from seq2seq.lit_module import TranslationModule
 from seq2seq.prepare import prepare_corpus
 from seq2seq.train import check_hardware, check_launch, train
 
-from .helpers import TINY, compose_train, read_metrics, run_script, series
+from .helpers import TINY, compose_train, learn, read_metrics, run_script, series
 
-# Plumbing, not quality: short outputs keep the final test (1,000 sentences) quick on two cores.
-FAST_DECODE = ["search.max_len_a=3", "search.max_len_b=0.5"]
-STEPS = 6  # debug=tiny: max_steps=6 ...
-VAL_EVERY = 3  # ... validation every 3 steps
-# 12 validation pairs fit in one batch of 1024 tokens: sharded by batches, rank 1 would get none and
-# Lightning would stop ("DataLoader within local rank has zero length").
-VALID_PAIRS = 12
+# The run learns the toy pair (helpers.learn), so its validation scores are not the trivial BLEU 0 /
+# TER 100 that any gather bug would leave unchanged.
+STEPS = 150  # optimiser steps ...
+VAL_EVERY = 75  # ... validation every 75 steps
+# All 40 validation pairs fit in one batch of 1024 tokens: sharded by batches, rank 1 would get none
+# (EvalShardSampler shards sentences instead).
+VALID_PAIRS = 40
 
 
 class BatchRecorder(pl.Callback):
@@ -67,33 +66,35 @@ class BatchRecorder(pl.Callback):
 
 
 @pytest.fixture(scope="module")
-def ddp_run(tmp_path_factory, multi30k_dir):
-    """`python -m seq2seq.train debug=tiny trainer=ddp_cpu trainer.devices=2`, with the final test."""
+def ddp_run(tmp_path_factory, learnable_corpus):
+    """`python -m seq2seq.train debug=tiny trainer=ddp_cpu trainer.devices=2` on the learnable toy pair
+    (long enough to translate it), with the final test."""
     tmp = tmp_path_factory.mktemp("ddp")
     run_dir, probe = tmp / "run", tmp / "probe"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("OMP_NUM_THREADS", "1")  # on a shared 2-core machine, 2 OpenMP threads per process thrash
-        proc = run_script("train", *TINY, *FAST_DECODE, "trainer=ddp_cpu", "trainer.devices=2",
-                          f"data.max_valid_pairs={VALID_PAIRS}",
+        proc = run_script("train", *TINY, *learn(learnable_corpus, STEPS, VAL_EVERY), "trainer=ddp_cpu",
+                          "trainer.devices=2", f"data.max_valid_pairs={VALID_PAIRS}",
                           f"paths.data_dir={tmp / 'data'}", f"hydra.run.dir={run_dir}",
                           f"+callbacks.recorder._target_={BatchRecorder.__module__}.BatchRecorder",
                           f"+callbacks.recorder.out_dir={probe}", timeout=600)
-    return {"dir": run_dir, "data": tmp / "data", "probe": probe, "proc": proc}
+    return {"dir": run_dir, "data": tmp / "data", "probe": probe, "proc": proc, "corpus": learnable_corpus}
 
 
 def test_ddp_cpu_console_run_trains_validates_checkpoints_and_tests_once(ddp_run):
-    run_dir, proc = ddp_run["dir"], ddp_run["proc"]
+    run_dir, proc, corpus = ddp_run["dir"], ddp_run["proc"], ddp_run["corpus"]
     out = proc.stdout + proc.stderr
     assert "distributed_backend=gloo" in out and "Starting with 2 processes" in out
     for name in ("best.ckpt", "last.ckpt"):
         assert (run_dir / "checkpoints" / name).is_file()
     rows = read_metrics(run_dir)
-    assert len(series(rows, "val/bleu")) == 2  # steps 3 and 6, logged once (by rank 0)
+    assert len(series(rows, "val/bleu")) == STEPS // VAL_EVERY  # logged once per validation (by rank 0)
     assert len(series(rows, "train/loss")) == STEPS
     # test-after-training runs once, in the launching process, after the workers have returned
     assert proc.stdout.count("test (test_2016_flickr, de->en)") == 1
     hyp = run_dir / "checkpoints" / "test_2016_flickr.de-en.hyp"
-    assert len(hyp.read_text(encoding="utf-8").splitlines()) == 1000
+    references = (corpus / "test_2016_flickr.en").read_text(encoding="utf-8").splitlines()
+    assert len(hyp.read_text(encoding="utf-8").splitlines()) == len(references)
     # the spawned rank 0 logs through the run's logging config (train.log), not into the void
     assert "val BLEU" in (run_dir / "train.log").read_text(encoding="utf-8")
 
@@ -119,13 +120,21 @@ def test_each_rank_trains_and_validates_on_its_own_shard(ddp_run):
         return list(EvalShardSampler(*args, num_replicas=2, rank=rank))
 
     assert len(valid) == VALID_PAIRS
+    first_epoch = [shard(train, rank, True) for rank in range(2)]
     for rank, record in enumerate(records):
-        assert record["train"] == shard(train, rank, True)[:STEPS]  # exactly the rank's shard, in order
-        assert len(record["val"]) == 2
+        assert len(record["train"]) == STEPS
+        # exactly the rank's shard of the first epoch, in order (later epochs reshuffle)
+        assert record["train"][:len(first_epoch[rank])] == first_epoch[rank]
+        assert len(record["val"]) == STEPS // VAL_EVERY
         for epoch in record["val"]:
             assert epoch == shard(valid, rank, False) and epoch  # every rank validates something
-    assert not set(sum(records[0]["train"], [])) & set(sum(records[1]["train"], []))
-    for epoch in range(2):  # the two validation shards partition the split: no duplicates, no gaps
+    # together the shards are the single-process epoch (padded by repeating its first batches)
+    lengths = np.array([len(s) + 1 for s in train.src]), np.array([len(t) + 1 for t in train.tgt])
+    whole = [tuple(b) for b in TokenBucketBatchSampler(*lengths, batching.max_tokens, batching.max_sentences,
+                                                       batching.bucket_width, shuffle=True, seed=config["seed"])]
+    assert {tuple(b) for r in range(2) for b in first_epoch[r]} == set(whole)
+    assert len(first_epoch[0]) == len(first_epoch[1]) == (len(whole) + 1) // 2
+    for epoch in range(STEPS // VAL_EVERY):  # the validation shards partition the split: no duplicates, no gaps
         seen = sorted(i for r in records for batch in r["val"][epoch] for i in batch)
         assert seen == list(range(len(valid)))
 
@@ -163,13 +172,16 @@ def _validate_one_process(ckpt_path: Path) -> dict[str, float]:
 
 def test_validation_scores_under_ddp_equal_single_process(ddp_run):
     """The 2-rank run validated its weights (sharded decoding, gathered, scored once; loss sums reduced);
-    one process validating the checkpoint saved at that moment must get the same figures."""
+    one process validating the checkpoint saved at that moment must get the same figures. The model has
+    learned the toy pair, so the figures are far from the trivial BLEU 0 / TER 100 first. Mutations that
+    make it fail: lit_module.decode_split keeping only rank 0's part of the gather (`gathered[:1]`), or
+    concatenating the parts rank by rank instead of restoring the sentence order."""
     best = ddp_run["dir"] / "checkpoints" / "best.ckpt"
     step = read_checkpoint(best)["global_step"]
     rows = [r for r in read_metrics(ddp_run["dir"]) if r.get("val/bleu")]
     logged = {k: float(v) for k, v in rows[step // VAL_EVERY - 1].items() if k.startswith("val/")}
     one = _validate_one_process(best)
-    assert 0 < one["val/chrf"] < 100  # a non-trivial figure (BLEU of so short a run is 0)
+    assert one["val/bleu"] > 5 and 20 < one["val/chrf"] < 100 and one["val/ter"] < 90, one  # non-trivial
     for name in ("val/bleu", "val/chrf", "val/ter"):  # exact: the very same hypotheses were scored
         assert logged[name] == one[name], name
     for name in ("val/loss", "val/ppl"):  # equal up to summation order (rank 0's shard alone is ~1e-4 off)
@@ -180,25 +192,25 @@ def test_ddp_checkpoint_resumes_in_a_single_process(ddp_run, tmp_path):
     last = ddp_run["dir"] / "checkpoints" / "last.ckpt"
     step = read_checkpoint(last)["global_step"]
     run_dir = tmp_path / "resumed"
-    cfg = compose_train([*TINY, *FAST_DECODE, "trainer=cpu", f"paths.data_dir={ddp_run['data']}",
-                         f"ckpt_path={last}", f"trainer.max_steps={step + 2}", "test_after_training=false"], run_dir)
+    cfg = compose_train([*TINY, *learn(ddp_run["corpus"], step + 2, VAL_EVERY), "trainer=cpu",
+                         f"paths.data_dir={ddp_run['data']}", f"ckpt_path={last}", "test_after_training=false"],
+                        run_dir)
     train(cfg)
     rows = read_metrics(run_dir)
     assert sorted({int(r["step"]) for r in rows if r.get("train/loss")}) == [step, step + 1]  # continues
     lr = {int(r["step"]): float(r["lr-Adam"]) for r in rows if r.get("lr-Adam")}
-    assert lr[step] == pytest.approx(1e-3 * (step + 1) / 500)  # warm-up schedule restored, not restarted
+    # learn(): lr 0.01, 10 warm-up steps, then inverse square root: the schedule continues, not restarted
+    assert lr[step] == pytest.approx(0.01 * (10 / (step + 1)) ** 0.5)
 
 
-def test_ddp_checkpoint_translates_like_its_final_test(ddp_run, multi30k_dir, tmp_path):
+def test_ddp_checkpoint_translates_like_its_final_test(ddp_run, tmp_path):
     from seq2seq.translate import main as translate_main
 
     ckpt = ddp_run["dir"] / "checkpoints" / "best.ckpt"
     written = (ddp_run["dir"] / "checkpoints" / "test_2016_flickr.de-en.hyp").read_text(encoding="utf-8")
-    sources = gzip.open(multi30k_dir / "test_2016_flickr.de.gz", "rt", encoding="utf-8").read().splitlines()[:40]
-    src, out = tmp_path / "src.de", tmp_path / "out.en"
-    src.write_text("".join(s + "\n" for s in sources), encoding="utf-8")
+    src, out = ddp_run["corpus"] / "test_2016_flickr.de", tmp_path / "out.en"
     assert translate_main(["--checkpoint", str(ckpt), "--input", str(src), "--output", str(out), "--quiet"]) == 0
-    assert out.read_text(encoding="utf-8").splitlines() == written.splitlines()[:40]
+    assert out.read_text(encoding="utf-8").splitlines() == written.splitlines()
 
 
 # ------------------------------------------------------------------------ concurrent data preparation

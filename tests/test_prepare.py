@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -287,9 +286,7 @@ def test_cli_real_multi30k_from_another_folder(multi30k_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "prepared train 29000, valid 1014, test 1000 pairs" in result.stdout
     (directory,) = cache.iterdir()
-    start = time.perf_counter()
-    corpus = load_prepared(directory)
-    assert time.perf_counter() - start < 2.0  # loading is np.split on offsets, not a re-encode
+    corpus = load_prepared(directory)  # its speed: scripts/bench_data.py (no wall-clock limit in tests)
     assert corpus.report["train"]["kept"] == len(corpus.splits["train"].src) > 28000
     assert corpus.splits["valid"].tgt_text == read_lines(multi30k_dir / "val.fr.gz")
     assert corpus.report["valid"]["src_unk"] == corpus.report["test"]["tgt_unk"] == 0  # byte fallback

@@ -3,6 +3,7 @@ survive SIGKILL, and non-finite steps are skipped (and stop the run when they ke
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import torch
 from seq2seq.checkpoint import AtomicCheckpointIO, load_for_translation
 from seq2seq.lit_module import TrainingDivergedError, TranslationModule
 from seq2seq.train import train
+from seq2seq.translator import Translator
 
 from .helpers import REPO, TINY, compose_train, read_metrics, series
 
@@ -140,6 +142,42 @@ def test_sigkill_at_epoch_boundary_then_resume_is_identical(tmp_path, data_dir, 
     assert series(read_metrics(run_dir), "train/loss")[-3:] == series(read_metrics(straight[0]), "train/loss")[-3:]
 
 
+def test_sigkill_mid_epoch_with_callbacks_then_resume_is_identical(tmp_path, data_dir, straight):
+    """The reference run's own settings (validation, last.ckpt, early stopping, best checkpoint every 3
+    steps), SIGKILLed at step 5 of the first epoch: `ckpt_path=last` resumes at step 3 of that epoch and
+    ends in the reference's exact state, callbacks' states included.
+    Mutation that makes it fail: TokenBucketBatchSampler.load_state_dict not setting `self._skip`
+    (the resumed epoch starts again from its first batch)."""
+    args = overrides(data_dir, *MID_EPOCH)
+    run_dir = tmp_path / "killed"
+    code = textwrap.dedent(f"""
+        import os, signal, sys
+        import torch
+        torch.set_num_threads({torch.get_num_threads()})  # as in this process: same float sums, same numbers
+        from seq2seq.lit_module import TranslationModule
+        def on_train_batch_start(self, batch, batch_idx):
+            if self.global_step == 5:
+                os.kill(os.getpid(), signal.SIGKILL)
+        TranslationModule.on_train_batch_start = on_train_batch_start
+        sys.argv = ["seq2seq-train", *{args!r}, "hydra.run.dir={run_dir}"]
+        from seq2seq.train import main
+        main()
+    """)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    saved = load(run_dir / "checkpoints" / "last.ckpt")
+    assert saved["epoch"] == 0 and saved["global_step"] == 3  # mid-epoch, from the validation at step 3
+    assert saved["callbacks"], "the checkpoint holds the callbacks' states"
+
+    with pytest.MonkeyPatch.context() as mp:
+        resumed = Recorder(mp)
+        train(compose_train([*args, "ckpt_path=last"], run_dir))
+        final = resumed.save_final(tmp_path / "final.ckpt")
+    assert resumed.seen == straight[1][3:]  # exactly the batches not yet trained on, in order
+    assert_same_training_state(final, load(straight[0] / "final.ckpt"), callbacks=True)
+
+
 def test_mid_epoch_resume_sees_exactly_the_remaining_batches(tmp_path, data_dir, monkeypatch, straight):
     args = overrides(data_dir, *MID_EPOCH)
     straight_dir, seen = straight
@@ -205,8 +243,9 @@ def test_too_many_bad_steps_stop_with_a_usable_last_checkpoint(tmp_path, data_di
     ckpt = load(last)
     assert ckpt["global_step"] == 5
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
-    model, tokenizer, _, _ = load_for_translation(last)  # translation reads it
-    assert model is not None and tokenizer.tgt_vocab_size > 0
+    model, tokenizer, search_cfg, _ = load_for_translation(last)  # translation reads it and translates
+    (out,) = Translator(model, tokenizer, search_cfg).translate(["Ein Hund rennt."])
+    assert math.isfinite(out.score)  # finite weights: usable log-probabilities
     monkeypatch.undo()  # the data is fine again: the run resumes from last.ckpt
     train(compose_train(overrides(data_dir, "max_bad_steps=3", "trainer.max_epochs=1", "ckpt_path=last"), tmp_path))
     assert load(last)["global_step"] > 5

@@ -1,6 +1,6 @@
 """Hydra sweeps: `seq2seq-train -m` runs every job in its own folder, `scripts/collect_runs.py` turns
 the folders into one table, a script-relaunching DDP launch is refused inside a sweep, and the SLURM
-launcher config composes into the expected sbatch resources (skipped without the plugin)."""
+launcher config composes into the expected sbatch resources (the slurm extra: installed in CI)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import REPO, TINY, read_metrics, run_script, series
+from .helpers import REPO, TINY, read_metrics, require, run_script, series
 
 COLLECT = REPO / "scripts" / "collect_runs.py"
 FAST_DECODE = ["search.max_len_a=3", "search.max_len_b=0.5"]  # plumbing, not quality: a quick final test
@@ -109,6 +109,13 @@ def test_collect_runs_last_best_varied_columns_and_failed_runs(tmp_path):
     assert table[1]["status"].startswith("no metrics") and table[1]["optim.lr"] == "0.03"
     markdown = collect.to_markdown(columns, table)
     assert "| 10 | 0.01 | gru | 20 | 2.500 | 22.00 | 70.00 |" in markdown
+    out = tmp_path / "runs.json"
+    assert collect.main([str(tmp_path / "s"), "--json", str(out), "--markdown", str(tmp_path / "runs.md")]) == 0
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["run"] for r in runs] == ["2", "3", "10"]
+    assert runs[2]["validations"] == [{"step": 9, "epoch": None, "val/ter": 60.0, "val/bleu": 20.0},
+                                      {"step": 19, "epoch": None, "val/ter": 70.0, "val/bleu": 22.0}]
+    assert runs[1]["validations"] == [] and runs[2]["test/bleu"] == 21.5
 
 
 def test_script_relaunching_ddp_is_refused_inside_a_sweep(tmp_path, multi30k_dir, monkeypatch):
@@ -121,8 +128,10 @@ def test_script_relaunching_ddp_is_refused_inside_a_sweep(tmp_path, multi30k_dir
 
 
 def test_slurm_launcher_config_gives_one_task_per_gpu(tmp_path, monkeypatch):
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the slurm extra is not installed")
-    submitit = pytest.importorskip("submitit")
+    """The slurm extra (hydra-submitit-launcher) is installed by .ci/run: in CI this test runs, never skips.
+    Mutation that makes it fail: conf/hydra/launcher/slurm.yaml with tasks_per_node: 1."""
+    require("hydra_plugins.hydra_submitit_launcher")
+    submitit = require("submitit")
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
     from omegaconf import OmegaConf
 

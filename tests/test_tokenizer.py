@@ -173,16 +173,16 @@ def test_byte_fallback_has_no_unk(byte_tok):
     assert byte_tok.decode_src(ids) == ["Zwölf Boxkämpfer 🥊 jagen Viktor quer über den 大 Sylter Deich"]
 
 
-def test_real_multi30k_encoding_is_fast(multi30k_dir):
+def test_real_multi30k_encodes_and_decodes_back(multi30k_dir):
+    """The whole German training side round-trips. (Its speed is a figure of scripts/bench_data.py,
+    not an assertion here: wall-clock limits fail at random on a busy machine.)"""
     import gzip
-    import time
 
     lines = gzip.decompress((multi30k_dir / "train.de.gz").read_bytes()).decode().splitlines()
     model = train_sentencepiece(lines[:3000], TokenizerConfig(vocab_size=1000))
     tok = Tokenizer(model, model)
-    start = time.perf_counter()
     ids = tok.encode_src(lines)
-    assert len(ids) == 29000 and time.perf_counter() - start < 5.0
+    assert len(ids) == 29000
     assert tok.decode_src(ids[:100]) == lines[:100]
 
 

@@ -2,9 +2,8 @@
 
 Most runs call `seq2seq.translate.main([...])` in-process (seconds instead of a Python start-up
 each); one runs the console script for real. The tiny model is barely trained, so its output is
-junk that mostly runs to the maximum length: fine for everything here except "a finished
-translation fed back as its reference gets its own score", for which the test derives a checkpoint
-whose output layer makes greedy search stop after a word or two.
+junk that mostly runs to the maximum length: fine for the line contract and the file handling; the
+tests that need finished translations use a model trained on the learnable toy pair instead.
 """
 
 from __future__ import annotations
@@ -24,13 +23,12 @@ import torch
 from seq2seq import average, translate
 from seq2seq.checkpoint import PAYLOAD_KEY, load_for_translation
 from seq2seq.config import TokenizerConfig
-from seq2seq.search import Ensemble
 from seq2seq.tokenizer import EOS_ID, Tokenizer, train_sentencepiece
 from seq2seq.train import train
 from seq2seq.translator import Translator
 
 from .conftest import synthetic_pairs
-from .helpers import REPO, TINY, compose_train
+from .helpers import REPO, TINY, compose_train, learn
 
 FAST = ["--max-len-a", "2", "--max-len-b", "0.5", "--quiet"]  # short outputs: the model is untrained
 BIAS_KEY = "model.decoder.output.proj.bias"  # output layer bias in the Lightning state dict
@@ -51,6 +49,16 @@ def run_dir(tmp_path_factory, multi30k_dir) -> Path:
                          "callbacks=[default,periodic_checkpoint]", "data.max_valid_pairs=10"], tmp / "run")
     train(cfg)
     return tmp / "run"
+
+
+@pytest.fixture(scope="module")
+def learned_ckpt(tmp_path_factory, learnable_corpus) -> Path:
+    """A tiny model trained on the learnable toy pair until it translates (seconds): its greedy
+    translations end with EOS by themselves."""
+    tmp = tmp_path_factory.mktemp("learned")
+    train(compose_train([*TINY, *learn(learnable_corpus), "test_after_training=false",
+                         f"paths.data_dir={tmp / 'data'}"], tmp / "run"))
+    return tmp / "run" / "checkpoints" / "best.ckpt"
 
 
 @pytest.fixture(scope="module")
@@ -282,12 +290,16 @@ def test_nbest_tsv_parses_back(ckpt, tmp_path, sources):
     assert out_lines(tmp_path / "beam.txt") == [r[3] for r in rows if r[1] == "1"]
 
 
-def test_alignment_and_jsonl_parse_back(ckpt, tmp_path, sources):
+def test_alignment_and_jsonl_parse_back(learned_ckpt, learnable_corpus, tmp_path):
+    """On the model that has learned the toy pair: its translations are non-empty, so the alignment of
+    the first line has pairs to check (an untrained model may stop at once and leave nothing)."""
+    sources = (learnable_corpus / "val.de").read_text(encoding="utf-8").splitlines()[:3]
     src = write(tmp_path / "in.de", [sources[0], "", *sources[1:3]])
     for name, flags in (("a.txt", ["--alignment"]), ("a.jsonl", ["--alignment", "--format", "jsonl"]),
                         ("n.jsonl", ["--alignment", "--format", "jsonl", "--nbest", "2"]),
                         ("p.jsonl", ["--format", "jsonl"])):
-        assert run("--checkpoint", ckpt, "--input", src, "--output", tmp_path / name, *flags, *FAST) == 0
+        assert run("--checkpoint", learned_ckpt, "--input", src, "--output", tmp_path / name, *flags,
+                   "--quiet") == 0
     text = [line.split("\t") for line in out_lines(tmp_path / "a.txt")]
     greedy, nbest, plain = (jsonl(tmp_path / n) for n in ("a.jsonl", "n.jsonl", "p.jsonl"))
     assert all(len(t) == 2 for t in text)
@@ -314,50 +326,20 @@ def test_alignment_and_jsonl_parse_back(ckpt, tmp_path, sources):
     assert all(isinstance(o["score"], float) and isinstance(o["finished"], bool) for o in plain)
 
 
-def _eos_checkpoint(ckpt: Path, dst: Path, sources: list[str]) -> tuple[Path, int]:
-    """A copy of `ckpt` whose greedy translations end with EOS after a word or two.
-
-    Only whole-word pieces (which re-tokenize to themselves) and EOS stay possible; the EOS bias is
-    the value (from a small grid) at which the most translations end non-empty. Returns the path and
-    that number of translations.
-    """
-    c = torch.load(ckpt, map_location="cpu", weights_only=True)
-    tok = Tokenizer.from_state_dict(c[PAYLOAD_KEY]["tokenizer"])
-    word = torch.tensor([p.startswith("▁") and p[1:].isalpha() for p in tok.tgt_pieces(range(tok.tgt_vocab_size))])
-    base = c["state_dict"][BIAS_KEY].clone()
-    base[~word] -= 100.0
-    base[EOS_ID] += 100.0
-    model, _, cfg, _ = load_for_translation(ckpt)
-    cfg.max_len_a, cfg.max_len_b = 2, 0.5
-    bias = dict(model.named_parameters())[BIAS_KEY.removeprefix("model.")]
-    best_n, best_step = -1, 0
-    for step in range(-4, 21):  # EOS bias += 0.005 * step
-        with torch.no_grad():
-            bias.copy_(base)
-            bias[EOS_ID] += 0.005 * step
-        found = Translator(model, tok, cfg).translate(sources)
-        n = sum(t.finished and bool(t.tokens) for t in found)
-        if n > best_n:
-            best_n, best_step = n, step
-    base[EOS_ID] += 0.005 * best_step
-    c["state_dict"][BIAS_KEY] = base
-    torch.save(c, dst)
-    return dst, best_n
-
-
-def test_score_reference_equals_own_greedy_score(ckpt, tmp_path, multi30k_dir):
-    sources = gzip.open(multi30k_dir / "val.de.gz", "rt", encoding="utf-8").read().splitlines()[:16]
-    eos_ckpt, n_finished = _eos_checkpoint(ckpt, tmp_path / "eos.ckpt", sources)
-    src = write(tmp_path / "in.de", sources)
+def test_score_reference_equals_own_greedy_score(learned_ckpt, learnable_corpus, tmp_path):
+    """A finished translation fed back as its reference gets its own score. The model has learned the
+    toy pair, so its greedy translations end with EOS by themselves (an untrained one runs to the
+    length limit and would leave nothing to compare)."""
+    src = learnable_corpus / "val.de"
     hyp = tmp_path / "hyp.jsonl"
-    assert run("--checkpoint", eos_ckpt, "--input", src, "--output", hyp, "--format", "jsonl", "--alignment",
-               *FAST) == 0
+    assert run("--checkpoint", learned_ckpt, "--input", src, "--output", hyp, "--format", "jsonl", "--alignment",
+               "--quiet") == 0
     objs = jsonl(hyp)
     refs = write(tmp_path / "ref.en", [o["translation"] for o in objs])
     scored = tmp_path / "scores.jsonl"
-    assert run("--checkpoint", eos_ckpt, "--input", src, "--score-reference", refs, "--output", scored,
+    assert run("--checkpoint", learned_ckpt, "--input", src, "--score-reference", refs, "--output", scored,
                "--format", "jsonl", "--quiet") == 0
-    tok = load_for_translation(eos_ckpt)[1]
+    tok = load_for_translation(learned_ckpt)[1]
     compared = 0
     for obj, got in zip(objs, jsonl(scored)):
         same_pieces = tok.tgt_pieces(tok.encode_tgt([obj["translation"]])[0]) == obj["tgt_pieces"]
@@ -368,30 +350,41 @@ def test_score_reference_equals_own_greedy_score(ckpt, tmp_path, multi30k_dir):
             compared += int(bool(obj["tgt_pieces"]))
         else:  # the reference score adds EOS's log-probability
             assert got["score"] < obj["score"]
-    assert n_finished >= 3 and compared >= 3, (n_finished, compared)
+    assert compared >= len(objs) // 2, (compared, len(objs))
 
 
 # ------------------------------------------------------------------------- ensembles and averages
-def test_ensemble_of_one_equals_single(ckpt, tmp_path, sources):
-    src = write(tmp_path / "in.de", sources)
-    for name, model in (("single", ["--checkpoint", ckpt]), ("ensemble", ["--ensemble", ckpt])):
-        assert run(*model, "--input", src, "--output", tmp_path / f"{name}.jsonl", "--format", "jsonl",
-                   "--beam-size", "2", *FAST) == 0
-    assert (tmp_path / "single.jsonl").read_bytes() == (tmp_path / "ensemble.jsonl").read_bytes()
-
-
 def test_ensemble_of_two_averages_log_probs(ckpt, other_ckpt, tmp_path, sources):
+    """`--ensemble a b` scores each output as the sum over its tokens of log_softmax((log p_a + log p_b) / 2),
+    computed here step by step from the two models (the decoder-step contract), not by the Ensemble
+    class. Mutations that make it fail: Ensemble.step returning the first member's log-probs, or the
+    mean without renormalising."""
     src = write(tmp_path / "in.de", sources)
     out = tmp_path / "ens.jsonl"
-    assert run("--ensemble", ckpt, other_ckpt, "--input", src, "--output", out, "--format", "jsonl", *FAST) == 0
-    (m1, tok, cfg, _), (m2, *_) = load_for_translation(ckpt), load_for_translation(other_ckpt)
-    cfg.max_len_a, cfg.max_len_b = 2, 0.5
-    expected = Translator(Ensemble([m1, m2]), tok, cfg).translate(sources)
-    single = Translator(m1, tok, cfg).translate(sources)
+    assert run("--ensemble", ckpt, other_ckpt, "--input", src, "--output", out, "--format", "jsonl",
+               "--alignment", *FAST) == 0
+    (m1, tok, _, _), (m2, *_) = load_for_translation(ckpt), load_for_translation(other_ckpt)
+    piece_id = {p: i for i, p in enumerate(tok.tgt_pieces(range(tok.tgt_vocab_size)))}
     got = jsonl(out)
-    assert [o["translation"] for o in got] == [t.text for t in expected]
-    assert [o["score"] for o in got] == pytest.approx([t.score for t in expected], abs=1e-5)
-    assert [o["score"] for o in got] != pytest.approx([t.score for t in single], abs=1e-3)
+    single = 0.0
+    for line, obj in zip(sources, got):
+        ids = tok.encode_src([line])[0] + [EOS_ID]
+        src_t = torch.tensor([ids])
+        lengths, mask = torch.tensor([len(ids)]), torch.ones(1, len(ids), dtype=torch.bool)
+        targets = [piece_id[p] for p in obj["tgt_pieces"]] + [EOS_ID] * obj["finished"]
+        states = [m.init_state(src_t, lengths, mask) for m in (m1, m2)]
+        prev, total, total1 = torch.tensor([m1.bos_id]), 0.0, 0.0
+        with torch.no_grad():
+            for token in targets:
+                steps = [m.step(prev, st) for m, st in zip((m1, m2), states)]
+                states = [st for _, st, _ in steps]
+                mix = torch.log_softmax((steps[0][0] + steps[1][0]) / 2, dim=-1)
+                total += float(mix[0, token])
+                total1 += float(steps[0][0][0, token])
+                prev = torch.tensor([token])
+        assert obj["score"] == pytest.approx(total, abs=1e-4), line
+        single += abs(total1 - total)
+    assert single > 1e-2  # the members differ: the first one alone would score otherwise
 
 
 def test_ensemble_needs_one_vocabulary(ckpt, tmp_path, sources, multi30k_dir, capsys):
@@ -409,16 +402,25 @@ def test_ensemble_needs_one_vocabulary(ckpt, tmp_path, sources, multi30k_dir, ca
     assert not out.exists()
 
 
-def test_average_of_two_copies_translates_identically(ckpt, tmp_path, sources):
-    copy = tmp_path / "copy.ckpt"
-    copy.write_bytes(ckpt.read_bytes())
+def test_average_of_two_checkpoints_translates_like_their_mean(ckpt, other_ckpt, tmp_path, sources):
+    """seq2seq-average of two different checkpoints translates exactly as a checkpoint holding the mean of
+    their parameters (built here by hand), and not as either input. Mutation that makes it fail:
+    average.py keeping the first checkpoint's weights."""
     avg = tmp_path / "avg.ckpt"
-    assert average.main(["--output", str(avg), str(ckpt), str(copy)]) == 0
+    assert average.main(["--output", str(avg), str(ckpt), str(other_ckpt)]) == 0
+    b = torch.load(other_ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    mean = derive(ckpt, tmp_path / "mean.ckpt", lambda c: c["state_dict"].update(
+        {k: (v + b[k]) / 2 for k, v in c["state_dict"].items() if v.is_floating_point()}))
     src = write(tmp_path / "in.de", sources)
-    for name, model in (("single", ckpt), ("avg", avg)):
+    results = {}
+    for name, model in (("avg", avg), ("mean", mean), ("a", ckpt), ("b", other_ckpt)):
         assert run("--checkpoint", model, "--input", src, "--output", tmp_path / f"{name}.jsonl", "--format",
-                   "jsonl", "--beam-size", "2", "--alignment", *FAST) == 0
-    assert (tmp_path / "single.jsonl").read_bytes() == (tmp_path / "avg.jsonl").read_bytes()
+                   "jsonl", "--beam-size", "2", *FAST) == 0
+        results[name] = jsonl(tmp_path / f"{name}.jsonl")
+    assert [o["translation"] for o in results["avg"]] == [o["translation"] for o in results["mean"]]
+    assert [o["score"] for o in results["avg"]] == pytest.approx([o["score"] for o in results["mean"]], abs=1e-4)
+    for other in ("a", "b"):
+        assert [o["score"] for o in results["avg"]] != pytest.approx([o["score"] for o in results[other]], abs=1e-3)
 
 
 def test_average_means_parameters_and_keeps_only_what_translation_needs(ckpt, other_ckpt, tmp_path):
@@ -563,12 +565,18 @@ def test_plot_attention_writes_pngs(ckpt, tmp_path, sources):
     assert len(out_lines(tmp_path / "out.txt")) == 5
 
 
-def test_device_and_precision_flags(ckpt, tmp_path, sources, capsys):
+def test_device_and_precision_flags(ckpt, tmp_path, sources, capsys, caplog):
     src = write(tmp_path / "in.de", sources)
-    assert run("--checkpoint", ckpt, "--input", src, "--output", tmp_path / "cpu.txt", "--device", "cpu", *FAST) == 0
+    jsonl_fast = ["--format", "jsonl", *FAST]  # scores with all their digits: any bf16 rounding shows
+    assert run("--checkpoint", ckpt, "--input", src, "--output", tmp_path / "cpu.txt", "--device", "cpu",
+               *jsonl_fast) == 0
+    caplog.clear()
     assert run("--checkpoint", ckpt, "--input", src, "--output", tmp_path / "bf16.txt", "--device", "auto",
-               "--precision", "bf16", *FAST) == 0
-    if not torch.cuda.is_available():  # bf16 applies on a GPU only: the CPU run is plain fp32
+               "--precision", "bf16", *jsonl_fast) == 0
+    if not torch.cuda.is_available():
+        # --precision applies on a GPU only: on the CPU a warning says so and decoding is plain fp32
+        # (mutation that makes this fail: translate.py keeping the bf16 dtype on the CPU).
+        assert "applies on a GPU; translating in fp32 on the cpu" in caplog.text
         assert (tmp_path / "bf16.txt").read_bytes() == (tmp_path / "cpu.txt").read_bytes()
         capsys.readouterr()
         assert run("--checkpoint", ckpt, "--input", src, "--output", tmp_path / "gpu.txt", "--device", "cuda") == 2
