@@ -139,8 +139,12 @@ class DynamicBatcher:
                 continue
             lines = [line for p in batch for line in p.lines]
             self.calls += 1
+            started = time.monotonic()
             try:
                 results = await loop.run_in_executor(self._executor, self.translate, batch[0].key, lines)
+                log.debug("search call %d: %d request(s), %d line(s), %d tokens, waited %.1f ms, searched %.1f ms",
+                          self.calls, len(batch), len(lines), sum(p.tokens for p in batch),
+                          (started - min(p.arrived for p in batch)) * 1000, (time.monotonic() - started) * 1000)
             except Exception as e:  # a failed call answers its own requests, and the server goes on
                 log.exception("translation of a batch of %d request(s) failed", len(batch))
                 for p in batch:

@@ -57,12 +57,13 @@ def engine(ckpt) -> Engine:
 
 @pytest.fixture(scope="module")
 def client(engine):
-    with TestClient(create_app(engine, Limits(max_lines=8, max_chars=1000, max_beam=8))) as c:
+    with TestClient(create_app(engine, Limits(max_lines=10, max_chars=1000, max_beam=8))) as c:
         yield c
 
 
-# Toy sentences, an empty line, and one with a tab and runs of spaces (cleaned like a file's lines).
-LINES = [*synthetic_pairs(5, seed=7)[0], "", "the  dog\truns   on the street"]
+# Toy sentences, an empty line, and lines with a tab, runs of spaces and control characters (cleaned
+# like a file's lines).
+LINES = [*synthetic_pairs(5, seed=7)[0], "", "the  dog\truns   on the street", "a\x1b cat\x07 sits", "\x07\x1b"]
 
 
 def script_jsonl(ckpt: Path, tmp: Path, lines: list[str], *flags: str) -> list[dict]:
@@ -99,7 +100,8 @@ def assert_same(server: dict, script: dict) -> None:
                                                                     "--top-k", "5", "--seed", "11"]),
 ], ids=["greedy", "beam-nbest-alignment", "sampling"])
 def test_a_line_through_the_server_equals_the_script(client, ckpt, tmp_path, request_flags):
-    """Mutation: serve.Engine.translator ignoring length_penalty (or skipping one_line) fails here."""
+    """Mutation: the server skipping one_line (input cleaning), or Engine.translate passing nbest=1 or
+    with_attention=False, fails here."""
     settings, flags = request_flags
     expected = script_jsonl(ckpt, tmp_path, LINES, *flags)
     r = client.post("/translate", json={"text": LINES, **settings})
@@ -108,7 +110,7 @@ def test_a_line_through_the_server_equals_the_script(client, ckpt, tmp_path, req
     assert len(got) == len(LINES)
     for server, script in zip(got, expected):
         assert_same(server, script)
-    assert got[len(LINES) - 2]["translation"] == ""  # the empty line
+    assert got[LINES.index("")]["translation"] == ""
     if settings.get("alignment"):
         t = got[0]
         assert len(t["attention"]) == len(t["tgt_pieces"]) + t["finished"]
@@ -238,6 +240,28 @@ def test_a_request_cancelled_before_its_batch_is_never_translated():
     assert seen == [["stays"]]
 
 
+def test_the_server_answers_while_a_search_runs(engine, monkeypatch):
+    """The search runs off the event loop: /health answers while a (slowed-down) search is in progress.
+    Mutation: calling self.translate directly in DynamicBatcher._run (on the loop) fails here."""
+    original = serve.Engine.translate
+    started = threading.Event()
+
+    def slow(self, settings, lines):
+        started.set()
+        time.sleep(1.5)
+        return original(self, settings, lines)
+
+    monkeypatch.setattr(serve.Engine, "translate", slow)
+    with TestClient(create_app(engine, max_wait_ms=0)) as c:
+        t = threading.Thread(target=lambda: c.post("/translate", json={"text": "the man"}))
+        t.start()
+        assert started.wait(10)
+        begin = time.monotonic()
+        assert c.get("/health").status_code == 200
+        assert time.monotonic() - begin < 1.0
+        t.join()
+
+
 def test_a_failing_search_answers_its_requests_and_the_server_goes_on(engine, monkeypatch):
     """An exception inside a search call becomes that request's 500 naming the error, not a dead worker."""
     original = serve.Engine.translate
@@ -257,7 +281,7 @@ def test_a_failing_search_answers_its_requests_and_the_server_goes_on(engine, mo
 # ------------------------------------------------------------------------------ errors
 TOO_LONG = "x" * 1001
 ERRORS = [  # (raw body, status, words the error message must contain)
-    (json.dumps({"text": ["a"] * 9}), 413, ["9 lines", "limit of 8 lines", "--max-lines"]),
+    (json.dumps({"text": ["a"] * 11}), 413, ["11 lines", "limit of 10 lines", "--max-lines"]),
     (json.dumps({"text": TOO_LONG}), 413, ["1001 characters", "limit of 1000", "--max-chars"]),
     (json.dumps({"text": "x" * 2_000_000}), 413, ["bytes", "--max-chars"]),
     ('{"text": "a"', 422, ["malformed JSON"]),
@@ -315,7 +339,7 @@ def test_info_health_and_openapi(client, ckpt):
     assert info["description"].startswith("pair:de-en|cell:lstm|")
     assert "|ckpt:" in info["description"] and "|version:seq2seq-" in info["description"]
     assert info["model"]["encoder_hidden_size"] == 32 and info["search"]["max_src_tokens"] == 250
-    assert info["limits"]["max_lines"] == 8
+    assert info["limits"]["max_lines"] == 10
     assert client.get("/health").json() == {"status": "ok"}
     schema = client.get("/openapi.json").json()
     body = schema["components"]["schemas"]["TranslateRequest"]["properties"]
@@ -441,7 +465,7 @@ def chromium_or_skip():
 def test_page_translates_and_draws_the_heatmap_in_chromium(ckpt, tmp_path):
     """Type a sentence, press Translate: the page shows the API's translation, its n-best list and an
     attention heatmap with one row per target piece (+ EOS) and one column per source piece (+ EOS).
-    A screenshot is kept as tmp_path/page.png. Mutation: app.js drawing src pieces down fails the shape."""
+    A screenshot is kept as tmp_path/page.png. Mutation: app.js labelling the columns with target pieces fails."""
     sync_playwright = chromium_or_skip()
     sentence = "Ein Hund läuft durch den Schnee."
     server = Server(ckpt)
