@@ -20,14 +20,14 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Sequence
+from typing import Any, Callable, Sequence
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class _Pending:
-    key: Hashable
+    key: Any  # requests with equal (==) keys may share a call
     lines: list[str]
     tokens: int
     future: asyncio.Future
@@ -37,7 +37,7 @@ class _Pending:
 class DynamicBatcher:
     """`await submit(key, lines, tokens)` -> the results of `translate(key, lines)` for those lines."""
 
-    def __init__(self, translate: Callable[[Hashable, list[str]], Sequence[Any]], max_tokens: int,
+    def __init__(self, translate: Callable[[Any, list[str]], Sequence[Any]], max_tokens: int,
                  max_wait_s: float, max_requests: int = 0):
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
@@ -72,7 +72,7 @@ class DynamicBatcher:
         self._executor.shutdown(wait=True)
 
     # ------------------------------------------------------------------ requests
-    async def submit(self, key: Hashable, lines: list[str], tokens: int) -> Sequence[Any]:
+    async def submit(self, key: Any, lines: list[str], tokens: int) -> Sequence[Any]:
         """Queue `lines` (about `tokens` source tokens) and wait for their results.
 
         Cancelling the awaiting task (a client that disconnected) cancels the request: it is

@@ -8,7 +8,7 @@ async function loadInfo() {
   try {
     const info = await (await fetch("/info")).json();
     $("pair").textContent = `${info.src_lang} → ${info.tgt_lang}`;
-    $("description").textContent = info.description;
+    $("description").textContent = info.description.replaceAll("|", "|\u200b"); // line breaks at the separators
     $("beam_size").value = info.search.beam_size;
     $("length_penalty").value = info.search.length_penalty;
   } catch (e) {
@@ -93,7 +93,8 @@ function showHeatmap(t) {
   const table = $("heatmap");
   table.replaceChildren();
   if (!t.attention || t.attention.length === 0) {
-    table.createCaption().textContent = t.attention ? "(empty line)" : "(this model has no attention)";
+    const empty = t.src_pieces && t.src_pieces.length === 0;
+    table.createCaption().textContent = empty ? "(empty line)" : "(this model has no attention)";
     return;
   }
   const src = [...t.src_pieces, "</s>"];
