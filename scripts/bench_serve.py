@@ -8,8 +8,10 @@ process is started on 127.0.0.1 and a free port, warmed up, and loaded by 1, 8 a
 clients in turn (`--duration` seconds each). Every client sends one source sentence per request
 (greedy, `beam_size: 1`), waits for the answer and sends the next, cycling through the input file
 (default: the Multi30k test split's German side). Reported per level: sentences/s, p50 and p99
-latency, errors (non-200 answers or failed connections; must be 0) and the server's resident set
-size (RSS) at the start and end of the level; then the ratio of batched to one-at-a-time sentences/s.
+latency, errors (non-200 answers or failed connections; must be 0), sentences per CPU-second the server
+process used (its user + system time, all threads: a figure that other jobs on a shared machine disturb
+less than wall-clock rates) and the server's resident set size (RSS) at the start and end of the level;
+then the ratio of batched to one-at-a-time sentences/s (and per server CPU-second).
 
 The test is bounded: at most 300 s per level, 256 clients, `--max-requests` requests per level, and
 the server is stopped (SIGTERM) when the script ends, fails or is interrupted. The client runs in this
@@ -85,6 +87,12 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 class Server:
@@ -164,27 +172,33 @@ def main(argv=None) -> int:
         try:
             asyncio.run(load(server.url, sentences, max(args.clients), args.warmup, args.max_requests))
             for clients in args.clients:
-                rss_start = rss_mib(server.proc.pid)
+                rss_start, cpu_start = rss_mib(server.proc.pid), cpu_seconds(server.proc.pid)
                 row = asyncio.run(load(server.url, sentences, clients, args.duration, args.max_requests))
-                row.update(mode=mode, rss_start_mib=round(rss_start, 1), rss_end_mib=round(rss_mib(server.proc.pid), 1))
+                cpu = cpu_seconds(server.proc.pid) - cpu_start
+                row.update(mode=mode, rss_start_mib=round(rss_start, 1), rss_end_mib=round(rss_mib(server.proc.pid), 1),
+                           server_cpu_s=round(cpu, 2), sentences_per_cpu_s=round(row["sentences"] / max(cpu, 1e-9), 2))
                 results.append(row)
                 print(f"{mode:8s} {clients:3d} clients: {row['sentences_per_s']:8.1f} sent/s  p50 {row['p50_ms']:7.1f} ms"
-                      f"  p99 {row['p99_ms']:7.1f} ms  errors {row['errors']}  RSS {row['rss_start_mib']:.0f}"
+                      f"  p99 {row['p99_ms']:7.1f} ms  errors {row['errors']}  {row['sentences_per_cpu_s']:6.1f} sent/CPU-s"
+                      f"  RSS {row['rss_start_mib']:.0f}"
                       f" -> {row['rss_end_mib']:.0f} MiB", flush=True)
         finally:
             server.stop()
     by = {(r["mode"], r["clients"]): r for r in results}
     print()
-    print("| clients | batched sent/s | p50 ms | p99 ms | one-at-a-time sent/s | p50 ms | p99 ms | ratio | errors |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| clients | batched sent/s | p50 ms | p99 ms | one-at-a-time sent/s | p50 ms | p99 ms | ratio "
+          "| ratio per server CPU-s | errors |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for c in args.clients:
         b, s = by.get(("batched", c)), by.get(("single", c))
         cells = []
         for r in (b, s):
             cells += [f"{r['sentences_per_s']:.1f}", f"{r['p50_ms']:.0f}", f"{r['p99_ms']:.0f}"] if r else ["-"] * 3
         ratio = f"{b['sentences_per_s'] / s['sentences_per_s']:.1f}x" if b and s and s["sentences_per_s"] else "-"
+        cpu_ratio = (f"{b['sentences_per_cpu_s'] / s['sentences_per_cpu_s']:.1f}x"
+                     if b and s and s["sentences_per_cpu_s"] else "-")
         errs = sum(r["errors"] for r in (b, s) if r)
-        print(f"| {c} | {' | '.join(cells)} | {ratio} | {errs} |")
+        print(f"| {c} | {' | '.join(cells)} | {ratio} | {cpu_ratio} | {errs} |")
     rss = [(r["mode"], r["rss_start_mib"], r["rss_end_mib"]) for r in results]
     print("server RSS (MiB, start -> end of each level): "
           + ", ".join(f"{m} {a:.0f}->{b:.0f}" for m, a, b in rss))

@@ -502,3 +502,20 @@ def test_page_translates_and_draws_the_heatmap_in_chromium(ckpt, tmp_path):
     assert headers == [*t["src_pieces"], "</s>"]
     assert nbest == len(t["nbest"]) == 3
     assert (tmp_path / "page.png").stat().st_size > 5000
+
+
+@pytest.mark.slow
+def test_load_test_script_reports_both_modes_without_errors(ckpt, tmp_path):
+    """scripts/bench_serve.py end to end, shortened: both modes, two levels, a JSON record, exit 0."""
+    src = write_lines(tmp_path / "src.txt", synthetic_pairs(20, seed=5)[0])
+    out = tmp_path / "serve.json"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_serve.py"), "--checkpoint", str(ckpt),
+                           "--input", str(src), "--clients", "1,4", "--duration", "1", "--warmup", "0.5",
+                           "--threads", "1", "--json", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["mode"], r["clients"]) for r in rows] == [("batched", 1), ("batched", 4), ("single", 1), ("single", 4)]
+    assert all(r["errors"] == 0 and r["sentences"] > 0 and r["rss_end_mib"] > 0 for r in rows)
+    assert "| 4 |" in proc.stdout and "x |" in proc.stdout  # the table with the batched/single ratio
