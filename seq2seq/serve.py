@@ -27,8 +27,10 @@ refuses new connections. Docs: docs/serving.md.
 """
 
 import argparse
+import asyncio
 import hashlib
 import itertools
+import json
 import logging
 import sys
 from contextlib import asynccontextmanager
@@ -154,8 +156,6 @@ def translation_json(t: Translation, s: Settings, engine: Engine) -> dict[str, A
 async def until_disconnected(request, work):
     """Await `work`, or cancel it (-> None) if the client disconnects first: a queued request is then
     never translated, and one already being translated costs no more than finishing its batch."""
-    import asyncio
-
     async def disconnected() -> None:
         while (await request.receive())["type"] != "http.disconnect":
             pass
@@ -311,8 +311,6 @@ class BodyLimit:
         if scope["type"] == "http":
             size = dict(scope.get("headers", [])).get(b"content-length", b"").decode("latin-1")
             if size.isdigit() and int(size) > self.limits.max_body_bytes:
-                import json
-
                 message = (f"request body of {size} bytes is over the limit of {self.limits.max_body_bytes} "
                            f"bytes (8 bytes per --max-chars={self.limits.max_chars} character, plus 64 KiB)")
                 body = json.dumps({"error": message, "detail": message}).encode()
