@@ -342,8 +342,8 @@ class TranslationModule(pl.LightningModule):
         # Fused: one kernel for the whole update instead of a few per parameter group, and it skips a
         # non-finite step on the device (`found_inf`, see on_before_optimizer_step). Not under a
         # GradScaler: Lightning then leaves unscaling to the optimiser, after our gradient clipping.
-        fused = (self.device.type in ("cuda", "cpu")
-                 and getattr(self.trainer.precision_plugin, "scaler", None) is None)
+        plugin = self._trainer.precision_plugin if self._trainer is not None else None  # None: built alone
+        fused = self.device.type in ("cuda", "cpu") and getattr(plugin, "scaler", None) is None
         optimizer = cls(self.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
                         fused=fused or None)
         total = self.sched_cfg.total_steps
