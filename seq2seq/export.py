@@ -28,6 +28,7 @@ quantized per call) to the matrix products and LSTM operators.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import shutil
@@ -243,23 +244,83 @@ def _state_tensor(state: DecoderState, name: str) -> Tensor:
     return state.pad_mask if name == "src_pad_mask" else getattr(state, name)
 
 
+class _StepCell(nn.Module):
+    """A stacked torch RNN for ONE time step, written as matrix products and gates (eval mode).
+
+    The exported step uses it in place of the decoder's `nn.RNN/GRU/LSTM`: a one-step ONNX RNN
+    operator pays its sequence machinery every call, and onnxruntime's int8 quantizer can turn
+    matrix products into int8 ones but not GRU or plain RNN operators. Same call signature as the
+    torch module: inputs [N, 1, I], hx [L, N, H] (or (h, c)) -> outputs [N, 1, H], new state.
+    """
+
+    def __init__(self, rnn: nn.RNNBase) -> None:
+        super().__init__()
+        self.kind = _cell_kind(rnn)
+        self.num_layers = rnn.num_layers
+        self.rnn = rnn  # the weights, read in place
+
+    def forward(self, inputs: Tensor, hx):
+        h0, c0 = hx if self.kind == "lstm" else (hx, None)
+        x = inputs.squeeze(1)  # [N, I]
+        hs, cs = [], []
+        for layer in range(self.num_layers):
+            w_ih, w_hh = getattr(self.rnn, f"weight_ih_l{layer}"), getattr(self.rnn, f"weight_hh_l{layer}")
+            b_ih = getattr(self.rnn, f"bias_ih_l{layer}") if self.rnn.bias else None
+            b_hh = getattr(self.rnn, f"bias_hh_l{layer}") if self.rnn.bias else None
+            h = h0[layer]  # [N, H]
+            gi = nn.functional.linear(x, w_ih, b_ih)  # [N, G*H]
+            gh = nn.functional.linear(h, w_hh, b_hh)  # [N, G*H]
+            if self.kind == "gru":
+                ir, iz, i_n = gi.chunk(3, dim=1)
+                hr, hz, h_n = gh.chunk(3, dim=1)
+                r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
+                x = (1 - z) * torch.tanh(i_n + r * h_n) + z * h
+            elif self.kind == "lstm":
+                i, f, g, o = (gi + gh).chunk(4, dim=1)
+                c = torch.sigmoid(f) * c0[layer] + torch.sigmoid(i) * torch.tanh(g)
+                x = torch.sigmoid(o) * torch.tanh(c)
+                cs.append(c)
+            else:
+                x = torch.relu(gi + gh) if self.kind == "rnn_relu" else torch.tanh(gi + gh)
+            hs.append(x)
+        hidden = torch.stack(hs)  # [L, N, H]
+        return x.unsqueeze(1), ((hidden, torch.stack(cs)) if self.kind == "lstm" else hidden)
+
+
+class _TopK(torch.autograd.Function):
+    """The k best entries of each row, best first (ONNX TopK: equal values, lower index first)."""
+
+    @staticmethod
+    def forward(ctx, x, k):  # noqa: D102
+        return torch.topk(x, int(k), dim=-1)
+
+    @staticmethod
+    def symbolic(g, x, k):  # noqa: D102
+        k = g.op("Reshape", k, g.op("Constant", value_t=torch.tensor([1])))
+        return g.op("TopK", x, k, axis_i=-1, largest_i=1, sorted_i=1, outputs=2)
+
+
 class ExportStep(nn.Module):
-    """`Seq2Seq.step` with a flat state: prev_tokens [N] int64, *state -> log_probs [N, V] float32,
-    attention [N, S] float32 (when the model attends), then the new per-row state tensors."""
+    """`Seq2Seq.step` with a flat state: prev_tokens [N] int64, k [] int64, *state ->
+    log_probs [N, V] float32, topk_log_probs [N, k], topk_ids [N, k] int64 (each row's k best
+    continuations, for the search), attention [N, S] float32 (when the model attends), then the new
+    per-row state tensors."""
 
     def __init__(self, model: Seq2Seq) -> None:
         super().__init__()
-        self.model = model
+        self.model = copy.deepcopy(model)
+        self.model.decoder.rnn = _StepCell(self.model.decoder.rnn)
         self.names = [s["name"] for s in state_layout(model)]
         self.row_names = [s["name"] for s in state_layout(model) if s["per"] == "row"]
 
-    def forward(self, prev_tokens: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:
+    def forward(self, prev_tokens: Tensor, k: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:
         given = dict(zip(self.names, tensors))
         state = DecoderState(hidden=given["hidden"], cell=given.get("cell"), feed=given.get("feed"),
                              keys=given.get("keys"), values=given.get("values"),
                              pad_mask=given.get("src_pad_mask"))
         log_probs, state, attention = self.model.step(prev_tokens, state)
-        outputs = [log_probs] + ([attention] if attention is not None else [])
+        top_lp, top_ids = _TopK.apply(log_probs, k)
+        outputs = [log_probs, top_lp, top_ids] + ([attention] if attention is not None else [])
         return tuple(outputs + [getattr(state, name) for name in self.row_names])
 
 
@@ -269,8 +330,8 @@ def graph_names(model: Seq2Seq) -> dict[str, list[str]]:
     rows = [s["name"] for s in state_layout(model) if s["per"] == "row"]
     attention = ["attention"] if model.decoder.attention is not None else []
     return {"encoder_inputs": ["src", "src_lengths"], "encoder_outputs": state,
-            "step_inputs": ["prev_tokens"] + state,
-            "step_outputs": ["log_probs"] + attention + [f"new_{n}" for n in rows]}
+            "step_inputs": ["prev_tokens", "k"] + state,
+            "step_outputs": ["log_probs", "topk_log_probs", "topk_ids"] + attention + [f"new_{n}" for n in rows]}
 
 
 def export_graphs(model: Seq2Seq, folder: Path, opset: int = OPSET) -> None:
@@ -300,10 +361,11 @@ def export_graphs(model: Seq2Seq, folder: Path, opset: int = OPSET) -> None:
         rows = tuple(t.index_select(s["axis"], index) if s["per"] == "row" else t
                      for s, t in zip(layout, state))
         prev = torch.tensor([2, 5, 2, 9])
-        step_axes = {"prev_tokens": {0: "rows"}, "log_probs": {0: "rows"}, "attention": {0: "rows", 1: "src_len"}}
+        step_axes = {"prev_tokens": {0: "rows"}, "log_probs": {0: "rows"}, "attention": {0: "rows", 1: "src_len"},
+                     "topk_log_probs": {0: "rows", 1: "k"}, "topk_ids": {0: "rows", 1: "k"}}
         step_axes.update({n: axes[n] for n in names["encoder_outputs"]})
         step_axes.update({f"new_{n}": axes[n] for n in names["encoder_outputs"] if f"new_{n}" in names["step_outputs"]})
-        torch.onnx.export(ExportStep(model).eval(), (prev, *rows), str(folder / "decoder_step.onnx"),
+        torch.onnx.export(ExportStep(model).eval(), (prev, torch.tensor(3), *rows), str(folder / "decoder_step.onnx"),
                           dynamo=False, input_names=names["step_inputs"], output_names=names["step_outputs"],
                           dynamic_axes=step_axes, opset_version=opset)
 

@@ -6,7 +6,8 @@ docs/deploy.md describes them), and its searches are the torch searches of `seq2
 plainly, so both give the same translations:
 
     state = encoder(src [B, S], src_lengths [B])                    # named tensors (config.json "state")
-    log_probs [N, V], attention [N, S], new row state = step(prev_tokens [N], state)
+    log_probs [N, V], topk log-probs and ids [N, k], attention [N, S], new row state
+        = step(prev_tokens [N], k, state)
 
 Per-row state tensors ("hidden", "cell", "feed") follow their row when rows are reordered; per-source
 ones ("keys", "values", "src_pad_mask") are kept once per sentence: in beam search the K consecutive
@@ -143,18 +144,22 @@ class OnnxModel:
         self.step_outputs = graphs["step_outputs"]
         ids = config["special_ids"]
         self.pad_id, self.bos_id, self.eos_id = ids["pad"], ids["bos"], ids["eos"]
+        self.vocab_size = config["vocab_size"]["target"]
 
     def init_state(self, src: np.ndarray, src_lengths: np.ndarray) -> dict[str, np.ndarray]:
         """src [B, S] int64 (PAD after each length), src_lengths [B] int64 -> the named state."""
         outputs = self.encoder.run(None, {"src": src, "src_lengths": src_lengths})
         return {s["name"]: value for s, value in zip(self.state, outputs)}
 
-    def step(self, prev_tokens: np.ndarray,
-             state: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
-        """prev_tokens [N] int64 -> log_probs [N, V] float32, attention [N, S] or None, new state."""
-        outputs = dict(zip(self.step_outputs, self.decoder.run(None, {"prev_tokens": prev_tokens, **state})))
+    def step(self, prev_tokens: np.ndarray, state: dict[str, np.ndarray],
+             k: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
+        """prev_tokens [N] int64 -> log_probs [N, V] float32, the k best of each row (log-probs [N, k]
+        and token ids [N, k], best first), attention [N, S] or None, the new state."""
+        feeds = {"prev_tokens": prev_tokens, "k": np.array(min(k, self.vocab_size), dtype=np.int64), **state}
+        outputs = dict(zip(self.step_outputs, self.decoder.run(None, feeds)))
         new_state = {name: outputs.get(f"new_{name}", value) for name, value in state.items()}
-        return outputs["log_probs"], outputs.get("attention"), new_state
+        return (outputs["log_probs"], outputs["topk_log_probs"], outputs["topk_ids"], outputs.get("attention"),
+                new_state)
 
     def reorder(self, state: dict[str, np.ndarray], rows: np.ndarray,
                 sources: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -188,7 +193,7 @@ def greedy(model: OnnxModel, src: np.ndarray, src_lengths: np.ndarray, max_len_a
     attention: list[list[np.ndarray]] = [[] for _ in range(batch)]
     results: list[Hypothesis | None] = [None] * batch
     for t in range(int(limits.max())):
-        log_probs, attn, state = model.step(prev, state)
+        log_probs, _, _, attn, state = model.step(prev, state)
         cand = scores[:, None] + log_probs  # [n, V]: picked as beam search with one beam would
         prev = cand.argmax(axis=1).astype(np.int64)  # [n]
         scores = cand[np.arange(len(rows)), prev]
@@ -228,15 +233,14 @@ def beam_search(model: OnnxModel, src: np.ndarray, src_lengths: np.ndarray, beam
     rank = np.arange(2 * k)
     for t in range(int(limits.max())):
         n = len(sent)
-        log_probs, attn, state = model.step(prev, state)
-        vocab = log_probs.shape[1]
-        cand = (scores[:, :, None] + log_probs.reshape(n, k, vocab)).reshape(n, k * vocab)
-        # top 2K per sentence, best first (ties: lower index first)
-        top = np.argpartition(-cand, 2 * k - 1, axis=1)[:, : 2 * k]
-        top = np.take_along_axis(top, np.argsort(top, axis=1), axis=1)
-        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(cand, top, 1), axis=1, kind="stable"), 1)
+        # A sentence's 2K best continuations are among the 2K best of each of its beams: the graph
+        # returns those (TopK), so the search sorts K * 2K candidates per sentence, not K * V.
+        _, row_lp, row_ids, attn, state = model.step(prev, state, 2 * k)
+        per_row = row_lp.shape[1]
+        cand = (scores[:, :, None] + row_lp.reshape(n, k, per_row)).reshape(n, k * per_row)
+        top = np.argsort(-cand, axis=1, kind="stable")[:, : 2 * k]  # best first; ties: lower beam first
         top_s = np.take_along_axis(cand, top, axis=1)  # [n, 2K]
-        beam, tok = top // vocab, top % vocab
+        beam, tok = top // per_row, np.take_along_axis(row_ids.reshape(n, -1), top, axis=1)
         is_eos = tok == model.eos_id
         act = np.argsort(rank + 2 * k * is_eos, axis=1, kind="stable")[:, :k]  # first K non-EOS
         parent_rows = np.arange(n)[:, None] * k + beam  # [n, 2K] row of each candidate's beam
@@ -292,7 +296,7 @@ def score_reference(model: OnnxModel, src: np.ndarray, src_lengths: np.ndarray,
     prev = np.full(batch, model.bos_id, dtype=np.int64)
     total = np.zeros(batch, dtype=np.float32)
     for t in range(max(len(r) for r in target)):
-        log_probs, _, state = model.step(prev, state)
+        log_probs, _, _, _, state = model.step(prev, state)
         gold = np.array([r[t] if t < len(r) else model.pad_id for r in target], dtype=np.int64)
         if gold.max() >= log_probs.shape[1]:
             raise ValueError(f"reference ids must be < the target vocabulary size {log_probs.shape[1]}")

@@ -62,11 +62,14 @@ def check_parity(model: Seq2Seq, folder) -> None:
     prev = torch.randint(4, 19, (rows,), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         log_probs, new_state, attention = model.step(prev, state)
-    feeds = {"prev_tokens": prev.numpy()}
+    feeds = {"prev_tokens": prev.numpy(), "k": np.array(4, dtype=np.int64)}
     for spec, value in zip(layout, got):
         feeds[spec["name"]] = np.repeat(value, 3, axis=spec["axis"]) if spec["per"] == "row" else value
     outputs = dict(zip(names["step_outputs"], session(folder / "decoder_step.onnx").run(None, feeds)))
     np.testing.assert_allclose(outputs["log_probs"], log_probs.numpy(), atol=1e-4)
+    top = log_probs.topk(4, dim=1)
+    np.testing.assert_allclose(outputs["topk_log_probs"], top.values.numpy(), atol=1e-4)
+    np.testing.assert_array_equal(outputs["topk_ids"], top.indices.numpy())
     assert (attention is None) == ("attention" not in outputs)
     if attention is not None:
         np.testing.assert_allclose(outputs["attention"], attention.numpy(), atol=1e-4)
@@ -111,7 +114,8 @@ def test_config_json_describes_the_graphs(tmp_path):
     export_graphs(model, tmp_path)
     names = graph_names(model)
     assert [s["name"] for s in state_layout(model)] == ["hidden", "cell", "feed", "keys", "values", "src_pad_mask"]
-    assert names["step_outputs"] == ["log_probs", "attention", "new_hidden", "new_cell", "new_feed"]
+    assert names["step_outputs"] == ["log_probs", "topk_log_probs", "topk_ids", "attention", "new_hidden",
+                                     "new_cell", "new_feed"]
     for graph, inputs, outputs in (("encoder.onnx", "encoder_inputs", "encoder_outputs"),
                                    ("decoder_step.onnx", "step_inputs", "step_outputs")):
         s = session(tmp_path / graph)
