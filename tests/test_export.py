@@ -82,10 +82,10 @@ def check_parity(model: Seq2Seq, folder) -> None:
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("attention,input_feed", DESIGNS)
 def test_exported_graphs_reproduce_torch(cell, attention, input_feed, tmp_path):
-    """Mutations caught: GRU/LSTM gate orders swapped in `_GATE_ORDER`; the backward direction run
-    over padding (sequence_lens dropped from the ONNX operator); the grouped attention reshape traced
-    with a fixed number of rows per group. Bidirectional alternates with input feeding to keep the
-    matrix at 28 exports; the unidirectional and bridge-free forms are checked below."""
+    """Mutations caught: the GRU gate order of `_GATE_ORDER` left in torch's order; `sequence_lens`
+    dropped from the ONNX RNN operator (padding then runs through the recurrence). Bidirectional
+    alternates with input feeding to keep the matrix at 28 exports; the unidirectional and
+    bridge-free forms are checked below."""
     check_parity(tiny_model(cell, attention, input_feed, bidirectional=not input_feed), tmp_path)
 
 

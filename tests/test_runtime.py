@@ -99,7 +99,7 @@ def onnx_translator(folder: Path, **search) -> OnnxTranslator:
 
 
 def test_greedy_equals_torch_line_for_line(trained_ckpt, folder, sentences):
-    """Mutation caught: greedy picking argmax(log_probs) after dropping finished rows one step late."""
+    """Mutation caught: the maximum output length one token short (`t >= limit` for `t + 1 >= limit`)."""
     ours = onnx_translator(folder).translate(sentences)
     theirs = torch_translator(trained_ckpt).translate(sentences)
     assert [t.text for t in ours] == [t.text for t in theirs]
