@@ -136,15 +136,20 @@ class OnnxModel:
         options.intra_op_num_threads = threads  # 0: onnxruntime decides
         options.inter_op_num_threads = 1
         graphs = config["graphs"]
-        self.encoder = ort.InferenceSession(str(folder / graphs["encoder"]), options,
-                                            providers=["CPUExecutionProvider"])
-        self.decoder = ort.InferenceSession(str(folder / graphs["decoder_step"]), options,
-                                            providers=["CPUExecutionProvider"])
+        self.encoder, self.decoder = (self._session(ort, folder / graphs[name], options)
+                                      for name in ("encoder", "decoder_step"))
         self.state = config["state"]  # [{"name", "per": "row" | "source", "axis"}, ...]
         self.step_outputs = graphs["step_outputs"]
         ids = config["special_ids"]
         self.pad_id, self.bos_id, self.eos_id = ids["pad"], ids["bos"], ids["eos"]
         self.vocab_size = config["vocab_size"]["target"]
+
+    @staticmethod
+    def _session(ort, path: Path, options):
+        try:
+            return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime's own exception types (invalid protobuf, bad graph)
+            raise ExportFolderError(f"{path}: onnxruntime cannot load it ({e})") from None
 
     def init_state(self, src: np.ndarray, src_lengths: np.ndarray) -> dict[str, np.ndarray]:
         """src [B, S] int64 (PAD after each length), src_lengths [B] int64 -> the named state."""
@@ -354,10 +359,13 @@ class OnnxTranslator:
             if isinstance(name, str) and not (folder / name).is_file():
                 raise ExportFolderError(f"{folder / name} is missing (named in {path})")
         self.config = config
-        self.model = OnnxModel(folder, config, threads)
-        self.tokenizer = Pieces(folder / config["sentencepiece"]["source"],
-                                folder / config["sentencepiece"]["target"])
-        self.cfg = SearchSettings(**config["search"])
+        try:
+            self.cfg = SearchSettings(**config["search"])
+            self.model = OnnxModel(folder, config, threads)
+            self.tokenizer = Pieces(folder / config["sentencepiece"]["source"],
+                                    folder / config["sentencepiece"]["target"])
+        except (KeyError, TypeError) as e:
+            raise ExportFolderError(f"{path}: unusable ({type(e).__name__}: {e})") from None
 
     def _encode(self, lines: Sequence[str]) -> list[list[int]]:
         ids = self.tokenizer.encode_src(list(lines))

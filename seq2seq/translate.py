@@ -37,6 +37,9 @@ pieces across) for the non-empty lines among the first --plot-limit input lines.
 Sampling (--sample) draws each token from softmax(log-probs / --temperature), optionally from the
 --top-k best only; the same --seed, input and batching give the same samples. "score" stays the
 model's own (untempered) log-probability. --ensemble averages the members' log-probabilities per step (renormalised).
+--backend onnxruntime --model DIR translates with an export folder (seq2seq-export) through
+seq2seq.runtime (onnxruntime, no torch in the search; docs/deploy.md), in the same formats; --quantize
+int8 (torch backend) quantizes the linear and LSTM/GRU layers to int8 for CPU decoding.
 Progress and a throughput summary go to standard error (--quiet: neither). Exit status: 0 on
 success; 2 on a usage, input or checkpoint error, reported as `error: ...` on standard error with no
 output file left behind.

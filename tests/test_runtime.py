@@ -131,6 +131,7 @@ def test_beam5_gives_the_same_best_hypotheses(trained_ckpt, folder, sentences):
     assert any(a.text != g.text for a, g in zip(theirs, greedy))  # beam search did something
 
 
+@pytest.mark.slow
 def test_translate_cli_onnxruntime_backend_writes_the_torch_formats(trained_ckpt, folder, sentences, tmp_path):
     """text, jsonl with alignments, n-best TSV and reference scores: the same lines as the torch
     backend (scores compared to 1e-4, the rest exactly)."""
@@ -199,6 +200,7 @@ def test_int8_export_is_smaller_and_still_translates(folder, folder_int8, senten
 BLOCK_TORCH = "import sys\nsys.modules['torch'] = None\n"
 
 
+@pytest.mark.slow
 def test_runtime_runs_where_importing_torch_fails(folder, tmp_path):
     """Mutation caught: `import torch` (or importing seq2seq.search) at the top of seq2seq/runtime.py."""
     code = BLOCK_TORCH + textwrap.dedent(f"""
@@ -216,6 +218,7 @@ def test_runtime_runs_where_importing_torch_fails(folder, tmp_path):
     assert proc.stdout.split() == ["3", "3", "True", "2"]
 
 
+@pytest.mark.slow
 def test_without_the_extra_the_commands_name_it(trained_ckpt, tmp_path):
     """seq2seq-export and the onnxruntime backend say which extra to install when onnx is missing."""
     block = "import sys\nsys.modules['onnx'] = sys.modules['onnxruntime'] = None\n"
