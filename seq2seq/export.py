@@ -3,7 +3,8 @@
 The export folder (docs/deploy.md describes it for porters):
 
     encoder.onnx         src [B, S] int64, src_lengths [B] int64 -> the state before the first step
-    decoder_step.onnx    prev_tokens [N] int64 + state -> log_probs [N, V], attention [N, S], new state
+    decoder_step.onnx    prev_tokens [N] int64, k [] int64 + state -> log_probs [N, V], each row's k best
+                         (log-probs and ids [N, k]), attention [N, S], the new per-row state
     source.model, target.model   sentencepiece models (the same bytes twice for a joint vocabulary)
     config.json          special ids, language pair, model settings, search defaults, the state layout
 
@@ -16,13 +17,15 @@ The encoder graph is not a trace of `Encoder.forward`: packed sequences export b
 recurrent layer becomes one ONNX RNN / GRU / LSTM operator with `sequence_lens` (ONNX's own masking:
 each sequence runs over its length only, the backward direction starts at each sequence's last real
 token, final states are taken at each length). Its torch reference (`_onnx_rnn`) is written from the
-ONNX operator definitions, so the same module runs in torch for the parity tests. The decoder step
-is a trace of the model's own `Decoder.step` (one time step: nothing is packed). Both use the
-TorchScript-based exporter (`dynamo=False`): the dynamo exporter fixes the time axis of RNNs to the
-example's length.
+ONNX operator definitions, so the same module runs in torch (tested against the packed encoder).
+The decoder step is a trace of the model's own `Decoder.step` (one time step: nothing is packed)
+with its RNN written as matrix products and gates (`_StepCell`), plus a TopK so that beam search
+need not sort the whole vocabulary outside the graph. Both use the TorchScript-based exporter
+(`dynamo=False`): the dynamo exporter breaks the graph on RNNs or fixes their time axis to the
+example's length (known issues of the PyTorch and onnxruntime trackers).
 
 `--quantize int8` then applies onnxruntime's dynamic quantization (int8 weights, activations
-quantized per call) to the matrix products and LSTM operators.
+quantized per call) to the matrix products, LSTM operators and embedding tables.
 """
 
 from __future__ import annotations
