@@ -444,13 +444,21 @@ def quantize_int8(folder: Path) -> None:
     stay float32."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    for name in ("encoder.onnx", "decoder_step.onnx"):
-        path = folder / name
-        _gemm_to_matmul(path)
-        quantized = folder / f"{name}.int8"
-        quantize_dynamic(str(path), str(quantized), weight_type=QuantType.QInt8,
-                         op_types_to_quantize=["MatMul", "LSTM", "Gather"])
-        quantized.replace(path)
+    root = logging.getLogger()
+    level = root.level
+    # the quantizer logs, on the root logger, advice to run its shape-inference pre-processing first:
+    # that serves static quantization; the dynamic kind quantizes these graphs fully without it
+    root.setLevel(logging.ERROR)
+    try:
+        for name in ("encoder.onnx", "decoder_step.onnx"):
+            path = folder / name
+            _gemm_to_matmul(path)
+            quantized = folder / f"{name}.int8"
+            quantize_dynamic(str(path), str(quantized), weight_type=QuantType.QInt8,
+                             op_types_to_quantize=["MatMul", "LSTM", "Gather"])
+            quantized.replace(path)
+    finally:
+        root.setLevel(level)
 
 
 def export(checkpoint: str | Path, output_dir: str | Path, quantize: str | None = None) -> Path:
