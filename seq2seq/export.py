@@ -250,9 +250,9 @@ def _state_tensor(state: DecoderState, name: str) -> Tensor:
 class _StepCell(nn.Module):
     """A stacked torch RNN for ONE time step, written as matrix products and gates (eval mode).
 
-    The exported step uses it in place of the decoder's `nn.RNN/GRU/LSTM`: a one-step ONNX RNN
-    operator pays its sequence machinery every call, and onnxruntime's int8 quantizer can turn
-    matrix products into int8 ones but not GRU or plain RNN operators. Same call signature as the
+    The exported step uses it in place of the decoder's `nn.RNN/GRU/LSTM`: onnxruntime's int8
+    quantizer turns matrix products into int8 ones, but not GRU or plain RNN operators, and one step
+    needs none of an RNN operator's sequence handling. Same call signature as the
     torch module: inputs [N, 1, I], hx [L, N, H] (or (h, c)) -> outputs [N, 1, H], new state.
     """
 
