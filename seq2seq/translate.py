@@ -37,6 +37,9 @@ pieces across) for the non-empty lines among the first --plot-limit input lines.
 Sampling (--sample) draws each token from softmax(log-probs / --temperature), optionally from the
 --top-k best only; the same --seed, input and batching give the same samples. "score" stays the
 model's own (untempered) log-probability. --ensemble averages the members' log-probabilities per step (renormalised).
+--backend onnxruntime --model DIR translates with an export folder (seq2seq-export) through
+seq2seq.runtime (onnxruntime, no torch in the search; docs/deploy.md), in the same formats; --quantize
+int8 (torch backend) quantizes the linear and LSTM/GRU layers to int8 for CPU decoding.
 Progress and a throughput summary go to standard error (--quiet: neither). Exit status: 0 on
 success; 2 on a usage, input or checkpoint error, reported as `error: ...` on standard error with no
 output file left behind.
@@ -54,6 +57,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from seq2seq.checkpoint import CheckpointError, load_for_translation
@@ -72,6 +76,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="a .ckpt written by seq2seq-train (or seq2seq-average)")
     src.add_argument("--ensemble", nargs="+", metavar="CKPT", help="several checkpoints: log-probs averaged")
+    src.add_argument("--model", metavar="DIR", help="an export folder written by seq2seq-export (onnxruntime)")
+    p.add_argument("--backend", choices=("torch", "onnxruntime"),
+                   help="torch (with --checkpoint / --ensemble) or onnxruntime (with --model; no torch in the "
+                        "search: seq2seq.runtime); default: the one that reads what was given")
+    p.add_argument("--quantize", choices=("int8",),
+                   help="torch backend: dynamic int8 quantization of the linear and LSTM/GRU layers (CPU)")
     p.add_argument("--input", default="-",
                    help="input file, plain or .gz by name (default: standard input, gzip detected)")
     p.add_argument("--output", default="-", help="output file (default: standard output)")
@@ -111,6 +121,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("--nbest lists come from beam search; it cannot be combined with --sample")
     if args.nbest > 1 and args.alignment and args.format == "text":
         p.error("--alignment with --nbest needs --format jsonl (the n-best TSV has no alignment column)")
+    args.backend = args.backend or ("onnxruntime" if args.model else "torch")
+    if (args.backend == "onnxruntime") != bool(args.model):
+        p.error("--backend onnxruntime reads an export folder (--model DIR, from seq2seq-export); "
+                "--backend torch reads --checkpoint or --ensemble")
+    if args.backend == "onnxruntime":
+        clash = [flag for flag, on in (("--sample", args.sample), ("--device cuda", args.device == "cuda"),
+                                      (f"--precision {args.precision}", args.precision != "fp32"),
+                                      ("--quantize (export with seq2seq-export --quantize int8 instead)",
+                                       args.quantize)) if on]
+        if clash:
+            p.error(f"--backend onnxruntime does not support {', '.join(clash)}")
+    if args.quantize and args.device == "cuda":
+        p.error("--quantize int8 runs on the CPU; use --device cpu")
     if args.score_reference:
         clash = [flag for flag, on in (("--nbest", args.nbest > 1), ("--sample", args.sample),
                                       ("--alignment", args.alignment), ("--plot-attention", args.plot_attention))
@@ -140,7 +163,7 @@ def alignment(t: Translation) -> str:
     if t.attention is None:
         return ""
     att = t.attention[: len(t.tokens), : len(t.src_tokens) + 1]  # [T, S] (source EOS column kept)
-    best = att.argmax(dim=1).tolist() if att.numel() else []
+    best = att.argmax(1).tolist() if att.shape[0] and att.shape[1] else []  # torch or numpy (onnxruntime)
     return " ".join(f"{s}-{j}" for j, s in enumerate(best) if s < len(t.src_tokens))
 
 
@@ -181,7 +204,24 @@ class AtomicOutput:
         Path(self.tmp).unlink(missing_ok=True)
 
 
+def apply_search_overrides(args, search_cfg) -> None:
+    overrides = {"beam_size": args.beam_size, "length_penalty": args.length_penalty,
+                 "max_len_a": args.max_len_a, "max_len_b": args.max_len_b,
+                 "batch_tokens": args.batch_tokens, "max_src_tokens": args.max_src_tokens}
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(search_cfg, key, value)
+    if args.nbest > search_cfg.beam_size and not args.sample:
+        search_cfg.beam_size = args.nbest  # n-best needs at least that many beams
+
+
 def build_translator(args) -> Translator:
+    if args.backend == "onnxruntime":
+        from seq2seq.runtime import OnnxTranslator  # numpy + onnxruntime + sentencepiece, no torch
+
+        translator = OnnxTranslator(args.model)
+        apply_search_overrides(args, translator.cfg)
+        return translator
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -192,16 +232,14 @@ def build_translator(args) -> Translator:
     for path, (_, tok, _, _) in zip(paths[1:], loaded[1:]):
         if tok.state_dict() != tokenizer.state_dict():
             raise CheckpointError(f"--ensemble: {path} uses another sentencepiece model than {paths[0]}")
+    if args.quantize:
+        from seq2seq.export import quantize_torch_int8
+
+        loaded = [(quantize_torch_int8(m), *rest) for m, *rest in loaded]
+        model = loaded[0][0]
     if len(loaded) > 1:
         model = Ensemble([m for m, *_ in loaded])
-    overrides = {"beam_size": args.beam_size, "length_penalty": args.length_penalty,
-                 "max_len_a": args.max_len_a, "max_len_b": args.max_len_b,
-                 "batch_tokens": args.batch_tokens, "max_src_tokens": args.max_src_tokens}
-    for key, value in overrides.items():
-        if value is not None:
-            setattr(search_cfg, key, value)
-    if args.nbest > search_cfg.beam_size and not args.sample:
-        search_cfg.beam_size = args.nbest  # n-best needs at least that many beams
+    apply_search_overrides(args, search_cfg)
     sampling = Sampling(args.temperature, args.top_k, args.seed) if args.sample else None
     dtype = DTYPES[args.precision]
     if dtype is not None and device.type != "cuda":
@@ -257,7 +295,7 @@ def plot_attention(translations: list[Translation], translator: Translator, fold
             continue
         src = _labels(translator.tokenizer.src_pieces(t.src_tokens)) + ["</s>"]
         tgt = _labels(translator.tokenizer.tgt_pieces(t.tokens)) + (["</s>"] if t.finished else [])
-        att = t.attention[: len(tgt), : len(src)].float().numpy()
+        att = np.asarray(t.attention[: len(tgt), : len(src)], dtype=np.float32)
         fig, ax = plt.subplots(figsize=(max(4, 0.35 * len(src)), max(3, 0.35 * len(tgt))))
         ax.imshow(att, cmap="Greys", aspect="auto", vmin=0.0, vmax=1.0)
         ax.set_xticks(range(len(src)), src, rotation=90, fontsize=8)
