@@ -285,14 +285,22 @@ def plot_attention(translations: list[Translation], translator: Translator, fold
         plt.close(fig)
 
 
+def check_files(args) -> None:
+    """Missing files, reported with the messages the readers would give, before any slow import."""
+    for path in (args.input, args.score_reference):
+        if path not in (None, "-") and not Path(path).exists():
+            raise UsageError(f"{path}: file not found")
+    for path in checkpoint_paths(args):
+        if not Path(path).is_file():
+            raise UsageError(f"checkpoint {path} does not exist")
+
+
 def run(args) -> None:
+    check_files(args)
     from seq2seq.corpus import CorpusError, read_lines
 
     lines = read_input(args.input)
     refs = read_lines(args.score_reference) if args.score_reference else None
-    for path in checkpoint_paths(args):  # the message load_for_translation would give, before importing torch
-        if not Path(path).is_file():
-            raise UsageError(f"checkpoint {path} does not exist")
     if refs is not None and len(refs) != len(lines):
         raise CorpusError(f"--score-reference {args.score_reference} has {len(refs)} lines but "
                           f"--input {args.input} has {len(lines)}")
