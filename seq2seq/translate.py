@@ -45,17 +45,16 @@ output file left behind.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-# torch and the model code are imported where a translation is built, not here: `--help` and usage
-# errors (a bad flag, a missing file) are answered without paying for them (scripts/bench_startup.py).
+# torch and the model code (and json, tempfile) are imported where they are used, not here: `--help`
+# and usage errors (a bad flag, a missing file) are answered without paying for them
+# (scripts/bench_startup.py measures it).
 if TYPE_CHECKING:
     from seq2seq.translator import Translation, Translator
 
@@ -124,6 +123,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def read_input(path: str) -> list[str]:
     """All input lines, strictly UTF-8 (errors name the line) before any output is written."""
+    import tempfile
+
     from seq2seq.corpus import CorpusError, read_lines
 
     if path != "-":
@@ -149,6 +150,8 @@ def alignment(t: Translation) -> str:
 
 
 def format_line(i: int, t: Translation, args, translator: Translator) -> str:
+    import json
+
     if args.format == "jsonl":
         obj = {"line": i + 1, "translation": t.text, "score": t.score,
                "normalized_score": t.score / max(t.length, 1) ** translator.cfg.length_penalty,
@@ -170,6 +173,8 @@ class AtomicOutput:
     """Write to a temporary file beside `path`; rename over `path` only on success."""
 
     def __init__(self, path: str):
+        import tempfile
+
         from seq2seq.corpus import CorpusError
 
         self.path = Path(path)
@@ -297,6 +302,8 @@ def check_files(args) -> None:
 
 def run(args) -> None:
     check_files(args)
+    import json
+
     from seq2seq.corpus import CorpusError, read_lines
 
     lines = read_input(args.input)
