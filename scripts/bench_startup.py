@@ -3,8 +3,8 @@
     python scripts/bench_startup.py --checkpoint outputs/quickstart/.../checkpoints/best.ckpt \
         [--shape multi30k_gpu] [--repeats 5] [--json startup.json]
 
-Every figure is a fresh Python process (the console scripts' own entry, `from seq2seq.X import main`),
-timed from outside by wall clock; the median of `--repeats` runs, taken round-robin so that a busy
+Every figure is a fresh Python process (the console scripts' own entry, `from seq2seq.X import main`,
+with the package compiled to bytecode first, as pip installs it), timed from outside by wall clock; the median of `--repeats` runs, taken round-robin so that a busy
 machine slows every command alike. What is compared:
 
   help          `--help` of seq2seq-translate/-score/-average against `python -c "import argparse"`, and of
@@ -25,6 +25,7 @@ machine slows every command alike. What is compared:
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import statistics
@@ -193,6 +194,9 @@ def ratio(a: float, b: float) -> float:
 
 
 def measure(args) -> dict[str, Any]:
+    # Bytecode first, as an installed package has it (pip compiles on install): with
+    # PYTHONDONTWRITEBYTECODE set, every run would otherwise compile the package from source.
+    compileall.compile_dir(str(REPO / "seq2seq"), quiet=1)
     ckpt = Path(args.checkpoint)
     missing = str(REPO / "no-such-file.txt")
     baselines = {"import argparse": ([sys.executable, "-c", "import argparse"], None, 0),
