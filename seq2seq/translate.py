@@ -64,7 +64,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")  # fp32: no autocast
 
 
 class UsageError(ValueError):
-    """A command-line problem found without importing torch (a missing checkpoint, no matplotlib)."""
+    """A command-line problem found without importing torch (a missing file, no matplotlib)."""
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
