@@ -28,9 +28,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
-
-from seq2seq.checkpoint import PAYLOAD_KEY, CheckpointError, atomic_torch_save, read_checkpoint
+# torch and seq2seq.checkpoint are imported where checkpoints are read: `--help` and usage errors
+# are answered without them.
 
 PROG = "seq2seq-average"
 
@@ -72,6 +71,8 @@ def newest_checkpoints(folder: str | Path, n: int, exclude: Path | None = None) 
     folder = Path(folder)
     if not folder.is_dir():
         raise AverageError(f"--dir {folder} is not a folder")
+    from seq2seq.checkpoint import read_checkpoint
+
     skip = exclude.resolve() if exclude is not None else None
     by_step: dict[int, Path] = {}
     for path in sorted(folder.glob("*.ckpt")):
@@ -114,6 +115,10 @@ def _first_difference(a: Any, b: Any, where: str) -> str | None:
 
 def check_compatible(first: dict[str, Any], first_path: Path, other: dict[str, Any], path: Path) -> None:
     """Raise AverageError naming `path` when it cannot be averaged with `first`."""
+    import torch
+
+    from seq2seq.checkpoint import PAYLOAD_KEY
+
     pa, pb = first[PAYLOAD_KEY], other[PAYLOAD_KEY]
     prefix = f"{path} cannot be averaged with {first_path} (the first input)"
     if pa.get("format_version") != pb.get("format_version"):
@@ -144,6 +149,10 @@ def average(paths: Sequence[str | Path]) -> dict[str, Any]:
     The first path is the reference for compatibility; metadata comes from the newest input
     (highest global_step; the first among equals).
     """
+    import torch
+
+    from seq2seq.checkpoint import PAYLOAD_KEY, read_checkpoint
+
     paths = [Path(p) for p in paths]
     if not paths:
         raise AverageError("no checkpoints to average")
@@ -182,11 +191,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise AverageError(f"output folder {output.parent} does not exist (for --output {args.output})")
         if output.is_dir():
             raise AverageError(f"--output {args.output} is a folder")
+        missing = [p for p in args.checkpoints if not Path(p).is_file()]
+        if missing:  # read_checkpoint's message, before importing torch
+            raise AverageError(f"checkpoint {missing[0]} does not exist")
+        from seq2seq.checkpoint import atomic_torch_save
+
         paths = (newest_checkpoints(args.dir, args.last, exclude=output) if args.dir is not None
                  else [Path(p) for p in args.checkpoints])
         averaged = average(paths)
         atomic_torch_save(averaged, output)
-    except (AverageError, CheckpointError) as e:
+    except ValueError as e:  # AverageError, CheckpointError
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:

@@ -4,18 +4,22 @@ A checkpoint is Lightning's own dictionary plus `checkpoint["seq2seq"]`, made on
 containers (so `torch.load(weights_only=True)` reads it): a format version, the resolved run config,
 the sentencepiece model bytes and the special ids. `seq2seq-translate` needs nothing else.
 Writes go to a temporary file in the same folder, then an atomic rename: a crash or kill during a
-save leaves the previous checkpoint intact.
+save leaves the previous checkpoint intact (Lightning's side of that is `checkpoint_io.py`).
+
+Reading needs torch and this package only, never Lightning or Hydra: translation, scoring and
+averaging start without the training stack. Checkpoints are memory-mapped, so the entries a
+translation never touches (optimizer moments, twice the model's size under Adam) stay on disk.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from seq2seq.config import ModelConfig, SearchConfig, section
 from seq2seq.model import Seq2Seq
@@ -60,20 +64,15 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         raise
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoint I/O whose saves are atomic (temporary file + rename)."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        atomic_torch_save(checkpoint, path)
-
-
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a checkpoint file and check its seq2seq payload; errors name the file."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: tensors are read from disk only when used. torch's zip format allows it; the legacy
+        # (pre-1.6) format does not, and is read whole.
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as e:  # truncated, corrupt or not a torch file at all
         raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); "
                               "it is corrupt or not a checkpoint") from None
@@ -113,7 +112,7 @@ def load_for_translation(path: str | os.PathLike, device: torch.device | str = "
     model = Seq2Seq.from_config(model_cfg, src_vocab_size=tokenizer.src_vocab_size,
                                 tgt_vocab_size=tokenizer.tgt_vocab_size,
                                 pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID)
-    weights = model_state_dict(ckpt)
+    weights = model_state_dict(ckpt)  # memory-mapped: load_state_dict reads just these from disk
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:

@@ -20,7 +20,18 @@ def _find_conf_dir() -> Path:
     return checkout if (checkout / "train.yaml").is_file() else here / "conf"
 
 
-CONF_DIR = _find_conf_dir()
+def __getattr__(name: str) -> Any:
+    """`CONF_DIR`, with the resolvers its YAML files use registered first.
+
+    Everything that composes the config asks for CONF_DIR first (the Hydra apps, tests, scripts), so
+    registering here keeps omegaconf out of the imports of translation and scoring, which never
+    compose a config (PEP 562 module __getattr__: called only for names not defined below).
+    """
+    if name == "CONF_DIR":
+        register_resolvers()
+        return _find_conf_dir()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 CELLS = ("rnn_tanh", "rnn_relu", "gru", "lstm")
 ATTENTIONS = ("bahdanau", "luong_dot", "luong_general", "none")
@@ -298,6 +309,3 @@ def register_resolvers() -> None:
         return METRIC_MODES[metric]
 
     OmegaConf.register_new_resolver("metric_mode", metric_mode, replace=True)
-
-
-register_resolvers()

@@ -21,7 +21,6 @@ import logging
 import os
 import re
 import tempfile
-import urllib.request
 import zlib
 from pathlib import Path
 from typing import Sequence
@@ -265,6 +264,8 @@ def find_corpus_files(cfg: DataConfig, split: str) -> tuple[Path, Path]:
 
 def _fetch(url: str, timeout: float = 60.0) -> bytes:
     """GET `url` and return its body (separate so tests can replace it: no network in tests)."""
+    import urllib.request  # here, not at the top: translation reads files and never downloads
+
     with urllib.request.urlopen(url, timeout=timeout) as response:
         return response.read()
 

@@ -29,16 +29,19 @@ import tempfile
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
-import numpy as np
 from omegaconf import DictConfig
 
 from seq2seq import __version__
+from seq2seq.app_help import app_help, wants_quick_help
 from seq2seq.config import CONF_DIR, ConfigError, DataConfig, section
 from seq2seq.corpus import CorpusError, file_sha256, filter_pairs, find_corpus_files, read_parallel
 from seq2seq.tokenizer import UNK_ID, Tokenizer, TokenizerError, train_sentencepiece
+
+if TYPE_CHECKING:
+    import numpy as np  # imported where arrays are made: Hydra's --help and override errors do without
 
 log = logging.getLogger("seq2seq.prepare")
 
@@ -274,6 +277,8 @@ def _save_npz(path: Path, src: list[list[int]], tgt: list[list[int]]) -> tuple[l
 
     Returns the per-sentence arrays (views into the flat arrays), exactly as `_load_npz` gives them.
     """
+    import numpy as np
+
     arrays = {}
     for side, seqs in (("src", src), ("tgt", tgt)):
         lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
@@ -286,12 +291,16 @@ def _save_npz(path: Path, src: list[list[int]], tgt: list[list[int]]) -> tuple[l
 
 
 def _unflatten(ids: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
+    import numpy as np
+
     if len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != len(ids):
         raise ValueError("ids and offsets do not match")
     return np.split(ids, offsets[1:-1])
 
 
 def _load_npz(path: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    import numpy as np
+
     with np.load(path) as z:
         return _unflatten(z["src_ids"], z["src_offsets"]), _unflatten(z["tgt_ids"], z["tgt_offsets"])
 
@@ -337,7 +346,7 @@ def prepare(cfg: DictConfig) -> PreparedCorpus:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     """`seq2seq-prepare [overrides]`: build (or confirm) the cache for the configured data section."""
     try:
         corpus = prepare(cfg)
@@ -347,6 +356,15 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
     counts = ", ".join(f"{s} {len(corpus.splits[s])}" for s in SPLITS)
     print(f"prepared {counts} pairs in {corpus.directory}")
+
+
+def main() -> None:
+    """`seq2seq-prepare`: a bare --help is answered from conf/ (app_help.py), the rest by Hydra."""
+    if wants_quick_help(sys.argv[1:]):
+        print(app_help("seq2seq-prepare", "build (or confirm) the prepared-corpus cache of the configured "
+                       "data section (seq2seq-train's config).", "experiment=quickstart", CONF_DIR))
+        return
+    hydra_main()
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ import sys
 import zlib
 from typing import Sequence
 
-from .metrics import METRICS, OFFLINE_TOKENIZERS, format_score, paired_bootstrap, score_corpus
+# seq2seq.metrics (and with it sacrebleu and numpy) is imported once the files are read: `--help`
+# and usage errors are answered without it.
 
 PROG = "seq2seq-score"
 
@@ -60,6 +61,8 @@ def read_lines(path: str) -> list[str]:
 
 
 def _metric_list(value: str) -> list[str]:
+    from .metrics import METRICS
+
     names = [v.strip().lower() for v in value.split(",") if v.strip()]
     bad = [n for n in names if n not in METRICS]
     if not names or bad:
@@ -79,11 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--lowercase", action="store_true",
                    help="case-insensitive BLEU, chrF and TER (Multi30k papers report lowercased BLEU)")
-    p.add_argument("--tokenize", default="13a", choices=OFFLINE_TOKENIZERS,
-                   help="BLEU tokenizer (default: 13a). The flores101/flores200/spm/spBLEU-1K "
-                   "tokenizers are not offered: they download a sentencepiece model at run time. "
-                   "ja-mecab/ko-mecab need sacrebleu's [ja]/[ko] extras.")
-    p.add_argument("--metrics", type=_metric_list, default=list(METRICS), metavar="LIST",
+    p.add_argument("--tokenize", default="13a", metavar="TOK",
+                   help="BLEU tokenizer (default: 13a): one of sacrebleu's offline tokenizers (13a, intl, "
+                   "char, zh, none, ...; a wrong name lists them all). The flores101/flores200/spm/"
+                   "spBLEU-1K tokenizers are not offered: they download a sentencepiece model at run "
+                   "time. ja-mecab/ko-mecab need sacrebleu's [ja]/[ko] extras.")
+    p.add_argument("--metrics", type=_metric_list, metavar="LIST",
                    help="comma-separated subset of bleu,chrf,ter (default: all)")
     p.add_argument("--compare", metavar="HYP2",
                    help="second system: paired bootstrap resampling of --hyp (baseline) vs HYP2")
@@ -103,7 +107,8 @@ def _check_counts(first: tuple[str, list[str]], others: Sequence[tuple[str, list
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         if args.bootstrap_samples < 1:
             raise InputError(f"--bootstrap-samples must be >= 1, got {args.bootstrap_samples}")
@@ -118,6 +123,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             _check_counts((args.hyp, hyps), [(args.compare, other)])
         if not hyps:
             raise InputError(f"{args.hyp} is empty: nothing to score")
+        from .metrics import METRICS, OFFLINE_TOKENIZERS, paired_bootstrap, score_corpus
+
+        if args.tokenize not in OFFLINE_TOKENIZERS:
+            parser.error(f"argument --tokenize: invalid choice: {args.tokenize!r} "
+                         f"(choose from {', '.join(OFFLINE_TOKENIZERS)})")
+        args.metrics = args.metrics or list(METRICS)
         streams = [lines for _, lines in refs]
         try:
             scores = score_corpus(hyps, streams, lowercase=args.lowercase, tokenize=args.tokenize,
@@ -131,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
+
+    from .metrics import format_score
 
     if args.json:
         out = {"hyp": args.hyp, "refs": list(args.ref), "lines": len(hyps),

@@ -11,26 +11,39 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
-import lightning.pytorch as pl
-import torch
 from omegaconf import DictConfig, OmegaConf
 
-from seq2seq.checkpoint import AtomicCheckpointIO, CheckpointError, load_for_translation
+from seq2seq.app_help import app_help, wants_quick_help
 from seq2seq.config import (CONF_DIR, BatchingConfig, ConfigError, DataConfig, ModelConfig, OptimConfig,
                             SchedulerConfig, SearchConfig, ValidationConfig, metric_key, section)
-from seq2seq.corpus import CorpusError
-from seq2seq.datamodule import TranslationDataModule
-from seq2seq.lit_module import TrainingDivergedError, TranslationModule, precision_dtype
-from seq2seq.metrics import report_lines, score_corpus
-from seq2seq.tokenizer import TokenizerError
-from seq2seq.translator import Translator
+
+# torch, Lightning and the model code are imported inside the functions that use them: Hydra answers
+# `--help` (and rejects a bad override) before calling the task function, without paying for them.
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+    import torch
 
 log = logging.getLogger(__name__)
 
-USER_ERRORS = (ConfigError, CorpusError, TokenizerError, CheckpointError)
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """The exceptions reported as `error: ...` with exit status 2 (user mistakes, not bugs)."""
+    from seq2seq.checkpoint import CheckpointError
+    from seq2seq.corpus import CorpusError
+    from seq2seq.tokenizer import TokenizerError
+
+    return (ConfigError, CorpusError, TokenizerError, CheckpointError)
+
+
+def __getattr__(name: str) -> Any:
+    """`USER_ERRORS` = user_errors(), computed on first use (PEP 562) so that importing this module
+    does not import the checkpoint code, and with it torch."""
+    if name == "USER_ERRORS":
+        return user_errors()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def run_config(cfg: DictConfig) -> dict[str, Any]:
@@ -41,6 +54,10 @@ def run_config(cfg: DictConfig) -> dict[str, Any]:
 
 
 def check_hardware(cfg: DictConfig) -> None:
+    import torch
+
+    from seq2seq.lit_module import precision_dtype
+
     accelerator = str(cfg.trainer.get("accelerator", "cpu"))
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError(f"config key 'trainer.accelerator' is {accelerator!r} but no CUDA GPU is visible "
@@ -86,20 +103,6 @@ def instantiate_all(group: DictConfig | None) -> list[Any]:
     return [hydra.utils.instantiate(node) for node in group.values() if node and "_target_" in node]
 
 
-class WorkerLogging(pl.Callback):
-    """Apply the run's logging config in ddp_spawn workers, which start without Hydra's setup
-    (otherwise rank 0's per-validation log lines never reach the console or train.log)."""
-
-    def __init__(self, config: dict[str, Any]):
-        self.config = config
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if not logging.getLogger().handlers:  # a fresh spawned process; the main one keeps its handlers
-            from logging.config import dictConfig
-
-            dictConfig(self.config)
-
-
 def hydra_logging_config() -> dict[str, Any] | None:
     """Hydra's job logging config, resolved, or None outside a Hydra run."""
     from hydra.core.hydra_config import HydraConfig
@@ -138,6 +141,10 @@ def check_launch(trainer: pl.Trainer) -> None:
 def evaluate(ckpt: str | Path, sources: list[str], references: list[str], out_prefix: Path,
              device: torch.device | str, dtype: torch.dtype | None = None) -> dict[str, Any]:
     """Translate `sources` with checkpoint `ckpt`, write hypotheses and scores beside `out_prefix`."""
+    from seq2seq.checkpoint import load_for_translation
+    from seq2seq.metrics import score_corpus
+    from seq2seq.translator import Translator
+
     model, tokenizer, search_cfg, _ = load_for_translation(ckpt, device)
     translator = Translator(model, tokenizer, search_cfg, device=device, dtype=dtype)
     hyps = [t.text for t in translator.translate(sources)]
@@ -151,6 +158,14 @@ def evaluate(ckpt: str | Path, sources: list[str], references: list[str], out_pr
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train per `cfg`; returns the final callback metrics (plus test scores when tested)."""
+    import lightning.pytorch as pl
+
+    from seq2seq.callbacks import WorkerLogging
+    from seq2seq.checkpoint_io import AtomicCheckpointIO
+    from seq2seq.datamodule import TranslationDataModule
+    from seq2seq.lit_module import TranslationModule, precision_dtype
+    from seq2seq.metrics import report_lines
+
     data = section(DataConfig, cfg.data, "data")
     batching = section(BatchingConfig, cfg.batching, "batching")
     model_cfg = section(ModelConfig, cfg.model, "model")
@@ -213,9 +228,11 @@ def hydra_main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the monitored validation metric (for sweepers)."""
     global _task_started
     _task_started = True
+    from seq2seq.lit_module import TrainingDivergedError
+
     try:
         metrics = train(cfg)
-    except USER_ERRORS as e:
+    except user_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except TrainingDivergedError as e:
@@ -227,6 +244,10 @@ def hydra_main(cfg: DictConfig) -> float | None:
 def main() -> None:
     """`seq2seq-train`. Hydra reports its own config errors (an unknown key on the command line, a
     missing group option) and exits with 1; those are usage errors like ours, so they exit with 2."""
+    if wants_quick_help(sys.argv[1:]):
+        print(app_help("seq2seq-train", "train a translator, keep best/last checkpoints, then test the best one.",
+                       "experiment=quickstart trainer.max_epochs=3", CONF_DIR))
+        return
     try:
         hydra_main()
     except SystemExit as e:

@@ -48,26 +48,26 @@ output file left behind.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import numpy as np
-import torch
-
-from seq2seq.checkpoint import CheckpointError, load_for_translation
-from seq2seq.corpus import CorpusError, read_lines
-from seq2seq.search import Ensemble
-from seq2seq.translator import Sampling, Translation, Translator
+# torch and the model code (and json, tempfile) are imported where they are used, not here: `--help`
+# and usage errors (a bad flag, a missing file) are answered without paying for them
+# (scripts/bench_startup.py measures it).
+if TYPE_CHECKING:
+    from seq2seq.translator import Translation, Translator
 
 log = logging.getLogger("seq2seq.translate")
 
-DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = ("fp32", "bf16", "fp16")  # fp32: no autocast
+
+
+class UsageError(ValueError):
+    """A command-line problem found without importing torch (a missing file, no matplotlib)."""
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -102,7 +102,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--plot-attention", metavar="DIR", help="write attention heatmaps (PNG) into DIR")
     p.add_argument("--plot-limit", type=int, default=10, help="sentences to plot with --plot-attention")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--precision", choices=tuple(DTYPES), default="fp32", help="bf16/fp16 autocast on GPU")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="bf16/fp16 autocast on GPU")
     p.add_argument("--quiet", action="store_true", help="no progress bar or throughput report")
     args = p.parse_args(argv)
     for name in ("nbest", "beam_size", "batch_tokens", "max_src_tokens"):
@@ -145,6 +145,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def read_input(path: str) -> list[str]:
     """All input lines, strictly UTF-8 (errors name the line) before any output is written."""
+    import tempfile
+
+    from seq2seq.corpus import CorpusError, read_lines
+
     if path != "-":
         return read_lines(path)
     data = sys.stdin.buffer.read()
@@ -168,6 +172,8 @@ def alignment(t: Translation) -> str:
 
 
 def format_line(i: int, t: Translation, args, translator: Translator) -> str:
+    import json
+
     if args.format == "jsonl":
         obj = {"line": i + 1, "translation": t.text, "score": t.score,
                "normalized_score": t.score / max(t.length, 1) ** translator.cfg.length_penalty,
@@ -189,6 +195,10 @@ class AtomicOutput:
     """Write to a temporary file beside `path`; rename over `path` only on success."""
 
     def __init__(self, path: str):
+        import tempfile
+
+        from seq2seq.corpus import CorpusError
+
         self.path = Path(path)
         if not self.path.parent.is_dir():
             raise CorpusError(f"output folder {self.path.parent} does not exist (for --output {path})")
@@ -215,6 +225,10 @@ def apply_search_overrides(args, search_cfg) -> None:
         search_cfg.beam_size = args.nbest  # n-best needs at least that many beams
 
 
+def checkpoint_paths(args) -> list[str]:
+    return [args.checkpoint] if args.checkpoint else (args.ensemble or [])  # none: --backend onnxruntime
+
+
 def build_translator(args) -> Translator:
     if args.backend == "onnxruntime":
         from seq2seq.runtime import OnnxTranslator  # numpy + onnxruntime + sentencepiece, no torch
@@ -222,11 +236,18 @@ def build_translator(args) -> Translator:
         translator = OnnxTranslator(args.model)
         apply_search_overrides(args, translator.cfg)
         return translator
+
+    import torch
+
+    from seq2seq.checkpoint import CheckpointError, load_for_translation
+    from seq2seq.search import Ensemble
+    from seq2seq.translator import Sampling, Translator
+
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CheckpointError("--device cuda was asked for, but no CUDA GPU is visible")
-    paths = [args.checkpoint] if args.checkpoint else args.ensemble
+    paths = checkpoint_paths(args)
     loaded = [load_for_translation(p, device) for p in paths]
     model, tokenizer, search_cfg, _ = loaded[0]
     for path, (_, tok, _, _) in zip(paths[1:], loaded[1:]):
@@ -241,7 +262,7 @@ def build_translator(args) -> Translator:
         model = Ensemble([m for m, *_ in loaded])
     apply_search_overrides(args, search_cfg)
     sampling = Sampling(args.temperature, args.top_k, args.seed) if args.sample else None
-    dtype = DTYPES[args.precision]
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
     if dtype is not None and device.type != "cuda":
         log.warning("--precision %s applies on a GPU; translating in fp32 on the %s", args.precision, device.type)
         dtype = None
@@ -275,7 +296,7 @@ def pyplot():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise CheckpointError("--plot-attention needs matplotlib: pip install 'seq2seq[plot]'") from None
+        raise UsageError("--plot-attention needs matplotlib: pip install 'seq2seq[plot]'") from None
     return plt
 
 
@@ -284,6 +305,8 @@ def _labels(pieces: list[str]) -> list[str]:
 
 
 def plot_attention(translations: list[Translation], translator: Translator, folder: str, limit: int) -> None:
+    import numpy as np
+
     plt = pyplot()
     if all(t.attention is None for t in translations[:limit] if t.tokens):
         log.warning("--plot-attention: nothing to plot (the model has no attention, or the first %d lines "
@@ -307,7 +330,22 @@ def plot_attention(translations: list[Translation], translator: Translator, fold
         plt.close(fig)
 
 
+def check_files(args) -> None:
+    """Missing files, reported with the messages the readers would give, before any slow import."""
+    for path in (args.input, args.score_reference):
+        if path not in (None, "-") and not Path(path).exists():
+            raise UsageError(f"{path}: file not found")
+    for path in checkpoint_paths(args):
+        if not Path(path).is_file():
+            raise UsageError(f"checkpoint {path} does not exist")
+
+
 def run(args) -> None:
+    check_files(args)
+    import json
+
+    from seq2seq.corpus import CorpusError, read_lines
+
     lines = read_input(args.input)
     refs = read_lines(args.score_reference) if args.score_reference else None
     if refs is not None and len(refs) != len(lines):
@@ -358,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         run(args)
-    except (CorpusError, CheckpointError, ValueError, OSError) as e:
+    except (ValueError, OSError) as e:  # CorpusError, CheckpointError, UsageError are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
