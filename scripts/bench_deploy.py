@@ -64,7 +64,7 @@ def worker(args) -> dict:
         torch.set_num_threads(args.threads)
         model, tokenizer, cfg, _ = load_for_translation(args.model)
         if args.variant == "torch-int8":
-            from seq2seq.export import quantize_torch_int8
+            from seq2seq.quantize import quantize_torch_int8
 
             model = quantize_torch_int8(model)
         cfg.beam_size = args.beam
@@ -140,7 +140,7 @@ def sizes(checkpoint: Path, folders: dict[str, Path], tmp: Path) -> dict[str, fl
 
     sys.path.insert(0, str(REPO))
     from seq2seq.checkpoint import load_for_translation
-    from seq2seq.export import quantize_torch_int8
+    from seq2seq.quantize import quantize_torch_int8
 
     model, *_ = load_for_translation(checkpoint)
     torch.save(model.state_dict(), tmp / "fp32.pt")

@@ -36,15 +36,18 @@ import sys
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Any, Sequence
 
 from seq2seq import __version__
 from seq2seq.batcher import DynamicBatcher
-from seq2seq.checkpoint import CheckpointError, load_for_translation
 from seq2seq.translate import alignment
-from seq2seq.translator import Sampling, Translation, Translator, one_line
+
+# torch, the model code and FastAPI are imported where they are used, not here: `--help` and usage
+# errors are answered without them (tests/test_startup.py).
+if TYPE_CHECKING:
+    import torch
+
+    from seq2seq.translator import Sampling, Translation, Translator
 
 log = logging.getLogger("seq2seq.serve")
 
@@ -60,7 +63,7 @@ class Settings:
     nbest: int
     length_penalty: float
     alignment: bool
-    sampling: Sampling | None = None
+    sampling: "Sampling | None" = None
     request: int = 0  # sampling requests get a unique number: never merged, so seeds reproduce
 
 
@@ -79,7 +82,7 @@ class Limits:
 class Engine:
     """The loaded model and tokenizer, and the one way the server translates: `Translator.translate`."""
 
-    def __init__(self, model, tokenizer, search_cfg, config: dict, device: torch.device, checkpoint: str = ""):
+    def __init__(self, model, tokenizer, search_cfg, config: dict, device: "torch.device", checkpoint: str = ""):
         self.model, self.tokenizer, self.search_cfg, self.config = model, tokenizer, search_cfg, config
         self.device = device
         self.checkpoint = checkpoint
@@ -87,6 +90,10 @@ class Engine:
 
     @classmethod
     def load(cls, path: str, device: str = "auto") -> "Engine":
+        import torch
+
+        from seq2seq.checkpoint import CheckpointError, load_for_translation
+
         dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
                            else ("cpu" if device == "auto" else device))
         if dev.type == "cuda" and not torch.cuda.is_available():
@@ -94,12 +101,14 @@ class Engine:
         model, tokenizer, search_cfg, config = load_for_translation(path, dev)
         return cls(model, tokenizer, search_cfg, config, dev, str(path))
 
-    def translator(self, s: Settings) -> Translator:
+    def translator(self, s: Settings) -> "Translator":
         """The Translator `seq2seq-translate` would build for these settings (a beam widened to nbest)."""
+        from seq2seq.translator import Translator
+
         cfg = replace(self.search_cfg, beam_size=max(s.beam_size, s.nbest), length_penalty=s.length_penalty)
         return Translator(self.model, self.tokenizer, cfg, device=self.device, sampling=s.sampling)
 
-    def translate(self, s: Settings, lines: list[str]) -> list[Translation]:
+    def translate(self, s: Settings, lines: list[str]) -> "list[Translation]":
         return self.translator(s).translate(lines, nbest=s.nbest, with_attention=s.alignment)
 
     def count_tokens(self, lines: Sequence[str]) -> int:
@@ -134,7 +143,7 @@ class Engine:
         return "|".join(f"{k}:{v}" for k, v in fields.items())
 
 
-def translation_json(t: Translation, s: Settings, engine: Engine) -> dict[str, Any]:
+def translation_json(t: "Translation", s: Settings, engine: Engine) -> dict[str, Any]:
     """One line's answer: the keys and values of `seq2seq-translate --format jsonl` (minus "line")."""
     obj: dict[str, Any] = {
         "translation": t.text, "score": t.score,
@@ -188,6 +197,7 @@ def create_app(engine: Engine, limits: Limits | None = None, batch_tokens: int |
     from fastapi.staticfiles import StaticFiles
 
     from seq2seq import serve_schema as schema
+    from seq2seq.translator import Sampling, one_line
 
     limits = limits or Limits()
     budget = batch_tokens or engine.search_cfg.batch_tokens
@@ -365,6 +375,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: seq2seq-serve needs the serve extra ({e.name} is missing): pip install 'seq2seq[serve]'",
               file=sys.stderr)
         return 2
+    import torch
+
+    from seq2seq.checkpoint import CheckpointError
+
     if args.threads:
         torch.set_num_threads(args.threads)
     try:

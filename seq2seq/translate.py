@@ -254,7 +254,7 @@ def build_translator(args) -> Translator:
         if tok.state_dict() != tokenizer.state_dict():
             raise CheckpointError(f"--ensemble: {path} uses another sentencepiece model than {paths[0]}")
     if args.quantize:
-        from seq2seq.export import quantize_torch_int8
+        from seq2seq.quantize import quantize_torch_int8
 
         loaded = [(quantize_torch_int8(m), *rest) for m, *rest in loaded]
         model = loaded[0][0]

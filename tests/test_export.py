@@ -15,7 +15,7 @@ from seq2seq.model import Seq2Seq
 ort = pytest.importorskip("onnxruntime", reason='onnxruntime is missing: pip install -e ".[onnx]"')
 pytest.importorskip("onnx", reason='onnx is missing: pip install -e ".[onnx]"')
 
-from seq2seq.export import ExportEncoder, export_graphs, graph_names, state_layout  # noqa: E402
+from seq2seq.onnx_graphs import ExportEncoder, export_graphs, graph_names, state_layout  # noqa: E402
 
 CELLS = ("rnn_tanh", "rnn_relu", "gru", "lstm")
 DESIGNS = [("bahdanau", False), ("bahdanau", True), ("luong_dot", False), ("luong_dot", True),

@@ -28,6 +28,7 @@ from seq2seq import serve, translate  # noqa: E402
 from seq2seq.batcher import DynamicBatcher  # noqa: E402
 from seq2seq.serve import Engine, Limits, create_app  # noqa: E402
 from seq2seq.train import train  # noqa: E402
+from seq2seq.translator import Translator  # noqa: E402
 
 from .conftest import synthetic_pairs, write_lines  # noqa: E402
 from .helpers import REPO, TINY, compose_train  # noqa: E402
@@ -149,13 +150,13 @@ class CountingTranslate:
 
     def __init__(self, monkeypatch):
         self.calls: list[list[str]] = []
-        original = serve.Translator.translate
+        original = Translator.translate
 
         def counted(translator, lines, *args, **kwargs):
             self.calls.append(list(lines))
             return original(translator, lines, *args, **kwargs)
 
-        monkeypatch.setattr(serve.Translator, "translate", counted)
+        monkeypatch.setattr(Translator, "translate", counted)
 
 
 def simultaneously(client, bodies: list[dict]) -> list[httpx.Response]:
