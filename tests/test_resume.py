@@ -108,6 +108,28 @@ def straight(tmp_path_factory, data_dir):
     return run_dir, recorder.seen
 
 
+def train_until_sigkill(args: list[str], run_dir, hook: str, when: str) -> None:
+    """Run `seq2seq-train args` in a subprocess, as a user would start it, and SIGKILL it from the
+    TranslationModule hook `hook` (a signature, e.g. "on_train_epoch_start(self)") once `when` holds."""
+    name = hook.split("(")[0]
+    code = textwrap.dedent(f"""
+        import os, signal, sys
+        import torch
+        torch.set_num_threads({torch.get_num_threads()})  # as in this process: same float sums, same numbers
+        from seq2seq.lit_module import TranslationModule
+        def {hook}:
+            if {when}:
+                os.kill(os.getpid(), signal.SIGKILL)
+        TranslationModule.{name} = {name}
+        sys.argv = ["seq2seq-train", *{args!r}, "hydra.run.dir={run_dir}"]
+        from seq2seq.train import main
+        main()
+    """)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+
+
 def test_sigkill_at_epoch_boundary_then_resume_is_identical(tmp_path, data_dir, straight):
     # The reference validates every 3 steps, this run at epoch ends: validation touches neither the
     # weights nor the random streams, so the training trajectories must be the same.
@@ -116,22 +138,7 @@ def test_sigkill_at_epoch_boundary_then_resume_is_identical(tmp_path, data_dir, 
 
     # The same run as a user would start it, SIGKILLed as epoch 1 begins (after epoch 0's last.ckpt).
     run_dir = tmp_path / "killed"
-    code = textwrap.dedent(f"""
-        import os, signal, sys
-        import torch
-        torch.set_num_threads({torch.get_num_threads()})  # as in this process: same float sums, same numbers
-        from seq2seq.lit_module import TranslationModule
-        def on_train_epoch_start(self):
-            if self.current_epoch == 1:
-                os.kill(os.getpid(), signal.SIGKILL)
-        TranslationModule.on_train_epoch_start = on_train_epoch_start
-        sys.argv = ["seq2seq-train", *{args!r}, "hydra.run.dir={run_dir}"]
-        from seq2seq.train import main
-        main()
-    """)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    train_until_sigkill(args, run_dir, "on_train_epoch_start(self)", "self.current_epoch == 1")
     saved = load(run_dir / "checkpoints" / "last.ckpt")
     per_epoch = len([s for s in straight[1] if s[0] == 0])
     assert saved["epoch"] == 0 and saved["global_step"] == per_epoch  # written at the end of epoch 0
@@ -151,22 +158,7 @@ def test_sigkill_mid_epoch_with_callbacks_then_resume_is_identical(tmp_path, dat
     (the resumed epoch starts again from its first batch)."""
     args = overrides(data_dir, *MID_EPOCH)
     run_dir = tmp_path / "killed"
-    code = textwrap.dedent(f"""
-        import os, signal, sys
-        import torch
-        torch.set_num_threads({torch.get_num_threads()})  # as in this process: same float sums, same numbers
-        from seq2seq.lit_module import TranslationModule
-        def on_train_batch_start(self, batch, batch_idx):
-            if self.global_step == 5:
-                os.kill(os.getpid(), signal.SIGKILL)
-        TranslationModule.on_train_batch_start = on_train_batch_start
-        sys.argv = ["seq2seq-train", *{args!r}, "hydra.run.dir={run_dir}"]
-        from seq2seq.train import main
-        main()
-    """)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    train_until_sigkill(args, run_dir, "on_train_batch_start(self, batch, batch_idx)", "self.global_step == 5")
     saved = load(run_dir / "checkpoints" / "last.ckpt")
     assert saved["epoch"] == 0 and saved["global_step"] == 3  # mid-epoch, from the validation at step 3
     assert saved["callbacks"], "the checkpoint holds the callbacks' states"
