@@ -469,10 +469,10 @@ def int_list(text: str) -> list[int]:
 def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
     """Run a script's main() with the project's user errors (bad config, missing corpus or checkpoint)
     reported as one `error:` line and exit code 2, like the console scripts."""
-    from seq2seq.train import USER_ERRORS
+    from seq2seq.train import user_errors
 
     try:
         return main(argv)
-    except USER_ERRORS as e:
+    except user_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -30,20 +30,13 @@ log = logging.getLogger(__name__)
 
 
 def user_errors() -> tuple[type[Exception], ...]:
-    """The exceptions reported as `error: ...` with exit status 2 (user mistakes, not bugs)."""
+    """The exceptions reported as `error: ...` with exit status 2 (user mistakes, not bugs); a function,
+    so that importing this module does not import the checkpoint code, and with it torch."""
     from seq2seq.checkpoint import CheckpointError
     from seq2seq.corpus import CorpusError
     from seq2seq.tokenizer import TokenizerError
 
     return (ConfigError, CorpusError, TokenizerError, CheckpointError)
-
-
-def __getattr__(name: str) -> Any:
-    """`USER_ERRORS` = user_errors(), computed on first use (PEP 562) so that importing this module
-    does not import the checkpoint code, and with it torch."""
-    if name == "USER_ERRORS":
-        return user_errors()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def run_config(cfg: DictConfig) -> dict[str, Any]:
