@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -149,8 +150,19 @@ def evaluate(ckpt: str | Path, sources: list[str], references: list[str], out_pr
     return scores
 
 
+def quiet_third_party() -> None:
+    """Silence, narrowly and by message, start-up noise the user cannot act on: torch's FutureWarning
+    about Lightning's own use of `LeafSpec` (lightning/pytorch/utilities/_pytree.py) and Lightning's
+    advert for its cloud logger, printed at every Trainer start."""
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: "litlogger" not in record.getMessage())
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train per `cfg`; returns the final callback metrics (plus test scores when tested)."""
+    quiet_third_party()
     import lightning.pytorch as pl
 
     from seq2seq.callbacks import WorkerLogging

@@ -103,13 +103,17 @@ def test_same_seed_gives_identical_loss_curves(tmp_path, multi30k_dir, cell):
 def test_max_steps_ending_before_the_first_validation_exits_cleanly_and_resumes(tmp_path, multi30k_dir):
     """`seq2seq-train trainer.max_steps=N` with N short of the first validation (which comes at the
     end of the epoch) exits 0 with last.ckpt written, and `ckpt_path=last` continues from it.
-    Mutation that makes it fail: early stopping checking at train-epoch end as well
+    Its output carries no third-party notice the user cannot act on (Lightning's litlogger advert,
+    torch's LeafSpec deprecation).
+    Mutations that make it fail: early stopping checking at train-epoch end as well
     (callbacks/early_stopping.yaml without `check_on_train_epoch_end: false`): its metric was never
-    logged, so it raises."""
+    logged, so it raises; `train.quiet_third_party` doing nothing."""
     run_dir = tmp_path / "run"
     common = [*TINY, "trainer.val_check_interval=1.0", "trainer.max_epochs=5", "test_after_training=false",
               f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={run_dir}"]
-    run_script("train", *common, "trainer.max_steps=2")
+    proc = run_script("train", *common, "trainer.max_steps=2")
+    for noise in ("litlogger", "LeafSpec"):
+        assert noise not in proc.stdout + proc.stderr
     last = run_dir / "checkpoints" / "last.ckpt"
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 2
     run_script("train", *common, "trainer.max_steps=4", "ckpt_path=last")
