@@ -364,6 +364,10 @@ def main() -> None:
         print(app_help("seq2seq-prepare", "build (or confirm) the prepared-corpus cache of the configured "
                        "data section (seq2seq-train's config).", "experiment=quickstart", CONF_DIR))
         return
+    # The run folder (outputs/<task_name>/<time>, conf/hydra/default.yaml) is named after this step,
+    # not after training, unless the user names it.
+    if not any(arg.lstrip("+").startswith("task_name=") for arg in sys.argv[1:]):
+        sys.argv.append("task_name=prepare")
     hydra_main()
 
 

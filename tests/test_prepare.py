@@ -279,6 +279,20 @@ def test_cli_builds_reuses_and_reports_errors_cleanly(toy_corpus, tmp_path):
         assert bad.stderr.startswith(message) and "Traceback" not in bad.stderr
 
 
+def test_cli_run_folder_is_named_after_the_prepare_step(toy_corpus, tmp_path):
+    """`seq2seq-prepare` writes its run folder under outputs/prepare/, not outputs/train/ (even with
+    an experiment that names its training runs). Mutation that makes it fail: prepare.main not adding
+    `task_name=prepare`."""
+    args = [f"data.root={toy_corpus()}", "data.mirrors=[]", "data.download=false",
+            f"data.cache_dir={tmp_path / 'cache'}", "data.tokenizer.vocab_size=60", "data.tokenizer.byte_fallback=false"]
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    for extra in ([], ["experiment=quickstart"]):
+        proc = subprocess.run([sys.executable, "-m", "seq2seq.prepare", *args, *extra], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert [p.name for p in (tmp_path / "outputs").iterdir()] == ["prepare"]
+
+
 def test_cli_real_multi30k_from_another_folder(multi30k_dir, tmp_path):
     # The documented command; the relative mirror ../shared/data/multi30k resolves from the project root.
     cache = tmp_path / "cache"
