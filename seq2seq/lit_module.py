@@ -19,7 +19,6 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
 from seq2seq.checkpoint import PAYLOAD_KEY, make_payload
@@ -48,14 +47,19 @@ def _rng_state() -> dict[str, Any]:
             "python": [py_state[0], list(py_state[1]), py_state[2]]}
 
 
-def _set_rng_state(state: dict[str, Any], rank: int) -> None:
-    """Restore `_rng_state()`. Checkpoints hold rank 0's state: other ranks derive a distinct one."""
+def _set_rng_state(states: list[dict[str, Any]] | dict[str, Any], rank: int) -> None:
+    """Restore this rank's `_rng_state()` from a checkpoint's list of every rank's states. A rank the
+    checkpoint has no state for (resumed on more processes than saved it; or a checkpoint from before
+    states were kept per rank, which held rank 0's alone) derives a distinct one from rank 0's."""
+    if isinstance(states, dict):
+        states = [states]
+    state = states[rank] if rank < len(states) else states[0]
     torch.set_rng_state(state["torch"])
     if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
     np.random.set_state((state["numpy"][0], np.array(state["numpy"][1], dtype=np.uint32), *state["numpy"][2:]))
     random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
-    if rank > 0:
+    if rank >= len(states):
         torch.manual_seed(int(torch.randint(0, 2**62, (1,))) + rank)
 
 # The val/* metrics are logged after reducing (loss sums) and gathering (hypotheses) over all ranks, so
@@ -365,7 +369,13 @@ class TranslationModule(pl.LightningModule):
             total, run, _ = (int(x) for x in self._skip_counts.tolist())
             skipped.update(total=total, consecutive=run)
         checkpoint[PAYLOAD_KEY]["skipped"] = skipped
-        checkpoint[PAYLOAD_KEY]["rng"] = _rng_state()  # dropout continues exactly where it was
+        # Every rank's RNG state, so that dropout continues exactly where it was on every rank. Only rank 0
+        # writes the file, but this hook runs on all ranks (Trainer.save_checkpoint is a collective call).
+        states = [_rng_state()]
+        if self._trainer is not None and self.trainer.world_size > 1:
+            states = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(states, _rng_state())
+        checkpoint[PAYLOAD_KEY]["rng"] = states
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         plateau = checkpoint.get(PAYLOAD_KEY, {}).get("plateau")

@@ -24,7 +24,7 @@ from seq2seq.config import (BatchingConfig, ConfigError, DataConfig, ModelConfig
                             SearchConfig, TokenizerConfig, ValidationConfig, section)
 from seq2seq.data import TokenBucketBatchSampler
 from seq2seq.datamodule import EvalShardSampler, TranslationDataModule
-from seq2seq.lit_module import TranslationModule
+from seq2seq.lit_module import TranslationModule, _rng_state, _set_rng_state
 from seq2seq.prepare import prepare_corpus
 from seq2seq.train import check_hardware, check_launch, train
 
@@ -201,6 +201,34 @@ def test_ddp_checkpoint_resumes_in_a_single_process(ddp_run, tmp_path):
     lr = {int(r["step"]): float(r["lr-Adam"]) for r in rows if r.get("lr-Adam")}
     # learn(): lr 0.01, 10 warm-up steps, then inverse square root: the schedule continues, not restarted
     assert lr[step] == pytest.approx(0.01 * (10 / (step + 1)) ** 0.5)
+
+
+def test_ddp_checkpoint_keeps_every_ranks_rng_state(ddp_run):
+    """A DDP checkpoint holds one RNG state per rank (gathered when saving; rank 0 writes the file), so
+    a resumed DDP run continues every rank's dropout stream, not only rank 0's."""
+    states = read_checkpoint(ddp_run["dir"] / "checkpoints" / "last.ckpt")[PAYLOAD_KEY]["rng"]
+    assert len(states) == 2 and all(torch.is_tensor(s["torch"]) for s in states)
+
+
+def test_each_rank_restores_its_own_rng_state():
+    """Rank r restores state r; a rank the checkpoint has no state for gets a distinct one; an older
+    checkpoint's single state (a dict) is rank 0's. Mutation that makes it fail: every rank restoring
+    rank 0's state (`state = states[0]`)."""
+    before = _rng_state()
+    states = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        states.append(_rng_state())
+    try:
+        for rank in (0, 1):
+            _set_rng_state(states, rank)
+            assert torch.equal(torch.get_rng_state(), states[rank]["torch"])
+        _set_rng_state(states, 2)
+        assert not any(torch.equal(torch.get_rng_state(), s["torch"]) for s in states)
+        _set_rng_state(states[1], 0)
+        assert torch.equal(torch.get_rng_state(), states[1]["torch"])
+    finally:
+        _set_rng_state(before, 0)
 
 
 def test_ddp_checkpoint_translates_like_its_final_test(ddp_run, tmp_path):
