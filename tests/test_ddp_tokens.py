@@ -5,8 +5,6 @@ and a rank whose validation decoding fails does not leave the other waiting in a
 from __future__ import annotations
 
 import json
-import os
-import socket
 import time
 from datetime import timedelta
 from types import SimpleNamespace
@@ -68,11 +66,13 @@ class EchoTranslator:
         return [SimpleNamespace(text=line.upper()) for line in lines]
 
 
-def ddp_worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def ddp_worker(rank: int, world: int, store: str, out: str) -> None:
     torch.set_num_threads(1)
-    # A short collective timeout: a rank left waiting fails the test in seconds instead of 30 minutes.
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=30))
+    # Ranks meet through a file, not a TCP port picked in advance (another process may take a port
+    # between picking and binding it). A short collective timeout: a rank left waiting fails the test
+    # in seconds instead of 30 minutes.
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=30))
     try:
         module = make_module(world)
         ddp = DistributedDataParallel(TrainingStep(module))
@@ -98,18 +98,12 @@ def ddp_worker(rank: int, world: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow  # two spawned processes: ~30 s on a shared 2-core machine
 def test_ddp_weighs_tokens_globally_and_ranks_agree_on_validation_failures(tmp_path):
     """Mutation: `loss = smoothed / tokens` (each rank by its own count, the old behaviour) -> the DDP
     gradient is the mean of two per-rank averages and differs from the union's by far more than rounding."""
     out = tmp_path / "grads.pt"
-    context = mp.spawn(ddp_worker, args=(2, free_port(), str(out)), nprocs=2, join=False)
+    context = mp.spawn(ddp_worker, args=(2, str(tmp_path / "store"), str(out)), nprocs=2, join=False)
     deadline = time.monotonic() + 150
     while not context.join(timeout=5):
         if time.monotonic() > deadline:  # a rank stuck in a collective: fail instead of hanging
