@@ -69,3 +69,24 @@ def read_metrics(run_dir: Path) -> list[dict[str, str]]:
 
 def series(rows: list[dict[str, str]], key: str) -> list[float]:
     return [float(r[key]) for r in rows if r.get(key) not in (None, "")]
+
+
+def tiny_model_and_tokenizer(model_cfg, n_pairs: int, seed: int, vocab_size: int):
+    """A joint sentencepiece model trained on `n_pairs` synthetic pairs and a freshly initialised
+    (seed 0) `Seq2Seq` of `model_cfg` over it: what fixtures need to write a checkpoint without
+    training through Lightning. Returns (model, tokenizer, (src, tgt) lines)."""
+    import torch
+
+    from seq2seq.config import TokenizerConfig
+    from seq2seq.model import Seq2Seq
+    from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, train_sentencepiece
+
+    from .conftest import synthetic_pairs
+
+    src, tgt = synthetic_pairs(n_pairs, seed)
+    spm_bytes = train_sentencepiece(src + tgt, TokenizerConfig(vocab_size=vocab_size, byte_fallback=True))
+    tokenizer = Tokenizer(spm_bytes, spm_bytes)
+    torch.manual_seed(0)
+    model = Seq2Seq.from_config(model_cfg, src_vocab_size=tokenizer.src_vocab_size,
+                                tgt_vocab_size=tokenizer.tgt_vocab_size, pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID)
+    return model, tokenizer, (src, tgt)

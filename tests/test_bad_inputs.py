@@ -24,12 +24,10 @@ from hypothesis import strategies as st
 
 from seq2seq import translate
 from seq2seq.checkpoint import FORMAT_VERSION, MODEL_PREFIX, make_payload
-from seq2seq.config import ModelConfig, SearchConfig, TokenizerConfig
-from seq2seq.model import Seq2Seq
-from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, train_sentencepiece
+from seq2seq.config import ModelConfig, SearchConfig
 
 from .conftest import synthetic_pairs, write_lines
-from .helpers import REPO, run_script
+from .helpers import REPO, tiny_model_and_tokenizer
 
 # ---------------------------------------------------------------------------------------- seq2seq-train
 
@@ -182,12 +180,7 @@ TINY_MODEL = ModelConfig(embedding_size=16, encoder_hidden_size=16, decoder_hidd
 def tiny_ckpt(tmp_path_factory) -> Path:
     """A self-contained checkpoint of an untrained tiny model (what seq2seq-translate reads), built once."""
     tmp = tmp_path_factory.mktemp("ckpt")
-    src, tgt = synthetic_pairs(300, 7)
-    spm_bytes = train_sentencepiece(src + tgt, TokenizerConfig(vocab_size=300, byte_fallback=True))
-    tokenizer = Tokenizer(spm_bytes, spm_bytes)
-    torch.manual_seed(0)
-    model = Seq2Seq.from_config(TINY_MODEL, src_vocab_size=tokenizer.src_vocab_size,
-                                tgt_vocab_size=tokenizer.tgt_vocab_size, pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID)
+    model, tokenizer, _ = tiny_model_and_tokenizer(TINY_MODEL, 300, 7, 300)
     config = {"model": dataclasses.asdict(TINY_MODEL),
               "search": dataclasses.asdict(SearchConfig(max_len_a=4, max_len_b=0.5, batch_tokens=512))}
     ckpt = {"state_dict": {MODEL_PREFIX + k: v for k, v in model.state_dict().items()},

@@ -17,14 +17,13 @@ import torch
 
 from seq2seq import translate
 from seq2seq.checkpoint import MODEL_PREFIX, load_for_translation, make_payload
-from seq2seq.config import ModelConfig, SearchConfig, TokenizerConfig
+from seq2seq.config import ModelConfig, SearchConfig
 from seq2seq.data import collate
-from seq2seq.model import Seq2Seq
-from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, train_sentencepiece
+from seq2seq.tokenizer import EOS_ID, PAD_ID
 from seq2seq.translator import Translator, one_line
 
 from .conftest import synthetic_pairs, write_lines
-from .helpers import REPO
+from .helpers import REPO, tiny_model_and_tokenizer
 
 pytest.importorskip("onnxruntime", reason='onnxruntime is missing: pip install -e ".[onnx]"')
 pytest.importorskip("onnx", reason='onnx is missing: pip install -e ".[onnx]"')
@@ -48,12 +47,7 @@ def trained_ckpt(tmp_path_factory) -> Path:
     at different steps and whose beams differ from greedy.
     """
     tmp = tmp_path_factory.mktemp("trained")
-    src, tgt = synthetic_pairs(600, 21)
-    spm_bytes = train_sentencepiece(src + tgt, TokenizerConfig(vocab_size=320, byte_fallback=True))
-    tokenizer = Tokenizer(spm_bytes, spm_bytes)
-    torch.manual_seed(0)
-    model = Seq2Seq.from_config(MODEL, src_vocab_size=tokenizer.src_vocab_size,
-                                tgt_vocab_size=tokenizer.tgt_vocab_size, pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID)
+    model, tokenizer, (src, tgt) = tiny_model_and_tokenizer(MODEL, 600, 21, 320)
     pairs = list(zip(tokenizer.encode_src(src), tokenizer.encode_tgt(tgt)))
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     model.train()

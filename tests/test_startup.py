@@ -23,12 +23,10 @@ import torch
 from seq2seq import translate
 from seq2seq.app_help import _defaults, _options, app_help
 from seq2seq.checkpoint import MODEL_PREFIX, load_for_translation, make_payload
-from seq2seq.config import CONF_DIR, ModelConfig, SearchConfig, TokenizerConfig
-from seq2seq.model import Seq2Seq
-from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, train_sentencepiece
+from seq2seq.config import CONF_DIR, ModelConfig, SearchConfig
 
 from .conftest import synthetic_pairs, write_lines
-from .helpers import REPO
+from .helpers import REPO, tiny_model_and_tokenizer
 
 TRAINING_STACK = ("lightning", "pytorch_lightning", "hydra", "omegaconf")
 
@@ -124,12 +122,7 @@ TINY = ModelConfig(cell="gru", embedding_size=16, encoder_hidden_size=16, decode
 def lightning_style_ckpt(tmp_path_factory) -> Path:
     """A checkpoint in seq2seq-train's format, optimiser state included, built without training."""
     tmp = tmp_path_factory.mktemp("startup")
-    src, tgt = synthetic_pairs(300, 5)
-    spm_bytes = train_sentencepiece(src + tgt, TokenizerConfig(vocab_size=300, byte_fallback=True))
-    tokenizer = Tokenizer(spm_bytes, spm_bytes)
-    torch.manual_seed(0)
-    model = Seq2Seq.from_config(TINY, src_vocab_size=tokenizer.src_vocab_size, tgt_vocab_size=tokenizer.tgt_vocab_size,
-                                pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID)
+    model, tokenizer, _ = tiny_model_and_tokenizer(TINY, 300, 5, 300)
     config = {"model": dataclasses.asdict(TINY),
               "search": dataclasses.asdict(SearchConfig(max_len_a=4, max_len_b=0.5, batch_tokens=512))}
     params = list(model.parameters())
