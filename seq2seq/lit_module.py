@@ -27,6 +27,7 @@ from seq2seq.config import (METRIC_MODES, ModelConfig, OptimConfig, SchedulerCon
 from seq2seq.data import Batch
 from seq2seq.metrics import score_corpus
 from seq2seq.model import Seq2Seq
+from seq2seq.precision import precision_dtype
 from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 from seq2seq.translator import Translator
 
@@ -88,17 +89,6 @@ def lr_factor(step: int, cfg: SchedulerConfig, total_steps: int, base_lr: float)
     return 1.0
 
 
-def precision_dtype(precision: str | int | None, device_type: str) -> torch.dtype | None:
-    """Autocast dtype for decoding under a Trainer precision ('bf16-mixed' -> bfloat16, '32-true' -> None).
-    Lightning runs '16-mixed' as bfloat16 on the CPU, so decoding there does too."""
-    precision = str(precision)
-    if precision.startswith("bf16") or (precision.startswith("16") and device_type == "cpu"):
-        return torch.bfloat16
-    if precision.startswith("16"):
-        return torch.float16
-    return None
-
-
 def use_tensor_cores(device: torch.device) -> None:
     """On CUDA, let float32 matmuls and cuDNN (the RNNs, which run in float32 even under autocast, see
     `model.encoder.run_rnn`) use TF32 tensor cores: 10-bit mantissa products, float32 accumulation,
@@ -121,9 +111,8 @@ class TranslationModule(pl.LightningModule):
         max_bad_steps: int = 10,
     ):
         super().__init__()
-        self.model = Seq2Seq.from_config(model, src_vocab_size=tokenizer.src_vocab_size,
-                                         tgt_vocab_size=tokenizer.tgt_vocab_size,
-                                         pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID)
+        self.model = Seq2Seq(model, src_vocab_size=tokenizer.src_vocab_size,
+                             tgt_vocab_size=tokenizer.tgt_vocab_size, pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID)
         self.optim_cfg = optim
         self.sched_cfg = scheduler
         self.search_cfg = search
