@@ -16,8 +16,8 @@ import seq2seq.model.encoder as encoder_module
 from seq2seq import search
 from seq2seq.config import ModelConfig, SearchConfig, section
 from seq2seq.data import collate, token_budget_batches
-from seq2seq.lit_module import precision_dtype
 from seq2seq.model import Seq2Seq
+from seq2seq.precision import precision_dtype
 from seq2seq.translator import Translator
 
 from .helpers import TINY, compose_train
