@@ -60,7 +60,6 @@ def check_hardware(cfg: DictConfig) -> None:
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
     if (on_cpu and precision_dtype(cfg.trainer.get("precision"), "cpu") is not None and cfg.model.cell == "lstm"
             and not bf16_supported("cpu")):
-        # Lightning runs 16-mixed as bf16 on the CPU.
         raise ConfigError(f"config key 'trainer.precision' is {cfg.trainer.precision!r}, but this CPU cannot "
                           "run an LSTM in bfloat16 (oneDNN needs AVX512-BF16); on the CPU use "
                           "trainer.precision=32-true (or model.cell=gru)")
@@ -167,8 +166,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from seq2seq.checkpoint_io import AtomicCheckpointIO
     from seq2seq.datamodule import TranslationDataModule
     from seq2seq.lit_module import TranslationModule
-    from seq2seq.precision import precision_dtype
     from seq2seq.metrics import report_lines
+    from seq2seq.precision import precision_dtype
 
     data = section(DataConfig, cfg.data, "data")
     batching = section(BatchingConfig, cfg.batching, "batching")

@@ -115,7 +115,8 @@ def test_a_key_no_yaml_file_sets_is_an_error(tmp_path):
     silently from the dataclass. Mutation: registering `OmegaConf.structured(TrainConfig)` unmasked passes it."""
     (tmp_path / "model").mkdir()
     rnn = (CONF_DIR / "model" / "rnn.yaml").read_text()
-    (tmp_path / "model" / "partial.yaml").write_text("\n".join(l for l in rnn.splitlines() if not l.startswith("bridge:")))
+    kept = [line for line in rnn.splitlines() if not line.startswith("bridge:")]
+    (tmp_path / "model" / "partial.yaml").write_text("\n".join(kept))
     cfg = compose_train(["hydra.searchpath=[file://" + str(tmp_path) + "]", "model=partial"])
     assert section(ModelConfig, compose_train()["model"], "model").bridge is True
     with pytest.raises(ConfigError, match=r"config key 'model\.bridge' has no value"):

@@ -251,8 +251,8 @@ def test_prepare_from_composed_config(toy_corpus, tmp_path):
     corpus = prepare(cfg)
     assert corpus.directory.parent == cache and len(corpus.splits["train"].src) == 300
     with pytest.raises(ConfigError, match="data.tokenizer.model_type"):
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)), hydra_errors():
-            bad = compose("train", overrides=overrides + ["data.tokenizer.model_type=wordpiece"])  # the schema refuses it
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)), hydra_errors():  # the schema refuses it
+            bad = compose("train", overrides=overrides + ["data.tokenizer.model_type=wordpiece"])
         prepare(bad)
 
 
