@@ -61,55 +61,22 @@ class Choice(str, enum.Enum):
         return ", ".join(member.value for member in cls)
 
 
-class Cell(Choice):
-    rnn_tanh = "rnn_tanh"
-    rnn_relu = "rnn_relu"
-    gru = "gru"
-    lstm = "lstm"
+def _choice(name: str, *values: str) -> Any:
+    return Choice(name, [(v, v) for v in values], module=__name__, qualname=name)
 
 
-class Attention(Choice):
-    bahdanau = "bahdanau"
-    luong_dot = "luong_dot"
-    luong_general = "luong_general"
-    none = "none"
-
-
-class PieceModel(Choice):
-    bpe = "bpe"
-    unigram = "unigram"
-
-
-class Optimizer(Choice):
-    adam = "adam"
-    adamw = "adamw"
-
-
-class Schedule(Choice):
-    warmup_decay = "warmup_decay"
-    plateau = "plateau"
-    constant = "constant"
-
-
-class Decay(Choice):
-    inverse_sqrt = "inverse_sqrt"
-    linear = "linear"
-    cosine = "cosine"
-    none = "none"
-
-
-class Metric(Choice):
-    bleu = "bleu"
-    chrf = "chrf"
-    ter = "ter"
-    ppl = "ppl"
-    loss = "loss"
-
+Cell = _choice("Cell", "rnn_tanh", "rnn_relu", "gru", "lstm")
+Attention = _choice("Attention", "bahdanau", "luong_dot", "luong_general", "none")
+PieceModel = _choice("PieceModel", "bpe", "unigram")
+Optimizer = _choice("Optimizer", "adam", "adamw")
+Schedule = _choice("Schedule", "warmup_decay", "plateau", "constant")
+Decay = _choice("Decay", "inverse_sqrt", "linear", "cosine", "none")
+# Monitored metric (validation.metric) -> direction of improvement (best.ckpt, early stopping, plateau).
+METRIC_MODES = {"bleu": "max", "chrf": "max", "ter": "min", "ppl": "min", "loss": "min"}
+Metric = _choice("Metric", *METRIC_MODES)
 
 CELLS = tuple(c.value for c in Cell)
 ATTENTIONS = tuple(a.value for a in Attention)
-# Monitored metric -> direction of improvement (best.ckpt, early stopping, the plateau scheduler).
-METRIC_MODES = {"bleu": "max", "chrf": "max", "ter": "min", "ppl": "min", "loss": "min"}
 
 
 def _positive(key: str, value: float, allow_zero: bool = False) -> None:
@@ -366,16 +333,16 @@ def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
     from omegaconf import DictConfig, OmegaConf
 
-    def require_every_value(node: DictConfig) -> None:
-        for key in list(node.keys()):
-            child = node._get_node(key)
-            if isinstance(child, DictConfig):
-                require_every_value(child)
-            elif child._metadata.ref_type is not Any:
-                node[key] = "???"
+    def require_every_value(node: DictConfig, cls: type) -> None:
+        for f in dataclasses.fields(cls):
+            kind = _field_type(cls, f.name)
+            if dataclasses.is_dataclass(kind):
+                require_every_value(node[f.name], kind)
+            elif kind is not Any:  # the Lightning groups stay open (null until their files fill them)
+                node[f.name] = "???"
 
     schema = OmegaConf.structured(TrainConfig)
-    require_every_value(schema)
+    require_every_value(schema, TrainConfig)
     ConfigStore.instance().store(name="train_schema", node=schema)
 
     def metric_mode(metric: str) -> str:
