@@ -5,12 +5,10 @@ Everything here talks to the model only through the contract in docs/design.md::
     model.pad_id, model.bos_id, model.eos_id
     state = model.init_state(src [B,S], src_lengths [B] cpu int64, src_mask [B,S] bool)
     log_probs [N,V], state, attention [N,S] | None = model.step(prev_tokens [N], state)
-    state = model.reorder_state(state, index [N'])      # rows selected / repeated / dropped
-    state = model.reorder_state(state, index [G, R])    # the same for index.reshape(-1), and each
-                      # group's R rows share a source: a model may keep per-source tensors per group
-    state = model.reorder_state(state, index [N], within_source=True)
-                      # beams reshuffled among the beams of their own sentence: a model may keep
-                      # what depends on the source alone (attention keys) where it is
+    state = model.reorder_state(state, rows [N'], sources=[G'] | None)
+        # per-row state: new row i is old row rows[i]; per-source state: new source g is old source
+        # sources[g] (None: unchanged, no copy). The N rows come in G groups of R = N / G consecutive
+        # rows, group g being hypotheses of source g: R = 1 in greedy search, the beam size in beam search.
 
 so it works unchanged for a `Seq2Seq`, an `Ensemble` of them, or a test double.
 
@@ -233,7 +231,7 @@ def _decode_rows(model: Any, src: Tensor, src_lengths: Tensor, src_mask: Tensor,
             if bool(done_cpu.any()):
                 flush()
                 keep = (~done_cpu).nonzero().squeeze(1).to(device)
-                state = model.reorder_state(state, keep)
+                state = model.reorder_state(state, keep, sources=keep)
                 rows, limit, scores, cur_len, cur_eos, done, prev = (
                     x.index_select(0, keep) for x in (rows, limit, scores, cur_len, cur_eos, done, prev))
     flush()
@@ -341,7 +339,8 @@ def beam_search(model: Any, src: Tensor, src_lengths: Tensor, src_mask: Tensor, 
 
     # Live beams of the active sentences (shrinks as sentences finish).
     state = model.init_state(src, src_lengths, src_mask)
-    state = model.reorder_state(state, torch.arange(batch, device=device).unsqueeze(1).expand(batch, k))
+    # K rows per sentence, copies of its one row; the per-source state stays once per sentence.
+    state = model.reorder_state(state, torch.arange(batch, device=device).repeat_interleave(k), sources=None)
     n = batch
     sent = torch.arange(batch, device=device)  # original sentence of each active sentence
     limit = limits_cpu.to(device)
@@ -396,20 +395,20 @@ def beam_search(model: Any, src: Tensor, src_lengths: Tensor, src_mask: Tensor, 
         parent = beam.gather(1, act)  # [n, K]
         prev = tok.gather(1, act).view(-1)
         reorder = (torch.arange(n, device=device).unsqueeze(1) * k + parent).view(-1)
-        within_source = True
+        sources = None  # the same sentences: their per-source state stays
         if (t + 1) % every == 0 and t + 1 < horizon:
             done_cpu = done.cpu()  # the one host-device sync
             if bool(done_cpu.all()):
                 break
             if bool(done_cpu.any()):
                 keep = (~done_cpu).nonzero().squeeze(1).to(device)
-                reorder = reorder.view(n, k).index_select(0, keep)  # [n', K]: sentences stay grouped
+                reorder = reorder.view(n, k).index_select(0, keep).view(-1)  # [n'*K]: sentences stay grouped
                 prev = prev.view(n, k).index_select(0, keep).view(-1)
                 sent, limit, scores, count, done = (
                     x.index_select(0, keep) for x in (sent, limit, scores, count, done))
                 n = keep.numel()
-                within_source = False
-        state = model.reorder_state(state, reorder, within_source=within_source)
+                sources = keep
+        state = model.reorder_state(state, reorder, sources=sources)
 
     # Rank the finalized hypotheses of every sentence at once.
     valid = pool_valid[:, :k]
@@ -543,6 +542,5 @@ class Ensemble:
         attn = torch.stack(attns).mean(0) if attns else None
         return torch.log_softmax(mean, dim=-1), new_state, attn
 
-    def reorder_state(self, state: list[Any], index: Tensor, within_source: bool = False) -> list[Any]:
-        return [m.reorder_state(s, index, within_source=within_source)
-                for m, s in zip(self.models, state)]
+    def reorder_state(self, state: list[Any], rows: Tensor, *, sources: Tensor | None) -> list[Any]:
+        return [m.reorder_state(s, rows, sources=sources) for m, s in zip(self.models, state)]
