@@ -82,8 +82,8 @@ class DecoderState:
         def per_row(t: Tensor | None, dim: int = 0) -> Tensor | None:
             return None if t is None else t.index_select(dim, rows)
 
-        return DecoderState(hidden=per_row(self.hidden, 1), cell=per_row(self.cell, 1), feed=per_row(self.feed),
-                            keys=keys, values=values, pad_mask=pad_mask)
+        return DecoderState(hidden=per_row(self.hidden, 1), cell=per_row(self.cell, 1),
+                            feed=per_row(self.feed), keys=keys, values=values, pad_mask=pad_mask)
 
 
 class Bridge(nn.Module):
