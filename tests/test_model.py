@@ -332,6 +332,7 @@ def test_reorder_within_source_keeps_the_memory_with_identical_results(attention
         grouped = model.reorder_state(init, torch.tensor(rows), sources=None)
         plain = model.reorder_state(init, torch.tensor(rows), sources=torch.tensor(rows))
         assert grouped.keys.size(0) == 3 and plain.keys.size(0) == 9
+        assert grouped.keys is init.keys  # repeating rows into beams copies no keys (mutation: copy them)
         _, grouped, _ = model.step(tgt_in[rows, 0], grouped)
         _, plain, _ = model.step(tgt_in[rows, 0], plain)
         within = torch.tensor([2, 0, 0, 4, 3, 5, 8, 8, 6])  # beams reordered inside each sentence
