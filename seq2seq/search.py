@@ -513,7 +513,8 @@ def beam_search(model: Any, src: Tensor, src_lengths: Tensor, src_mask: Tensor, 
 
     state = model.init_state(src, src_lengths, src_mask)
     # K rows per sentence, copies of its one row; the per-source state stays once per sentence.
-    state = model.reorder_state(state, torch.arange(batch, device=device).repeat_interleave(k), sources=None)
+    expand = torch.arange(batch, device=device).unsqueeze(1).expand(batch, k).reshape(-1)  # [B*K], no sync
+    state = model.reorder_state(state, expand, sources=None)
     for t in range(horizon):
         log_probs, state, attn = model.step(beams.prev, state)  # [n*K, V], _, [n*K, S]
         log_probs = log_probs.float().view(beams.sent.numel(), k, -1)  # [n, K, V]
