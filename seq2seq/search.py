@@ -5,12 +5,10 @@ Everything here talks to the model only through the contract in docs/design.md::
     model.pad_id, model.bos_id, model.eos_id
     state = model.init_state(src [B,S], src_lengths [B] cpu int64, src_mask [B,S] bool)
     log_probs [N,V], state, attention [N,S] | None = model.step(prev_tokens [N], state)
-    state = model.reorder_state(state, index [N'])      # rows selected / repeated / dropped
-    state = model.reorder_state(state, index [G, R])    # the same for index.reshape(-1), and each
-                      # group's R rows share a source: a model may keep per-source tensors per group
-    state = model.reorder_state(state, index [N], within_source=True)
-                      # beams reshuffled among the beams of their own sentence: a model may keep
-                      # what depends on the source alone (attention keys) where it is
+    state = model.reorder_state(state, rows [N'], sources=[G'] | None)
+        # per-row state: new row i is old row rows[i]; per-source state: new source g is old source
+        # sources[g] (None: unchanged, no copy). The N rows come in G groups of R = N / G consecutive
+        # rows, group g being hypotheses of source g: R = 1 in greedy search, the beam size in beam search.
 
 so it works unchanged for a `Seq2Seq`, an `Ensemble` of them, or a test double.
 
@@ -40,7 +38,12 @@ Beam search ranks hypotheses by `score / n ** length_penalty` where n = len(toke
 Exactness. `beam_search(beam_size=1)` reproduces `greedy` bit for bit (tokens, scores, attention):
 both pick tokens with the same arithmetic (top-2 of running score + log-probs, so ties break the
 same way) and both shrink the batch at the same steps (batch composition can change the last bit of
-a CPU/GPU matrix product). `sample(top_k=1)` likewise reproduces `greedy`.
+a CPU/GPU matrix product). `sample(top_k=1)` likewise reproduces `greedy`. Greedy and sampling keep
+their own loop all the same (one row per sentence, tokens written straight to the output): run
+through beam search's candidates, pool and backpointers, a greedy step would issue three times as many
+small device operations besides the model's own (which a launch-bound GPU decoder pays for), and
+sampling fits none of beam search's ranking rules. The two loops share everything else: the preamble,
+the sync-and-drop rule (`_unfinished`), the top-2 arithmetic (`_topk`) and the output assembly.
 
 Precision. Log-probabilities and attention are cast to float32 as they come out of `step`, so the
 model may run in bf16/fp16 (e.g. under autocast); every accumulated score is float32.
@@ -99,7 +102,7 @@ class Hypothesis:
         return self.score / max(self.length, 1) ** length_penalty
 
 
-# ---------------------------------------------------------------------------------------- helpers
+# ------------------------------------------------------------------------- shared by the searches
 def max_lengths(src_lengths: Tensor, max_len_a: float, max_len_b: float) -> Tensor:
     """Per-sentence output budget on the CPU: floor(a + b * source length), at least 1 [B] int64."""
     lengths = src_lengths.detach().to("cpu", torch.float64)
@@ -134,7 +137,30 @@ def _sync_every(device: torch.device, sync_every: int | None) -> int:
     return sync_every
 
 
-def _top2(candidates: Tensor, k: int) -> tuple[Tensor, Tensor]:
+def _prepare(model: Any, src: Tensor, src_lengths: Tensor, src_mask: Tensor, max_len_a: float,
+             max_len_b: float, sync_every: int | None) -> tuple[Tensor, int, Tensor, int]:
+    """Shared preamble of the searches (non-empty batch) -> (source lengths, sync interval, max output
+    lengths, their maximum: the number of steps at most); all on the CPU."""
+    lengths = _check_inputs(src, src_lengths, src_mask)
+    _warn_if_training(model)
+    every = _sync_every(src.device, sync_every)
+    limits = max_lengths(lengths, max_len_a, max_len_b)
+    return lengths, every, limits, int(limits.max())
+
+
+def _unfinished(done: Tensor, t: int, every: int, horizon: int) -> Tensor | None:
+    """After step t: which sentences go on, read on the host every `every` steps (the loop's one
+    host-device sync). done [n] bool -> positions [n'] of the unfinished ones on done's device (empty:
+    all have finished), or None: not a sync step, or none finished (the batch stays as it is)."""
+    if (t + 1) % every or t + 1 >= horizon:
+        return None
+    done_cpu = done.cpu()
+    if not bool(done_cpu.any()):
+        return None
+    return (~done_cpu).nonzero().squeeze(1).to(done.device)
+
+
+def _topk(candidates: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """topk over the last dim, padded with -inf / index 0 when there are fewer than k candidates."""
     c = min(k, candidates.size(-1))
     values, indices = candidates.topk(c, dim=-1)
@@ -143,12 +169,6 @@ def _top2(candidates: Tensor, k: int) -> tuple[Tensor, Tensor]:
         values = torch.cat([values, values.new_full((*values.shape[:-1], pad), NEG_INF)], dim=-1)
         indices = torch.cat([indices, indices.new_zeros((*indices.shape[:-1], pad))], dim=-1)
     return values, indices
-
-
-def _greedy_choice(log_probs: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
-    """argmax token and new running score, computed exactly as beam search with one beam does it."""
-    values, indices = _top2(scores.unsqueeze(1) + log_probs, 2)
-    return indices[:, 0], values[:, 0]
 
 
 def _hypothesis(tokens: Tensor, positional: Tensor, attention: Tensor | None, length: int, finished: bool,
@@ -160,16 +180,12 @@ def _hypothesis(tokens: Tensor, positional: Tensor, attention: Tensor | None, le
                       positional_scores=positional[:length].clone(), finished=finished)
 
 
-# ------------------------------------------------------------------- greedy and sampling (rowwise)
-def _prepare(model: Any, src: Tensor, src_lengths: Tensor, src_mask: Tensor, max_len_a: float,
-             max_len_b: float, sync_every: int | None) -> tuple[Tensor, int, Tensor, int]:
-    """Shared preamble of the searches (non-empty batch) -> (source lengths, sync interval, max output
-    lengths, their maximum: the number of steps at most); all on the CPU."""
-    lengths = _check_inputs(src, src_lengths, src_mask)
-    _warn_if_training(model)
-    every = _sync_every(src.device, sync_every)
-    limits = max_lengths(lengths, max_len_a, max_len_b)
-    return lengths, every, limits, int(limits.max())
+# ------------------------------------------------------ greedy and sampling: one row per sentence
+def _greedy_choice(log_probs: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
+    """argmax token and new running score, computed exactly as beam search with one beam does it
+    (`_select` with K = 1: the top 2 of score + log-probs, so ties break alike)."""
+    values, indices = _topk(scores.unsqueeze(1) + log_probs, 2)
+    return indices[:, 0], values[:, 0]
 
 
 def _decode_rows(model: Any, src: Tensor, src_lengths: Tensor, src_mask: Tensor,
@@ -212,7 +228,7 @@ def _decode_rows(model: Any, src: Tensor, src_lengths: Tensor, src_mask: Tensor,
         log_probs, state, attn = model.step(prev, state)
         log_probs = log_probs.float()
         tokens, new_scores = choose(log_probs, scores)
-        live = ~done
+        live = ~done  # rows already done ride along until the next sync; nothing of theirs changes
         scores = torch.where(live, new_scores, scores)
         out_tok[rows, t] = tokens  # rows already done write beyond their length: ignored
         out_pos[rows, t] = log_probs.gather(1, tokens.unsqueeze(1)).squeeze(1)
@@ -226,16 +242,14 @@ def _decode_rows(model: Any, src: Tensor, src_lengths: Tensor, src_mask: Tensor,
         cur_len = cur_len + live.long()
         done = done | is_eos | (t + 1 >= limit)
         prev = tokens
-        if (t + 1) % every == 0 and t + 1 < horizon:
-            done_cpu = done.cpu()  # the one host-device sync
-            if bool(done_cpu.all()):
+        keep = _unfinished(done, t, every, horizon)
+        if keep is not None:
+            if not keep.numel():
                 break
-            if bool(done_cpu.any()):
-                flush()
-                keep = (~done_cpu).nonzero().squeeze(1).to(device)
-                state = model.reorder_state(state, keep)
-                rows, limit, scores, cur_len, cur_eos, done, prev = (
-                    x.index_select(0, keep) for x in (rows, limit, scores, cur_len, cur_eos, done, prev))
+            flush()  # finished rows leave the batch: their source with them (one row per source)
+            state = model.reorder_state(state, keep, sources=keep)
+            rows, limit, scores, cur_len, cur_eos, done, prev = (
+                x.index_select(0, keep) for x in (rows, limit, scores, cur_len, cur_eos, done, prev))
     flush()
 
     tok_c, pos_c, len_c, eos_c, score_c = (x.cpu() for x in (out_tok, out_pos, out_len, out_eos, out_score))
@@ -284,6 +298,169 @@ def sample(model: Any, src: Tensor, src_lengths: Tensor, src_mask: Tensor, max_l
 
 
 # ------------------------------------------------------------------------------------ beam search
+# Rows are sentence-major: row b*K + j is beam j of the b-th active sentence (K = beam size). One step:
+# expand every beam by every token, select each sentence's 2K best continuations, finish the
+# hypotheses that end there, prune to the K live beams (and drop finished sentences). Beams carry no
+# token history: each step leaves backpointers, and `backtrack` rebuilds the chosen hypotheses once.
+@dataclass
+class _Beams:
+    """The live beams of the n active sentences (n shrinks as sentences finish)."""
+
+    sent: Tensor  # [n] position of each active sentence in the input batch
+    limit: Tensor  # [n] its maximum output length
+    scores: Tensor  # [n, K] float32 running score of each beam (-inf: no beam; at step 0 all but beam 0)
+    prev: Tensor  # [n*K] last token of each beam: the next step's input
+    count: Tensor  # [n] finished hypotheses filed so far (<= K)
+    done: Tensor  # [n] bool: nothing left to do (K finished, or the maximum length reached)
+
+
+@dataclass
+class _Candidates:
+    """One step's 2K best continuations of each sentence, best first (2K, so that K non-EOS ones
+    remain even when every beam's best continuation is EOS)."""
+
+    score: Tensor  # [n, 2K] float32 running score including the continuation (-inf: fewer exist)
+    index: Tensor  # [n, 2K] position among the sentence's K*V continuations: beam * V + token
+    beam: Tensor  # [n, 2K] the beam it continues
+    token: Tensor  # [n, 2K]
+    is_eos: Tensor  # [n, 2K] bool
+    live: Tensor  # [n, K] ranks of the first K non-EOS candidates: the next beams, best first
+
+
+@dataclass
+class _Backpointers:
+    """Per step and input sentence: the 2K candidates, and which of them became the K beams.
+
+    Recording them costs O(K) per sentence and step whatever the length (copying each beam's history
+    every step would cost O(t)); `_backtrack` follows them once, at the end."""
+
+    token: Tensor  # [T, B, 2K]
+    log_prob: Tensor  # [T, B, 2K] float32 the token's own log-probability
+    beam: Tensor  # [T, B, 2K] the beam it continues
+    live: Tensor  # [T, B, K] candidate rank of each beam of the next step
+    attention: Tensor | None  # [T, B, K, S] float32 attention of the step's K input rows; None: not kept
+
+
+@dataclass
+class _Finished:
+    """The finished hypotheses, as where they end (step, candidate rank): K slots per input sentence,
+    plus a bin (slot K) for those filed beyond K in one step, so that writes need no data-dependent
+    shapes (and so no sync)."""
+
+    step: Tensor  # [B, K+1] step of the last token
+    rank: Tensor  # [B, K+1] its candidate rank at that step
+    score: Tensor  # [B, K+1] float32 (-inf: empty)
+    eos: Tensor  # [B, K+1] bool: ended with EOS (else cut at the maximum length)
+    valid: Tensor  # [B, K+1] bool: slot filled (the bin's flag is never read)
+
+
+def _expand(scores: Tensor, log_probs: Tensor) -> Tensor:
+    """Every continuation of every beam: scores [n, K] + log_probs [n, K, V] -> running scores [n, K*V]."""
+    return (scores.unsqueeze(2) + log_probs).view(scores.size(0), -1)
+
+
+def _select(expanded: Tensor, k: int, vocab: int, eos: int, rank: Tensor) -> _Candidates:
+    """The 2K best of each sentence's continuations [n, K*V], and the K that live on: the first K that
+    are not EOS (there always are K: each beam has one EOS continuation)."""
+    score, index = _topk(expanded, 2 * k)  # [n, 2K], best first
+    beam = torch.div(index, vocab, rounding_mode="floor")
+    token = index - beam * vocab
+    is_eos = token == eos
+    # Sort key: the rank, plus 2K for EOS candidates so that they come after all others (no ties).
+    live = (rank + 2 * k * is_eos.long()).topk(k, dim=1, largest=False).indices  # [n, K]
+    return _Candidates(score=score, index=index, beam=beam, token=token, is_eos=is_eos, live=live)
+
+
+def _record(back: _Backpointers, t: int, sent: Tensor, cands: _Candidates, log_probs: Tensor,
+            attn: Tensor | None) -> None:
+    """Store step t's backpointers: cands [n, 2K], log_probs [n, K, V] f32, attn [n*K, S] or None."""
+    n, k = cands.live.shape
+    back.token[t, sent] = cands.token
+    back.log_prob[t, sent] = log_probs.view(n, -1).gather(1, cands.index)
+    back.beam[t, sent] = cands.beam
+    back.live[t, sent] = cands.live
+    if attn is not None:
+        if back.attention is None:
+            horizon, batch = back.token.shape[:2]
+            back.attention = attn.new_zeros((horizon, batch, k, attn.size(-1)), dtype=torch.float32)
+        back.attention[t, sent] = attn.float().view(n, k, -1)
+
+
+def _finish(pool: _Finished, beams: _Beams, cands: _Candidates, t: int, rank: Tensor) -> None:
+    """File the hypotheses that end at step t into the pool, and mark the sentences that are done.
+
+    A hypothesis ends with an EOS candidate ranked within the first K, or, at the sentence's maximum
+    length, with a live candidate (unfinished). A sentence files them in rank order until it holds K
+    (the extra ones of that step go to the bin); then, or at its maximum length, it is done."""
+    n, k = cands.live.shape
+    is_live = torch.zeros_like(cands.is_eos).scatter_(1, cands.live, True)  # [n, 2K]
+    last = t + 1 >= beams.limit  # [n]
+    ends = ((cands.score > NEG_INF) & ~beams.done.unsqueeze(1)
+            & ((cands.is_eos & (rank < k)) | (is_live & last.unsqueeze(1))))  # [n, 2K]
+    slot = beams.count.unsqueeze(1) + ends.long().cumsum(1) - 1  # [n, 2K] in rank order
+    kept = ends & (slot < k)
+    slot = torch.where(kept, slot, k)  # everything else to the bin
+    sent = beams.sent.unsqueeze(1).expand(n, 2 * k)
+    pool.step[sent, slot] = t
+    pool.rank[sent, slot] = rank.expand(n, 2 * k)
+    pool.score[sent, slot] = cands.score
+    pool.eos[sent, slot] = cands.is_eos
+    pool.valid[sent, slot] = True
+    beams.count = beams.count + kept.long().sum(1)
+    beams.done = beams.done | (beams.count >= k) | last
+
+
+def _prune(beams: _Beams, cands: _Candidates, keep: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """The K live candidates become the beams (the other K are dropped), and when `keep` [n'] is given
+    only those sentences stay. Updates `beams`; returns the state's reorder: rows [n'*K], each new
+    beam's parent row, and sources [n'] (None: the same sentences, whose keys need no copy)."""
+    n, k = cands.live.shape
+    beams.scores = cands.score.gather(1, cands.live)  # [n, K]
+    beams.prev = cands.token.gather(1, cands.live).view(-1)  # [n*K]
+    parent = cands.beam.gather(1, cands.live)  # [n, K]
+    rows = torch.arange(n, device=parent.device).unsqueeze(1) * k + parent  # [n, K], within each sentence
+    if keep is None:
+        return rows.view(-1), None
+    beams.prev = beams.prev.view(n, k).index_select(0, keep).view(-1)
+    beams.sent, beams.limit, beams.scores, beams.count, beams.done = (
+        x.index_select(0, keep) for x in (beams.sent, beams.limit, beams.scores, beams.count, beams.done))
+    return rows.index_select(0, keep).view(-1), keep
+
+
+def _best(pool: _Finished, nbest: int, length_penalty: float) -> Tensor:
+    """Each sentence's `nbest` best slots by score / length ** length_penalty, best first [B, nbest]
+    (empty slots last; equal keys in filing order). A hypothesis ending at step t has t + 1 tokens."""
+    k = pool.step.size(1) - 1
+    norm = pool.score[:, :k] / (pool.step[:, :k] + 1).float().pow(length_penalty)
+    norm = norm.masked_fill(~pool.valid[:, :k], NEG_INF)
+    return norm.argsort(dim=1, descending=True, stable=True)[:, :nbest]
+
+
+def _backtrack(back: _Backpointers, end: Tensor, rank: Tensor,
+               pad: int) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Follow the backpointers of hypotheses that end at step end [B, m] with candidate rank [B, m]
+    back to step 0, all at once -> tokens [B, m, T'], their log-probabilities [B, m, T'] and attention
+    [B, m, T', S] or None, where T' = end.max() + 1 (beyond a hypothesis's end: never read)."""
+    batch, m = end.shape
+    span = int(end.max()) + 1
+    tokens = torch.full((batch, m, span), pad, dtype=torch.long, device=end.device)
+    log_probs = torch.zeros((batch, m, span), dtype=torch.float32, device=end.device)
+    attention = None
+    if back.attention is not None:
+        width = back.attention.size(-1)
+        attention = torch.zeros((batch, m, span, width), dtype=torch.float32, device=end.device)
+    cand = rank
+    for t in range(span - 1, -1, -1):
+        tokens[:, :, t] = back.token[t].gather(1, cand)
+        log_probs[:, :, t] = back.log_prob[t].gather(1, cand)
+        parent = back.beam[t].gather(1, cand)  # [B, m] the beam the candidate continues
+        if attention is not None:
+            attention[:, :, t] = back.attention[t].gather(1, parent.unsqueeze(2).expand(-1, -1, width))
+        if t:  # that beam was candidate back.live[t - 1][parent] of step t - 1
+            cand = torch.where(t <= end, back.live[t - 1].gather(1, parent), cand)
+    return tokens, log_probs, attention
+
+
 @torch.inference_mode()
 def beam_search(model: Any, src: Tensor, src_lengths: Tensor, src_mask: Tensor, beam_size: int,
                 length_penalty: float, max_len_a: float, max_len_b: float, nbest: int = 1, *,
@@ -317,133 +494,50 @@ def beam_search(model: Any, src: Tensor, src_lengths: Tensor, src_mask: Tensor, 
     device = src.device
     pad, bos, eos = model.pad_id, model.bos_id, model.eos_id
     k = beam_size
-    two_k = 2 * k
-    rank = torch.arange(two_k, device=device)
+    rank = torch.arange(2 * k, device=device)  # candidate ranks, best first
 
-    # Backpointers, one slice per step, rows by original sentence: the step's 2K candidates (token,
-    # its log-prob, parent beam) and which candidates became the K live beams. A hypothesis is
-    # rebuilt from them once, at the end, so a step costs O(K) per sentence however long the
-    # hypotheses are (copying each beam's history every step would cost O(t)).
-    bp_tok = torch.full((horizon, batch, two_k), pad, dtype=torch.long, device=device)
-    bp_lp = torch.zeros((horizon, batch, two_k), dtype=torch.float32, device=device)
-    bp_parent = torch.zeros((horizon, batch, two_k), dtype=torch.long, device=device)
-    bp_live = torch.zeros((horizon, batch, k), dtype=torch.long, device=device)
-    bp_attn: Tensor | None = None  # [horizon, batch, K, S]: attention of each step's K input rows
+    def zeros(*shape: int, dtype: torch.dtype = torch.long) -> Tensor:
+        return torch.zeros(shape, dtype=dtype, device=device)
 
-    # Finalized hypotheses, by where they end (step, candidate rank): K slots per sentence plus a
-    # bin (slot K) for dropped entries, so that writes need no data-dependent shapes (and no sync).
-    slots = k + 1
-    pool_step = torch.zeros((batch, slots), dtype=torch.long, device=device)
-    pool_cand = torch.zeros((batch, slots), dtype=torch.long, device=device)
-    pool_score = torch.full((batch, slots), NEG_INF, dtype=torch.float32, device=device)
-    pool_eos = torch.zeros((batch, slots), dtype=torch.bool, device=device)
-    pool_valid = torch.zeros((batch, slots), dtype=torch.bool, device=device)
-
-    # Live beams of the active sentences (shrinks as sentences finish).
-    state = model.init_state(src, src_lengths, src_mask)
-    state = model.reorder_state(state, torch.arange(batch, device=device).unsqueeze(1).expand(batch, k))
-    n = batch
-    sent = torch.arange(batch, device=device)  # original sentence of each active sentence
-    limit = limits_cpu.to(device)
+    back = _Backpointers(token=torch.full((horizon, batch, 2 * k), pad, dtype=torch.long, device=device),
+                         log_prob=zeros(horizon, batch, 2 * k, dtype=torch.float32),
+                         beam=zeros(horizon, batch, 2 * k), live=zeros(horizon, batch, k), attention=None)
+    pool = _Finished(step=zeros(batch, k + 1), rank=zeros(batch, k + 1),
+                     score=torch.full((batch, k + 1), NEG_INF, dtype=torch.float32, device=device),
+                     eos=zeros(batch, k + 1, dtype=torch.bool), valid=zeros(batch, k + 1, dtype=torch.bool))
     scores = torch.full((batch, k), NEG_INF, dtype=torch.float32, device=device)
-    scores[:, 0] = 0.0
-    count = torch.zeros(batch, dtype=torch.long, device=device)  # finalized so far (<= K)
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
-    prev = torch.full((batch * k,), bos, dtype=torch.long, device=device)
+    scores[:, 0] = 0.0  # one live beam per sentence at the first step
+    beams = _Beams(sent=torch.arange(batch, device=device), limit=limits_cpu.to(device), scores=scores,
+                   prev=torch.full((batch * k,), bos, dtype=torch.long, device=device),
+                   count=zeros(batch), done=zeros(batch, dtype=torch.bool))
 
+    state = model.init_state(src, src_lengths, src_mask)
+    # K rows per sentence, copies of its one row; the per-source state stays once per sentence.
+    expand = torch.arange(batch, device=device).unsqueeze(1).expand(batch, k).reshape(-1)  # [B*K], no sync
+    state = model.reorder_state(state, expand, sources=None)
     for t in range(horizon):
-        log_probs, state, attn = model.step(prev, state)
-        vocab = log_probs.size(-1)
-        log_probs = log_probs.float().view(n, k, vocab)
-        cand = (scores.unsqueeze(2) + log_probs).view(n, k * vocab)
-        top_s, top_i = _top2(cand, two_k)  # [n, 2K], best first
-        beam = torch.div(top_i, vocab, rounding_mode="floor")
-        tok = top_i - beam * vocab
-        valid = top_s > NEG_INF
-        is_eos = tok == eos
-        # The first K non-EOS candidates continue (keys are distinct; ascending = rank order).
-        act = (rank + two_k * is_eos.long()).topk(k, dim=1, largest=False).indices  # [n, K]
-        is_act = torch.zeros_like(is_eos).scatter_(1, act, True)
-        last = t + 1 >= limit  # [n]
-        fin = valid & ~done.unsqueeze(1) & ((is_eos & (rank < k)) | (is_act & last.unsqueeze(1)))
+        log_probs, state, attn = model.step(beams.prev, state)  # [n*K, V], _, [n*K, S]
+        log_probs = log_probs.float().view(beams.sent.numel(), k, -1)  # [n, K, V]
+        cands = _select(_expand(beams.scores, log_probs), k, log_probs.size(-1), eos, rank)  # [n, 2K]
+        _record(back, t, beams.sent, cands, log_probs, attn if return_attention else None)
+        _finish(pool, beams, cands, t, rank)
+        keep = _unfinished(beams.done, t, every, horizon)
+        if keep is not None and not keep.numel():
+            break
+        rows, sources = _prune(beams, cands, keep)
+        state = model.reorder_state(state, rows, sources=sources)
 
-        bp_tok[t, sent] = tok
-        bp_lp[t, sent] = log_probs.view(n, k * vocab).gather(1, top_i)
-        bp_parent[t, sent] = beam
-        bp_live[t, sent] = act
-        if return_attention and attn is not None:
-            if bp_attn is None:
-                bp_attn = torch.zeros((horizon, batch, k, attn.size(-1)), dtype=torch.float32,
-                                      device=device)
-            bp_attn[t, sent] = attn.float().view(n, k, -1)
+    slots = _best(pool, nbest, length_penalty)  # [B, m], m = nbest
+    end = pool.step.gather(1, slots)  # [B, m]
+    tokens, log_probs, attention = _backtrack(back, end, pool.rank.gather(1, slots), pad)
 
-        # Finalize: append to each sentence's pool in rank order; overflow goes to the bin.
-        slot = count.unsqueeze(1) + fin.long().cumsum(1) - 1
-        kept = fin & (slot < k)
-        slot = torch.where(kept, slot, k)
-        srow = sent.unsqueeze(1).expand(n, two_k)
-        pool_step[srow, slot] = t
-        pool_cand[srow, slot] = rank.expand(n, two_k)
-        pool_score[srow, slot] = top_s
-        pool_eos[srow, slot] = is_eos
-        pool_valid[srow, slot] = True  # the bin's flag is never read
-        count = count + kept.long().sum(1)
-        done = done | (count >= k) | last
-
-        # Advance the live beams. Beams move only among the beams of their own sentence, so the
-        # state's per-source tensors stay in place unless finished sentences are dropped too.
-        scores = top_s.gather(1, act)
-        parent = beam.gather(1, act)  # [n, K]
-        prev = tok.gather(1, act).view(-1)
-        reorder = (torch.arange(n, device=device).unsqueeze(1) * k + parent).view(-1)
-        within_source = True
-        if (t + 1) % every == 0 and t + 1 < horizon:
-            done_cpu = done.cpu()  # the one host-device sync
-            if bool(done_cpu.all()):
-                break
-            if bool(done_cpu.any()):
-                keep = (~done_cpu).nonzero().squeeze(1).to(device)
-                reorder = reorder.view(n, k).index_select(0, keep)  # [n', K]: sentences stay grouped
-                prev = prev.view(n, k).index_select(0, keep).view(-1)
-                sent, limit, scores, count, done = (
-                    x.index_select(0, keep) for x in (sent, limit, scores, count, done))
-                n = keep.numel()
-                within_source = False
-        state = model.reorder_state(state, reorder, within_source=within_source)
-
-    # Rank the finalized hypotheses of every sentence at once.
-    valid = pool_valid[:, :k]
-    norm = pool_score[:, :k] / (pool_step[:, :k] + 1).float().pow(length_penalty)
-    norm = norm.masked_fill(~valid, NEG_INF)
-    order = norm.argsort(dim=1, descending=True, stable=True)[:, :nbest]  # [B, m] (m = nbest)
-    end = pool_step.gather(1, order)  # [B, m] step of the last token
-    cand = pool_cand.gather(1, order)  # [B, m] its candidate rank at that step
-
-    # Follow the backpointers from each chosen hypothesis's last step to step 0, all at once.
-    span = int(end.max()) + 1
-    out_tok = torch.full((batch, nbest, span), pad, dtype=torch.long, device=device)
-    out_lp = torch.zeros((batch, nbest, span), dtype=torch.float32, device=device)
-    out_attn = (torch.zeros((batch, nbest, span, bp_attn.size(-1)), dtype=torch.float32, device=device)
-                if bp_attn is not None else None)
-    for t in range(span - 1, -1, -1):
-        out_tok[:, :, t] = bp_tok[t].gather(1, cand)  # beyond a hypothesis's end: never read
-        out_lp[:, :, t] = bp_lp[t].gather(1, cand)
-        parent = bp_parent[t].gather(1, cand)  # [B, m] live beam the candidate extends
-        if out_attn is not None:
-            out_attn[:, :, t] = bp_attn[t].gather(1, parent.unsqueeze(2).expand(-1, -1, out_attn.size(-1)))
-        if t:
-            cand = torch.where(t <= end, bp_live[t - 1].gather(1, parent), cand)
-
-    tok_c, pos_c, end_c = out_tok.cpu(), out_lp.cpu(), end.cpu()
-    score_c, eos_c, valid_c = (x.gather(1, order).cpu() for x in (pool_score, pool_eos, valid))
-    attn_c = out_attn.cpu() if out_attn is not None else None
-    results: list[list[Hypothesis]] = []
-    for b in range(batch):
-        results.append([_hypothesis(tok_c[b, j], pos_c[b, j], attn_c[b, j] if attn_c is not None else None,
-                                    int(end_c[b, j]) + 1, bool(eos_c[b, j]), float(score_c[b, j]),
-                                    int(lengths[b]))
-                        for j in range(nbest) if bool(valid_c[b, j])])
-    return results
+    tok_c, pos_c, end_c = tokens.cpu(), log_probs.cpu(), end.cpu()
+    score_c, eos_c, valid_c = (x.gather(1, slots).cpu() for x in (pool.score, pool.eos, pool.valid))
+    attn_c = attention.cpu() if attention is not None else None
+    return [[_hypothesis(tok_c[b, j], pos_c[b, j], attn_c[b, j] if attn_c is not None else None,
+                         int(end_c[b, j]) + 1, bool(eos_c[b, j]), float(score_c[b, j]), int(lengths[b]))
+             for j in range(nbest) if bool(valid_c[b, j])]
+            for b in range(batch)]
 
 
 # ------------------------------------------------------------------------------ reference scoring
@@ -543,6 +637,5 @@ class Ensemble:
         attn = torch.stack(attns).mean(0) if attns else None
         return torch.log_softmax(mean, dim=-1), new_state, attn
 
-    def reorder_state(self, state: list[Any], index: Tensor, within_source: bool = False) -> list[Any]:
-        return [m.reorder_state(s, index, within_source=within_source)
-                for m, s in zip(self.models, state)]
+    def reorder_state(self, state: list[Any], rows: Tensor, *, sources: Tensor | None) -> list[Any]:
+        return [m.reorder_state(s, rows, sources=sources) for m, s in zip(self.models, state)]

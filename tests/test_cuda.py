@@ -157,7 +157,7 @@ def test_a_decoding_step_does_not_sync():
                 log_probs, state, _ = model.step(tokens, state)
                 tokens = log_probs.argmax(-1)
             order = torch.arange(len(batch), device=CUDA).flip(0)
-            state = model.reorder_state(state, order)
+            state = model.reorder_state(state, order, sources=order)
         finally:
             torch.cuda.set_sync_debug_mode(0)
 

@@ -59,7 +59,7 @@ def check_parity(model: Seq2Seq, folder) -> None:
         np.testing.assert_allclose(g.astype(np.float32), e.numpy().astype(np.float32), atol=1e-4, err_msg=name)
 
     rows = len(SOURCES) * 3
-    state = model.reorder_state(state, torch.arange(len(SOURCES)).unsqueeze(1).expand(-1, 3))
+    state = model.reorder_state(state, torch.arange(len(SOURCES)).repeat_interleave(3), sources=None)
     prev = torch.randint(4, 19, (rows,), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         log_probs, new_state, attention = model.step(prev, state)

@@ -149,9 +149,9 @@ def test_reorder_state(cell, attention, bidirectional, input_feed):
         state = model.init_state(src, src_lengths, src_mask)
         _, state, _ = model.step(tgt_in[:, 0], state)  # a state with history
         tokens = tgt_in[:, 1]
-        lp_a, state_a, att_a = model.step(tokens[index], model.reorder_state(state, index))
+        lp_a, state_a, att_a = model.step(tokens[index], model.reorder_state(state, index, sources=index))
         lp_b, state_b, att_b = model.step(tokens, state)
-        state_b = model.reorder_state(state_b, index)
+        state_b = model.reorder_state(state_b, index, sources=index)
         torch.testing.assert_close(lp_a, lp_b[index], atol=1e-6, rtol=0)
         if att_a is not None:
             torch.testing.assert_close(att_a, att_b[index], atol=1e-6, rtol=0)
@@ -250,7 +250,7 @@ def test_luong_dot_projects_memory_only_when_sizes_differ():
     state = model.init_state(src, src_lengths, src_mask)
     assert state.keys is state.values  # no copy of the memory
     assert isinstance(state, DecoderState)
-    reordered = model.reorder_state(state, torch.tensor([1, 1, 0]))
+    reordered = model.reorder_state(state, torch.tensor([1, 1, 0]), sources=torch.tensor([1, 1, 0]))
     assert reordered.keys is reordered.values
 
 
@@ -320,38 +320,40 @@ def test_special_ids_and_config_errors():
 
 @pytest.mark.parametrize("attention", ["luong_general", "luong_dot", "bahdanau"])
 def test_reorder_within_source_keeps_the_memory_with_identical_results(attention):
-    """Beam-style reorders: grouped rows ([G, R] index) keep the keys once per sentence, a
-    `within_source=True` reorder reuses keys/values/mask without a copy, and the steps agree with
-    the plain per-row form (one copy of the keys for every row)."""
+    """Beam-style reorders: rows repeated into beams with `sources=None` keep the keys once per
+    sentence, beams reordered within their sentences (`sources=None`) reuse keys/values/mask without a
+    copy, and the steps agree with the plain per-row form (one copy of the keys for every row)."""
     model = make_model("gru", attention, True).eval()
     src, src_lengths, src_mask, tgt_in, _ = batch(random_pairs([(3, 4), (5, 4), (2, 3)]))
     rows = [0, 0, 0, 1, 1, 1, 2, 2, 2]  # 3 sentences x 3 beams
     with torch.no_grad():
         init = model.init_state(src, src_lengths, src_mask)
-        grouped = model.reorder_state(init, torch.tensor(rows).view(3, 3))
-        plain = model.reorder_state(init, torch.tensor(rows))
+        grouped = model.reorder_state(init, torch.tensor(rows), sources=None)
+        plain = model.reorder_state(init, torch.tensor(rows), sources=torch.tensor(rows))
         assert grouped.keys.size(0) == 3 and plain.keys.size(0) == 9
+        assert grouped.keys is init.keys  # repeating rows into beams copies no keys (mutation: copy them)
         _, grouped, _ = model.step(tgt_in[rows, 0], grouped)
         _, plain, _ = model.step(tgt_in[rows, 0], plain)
         within = torch.tensor([2, 0, 0, 4, 3, 5, 8, 8, 6])  # beams reordered inside each sentence
-        reused = model.reorder_state(grouped, within, within_source=True)
+        reused = model.reorder_state(grouped, within, sources=None)
         assert reused.keys is grouped.keys and reused.values is grouped.values
         assert reused.pad_mask is grouped.pad_mask
-        plain = model.reorder_state(plain, within)
+        plain = model.reorder_state(plain, within, sources=within)
         lp_a, reused, att_a = model.step(tgt_in[rows, 1], reused)
         lp_b, plain, att_b = model.step(tgt_in[rows, 1], plain)
         torch.testing.assert_close(lp_a, lp_b)
         torch.testing.assert_close(att_a, att_b)
         # Drop sentence 1, keep the others grouped: the keys follow their sentences.
-        dropped = model.reorder_state(reused, torch.tensor([[0, 1, 2], [6, 7, 8]]))
+        dropped = model.reorder_state(reused, torch.tensor([0, 1, 2, 6, 7, 8]), sources=torch.tensor([0, 2]))
         assert dropped.keys.size(0) == 2
         torch.testing.assert_close(dropped.keys[1], grouped.keys[2], atol=0, rtol=0)
         lp_a, _, att_a = model.step(tgt_in[[0, 0, 0, 2, 2, 2], 2], dropped)
         lp_b, _, att_b = model.step(tgt_in[[0, 0, 0, 2, 2, 2], 2],
-                                    model.reorder_state(plain, torch.tensor([0, 1, 2, 6, 7, 8])))
+                                    model.reorder_state(plain, torch.tensor([0, 1, 2, 6, 7, 8]),
+                                                        sources=torch.tensor([0, 1, 2, 6, 7, 8])))
         torch.testing.assert_close(lp_a, lp_b)
         torch.testing.assert_close(att_a, att_b)
-        with pytest.raises(ValueError, match="keeps the 9 rows"):
-            model.reorder_state(grouped, within[:4], within_source=True)
+        with pytest.raises(ValueError, match="4 rows cannot be laid out in groups over 3 sources"):
+            model.reorder_state(grouped, within[:4], sources=None)
         with pytest.raises(ValueError, match="reorder index"):
-            model.reorder_state(grouped, within.view(1, 3, 3))
+            model.reorder_state(grouped, within.view(1, 3, 3), sources=None)

@@ -55,7 +55,8 @@ class FakeModel(nn.Module):
         self.within_source_reorders = self.grouped_reorders = 0
         return {"h": torch.tanh(feat @ self.w_init), "enc": enc, "mask": src_mask, "feat": feat,
                 "t": torch.zeros(src.size(0), device=src.device),
-                "src_row": torch.arange(src.size(0), device=src.device)}
+                "src_row": torch.arange(src.size(0), device=src.device),  # source of each row
+                "sources": torch.arange(src.size(0), device=src.device)}  # per source: which it is
 
     def step(self, prev_tokens, state):
         self.step_batch_sizes.append(prev_tokens.numel())
@@ -73,18 +74,20 @@ class FakeModel(nn.Module):
         new = dict(state, h=h, t=state["t"] + 1)
         return log_probs, new, attn.to(self.out_dtype)
 
-    def reorder_state(self, state, index, within_source=False):
-        """Every form of the contract, holding search to its promises (checked on the host)."""
-        src_row = state["src_row"]
-        if index.dim() == 2:  # groups of rows that share a source
-            assert (src_row[index] == src_row[index[:, :1]]).all()
-            self.grouped_reorders += 1
-        if not within_source:
-            return {k: v.index_select(0, index.reshape(-1)) for k, v in state.items()}
-        assert torch.equal(src_row.index_select(0, index), src_row)
-        self.within_source_reorders += 1
-        per_source = {"enc", "mask", "feat", "src_row"}  # kept in place, as a real model does
-        return {k: v if k in per_source else v.index_select(0, index) for k, v in state.items()}
+    def reorder_state(self, state, rows, *, sources):
+        """The contract, holding search to its layout promise (checked on the host): after the
+        reorder, the N / G consecutive rows of each group are hypotheses of that group's source."""
+        groups = state["sources"] if sources is None else state["sources"].index_select(0, sources)
+        src_row = state["src_row"].index_select(0, rows)
+        assert rows.numel() % groups.numel() == 0
+        per_group = rows.numel() // groups.numel()
+        assert torch.equal(src_row, groups.repeat_interleave(per_group))
+        if sources is None:  # the sources stay where they are: nothing of theirs is copied
+            self.within_source_reorders += 1
+        if sources is not None or rows.numel() != state["src_row"].numel():
+            self.grouped_reorders += 1  # beams expanded or sentences dropped: groups rebuilt, checked above
+        per_row = {k: v.index_select(0, rows) for k, v in state.items() if k != "sources"}
+        return dict(per_row, sources=groups)
 
 
 def make_batch(seqs, device="cpu"):
@@ -466,7 +469,7 @@ def test_ensemble_of_two_averages_and_renormalises():
     torch.testing.assert_close(lpe, torch.log_softmax((lp1 + lp2) / 2, dim=-1))
     torch.testing.assert_close(torch.logsumexp(lpe, -1), torch.zeros(4), atol=1e-5, rtol=0)
     torch.testing.assert_close(ae, (a1 + a2) / 2)
-    se = ens.reorder_state(se, torch.tensor([3, 3, 0]))
+    se = ens.reorder_state(se, torch.tensor([3, 3, 0]), sources=torch.tensor([3, 3, 0]))
     assert [s["h"].shape[0] for s in se] == [3, 3]
     out = beam_search(ens, src, lengths, mask, 3, 1.0, 10, 1.5)
     assert all(len(h) == 1 and math.isfinite(h[0].score) for h in out)

@@ -1,6 +1,6 @@
 """Attentive RNN decoder: the search state, the bridge, the output layer and the decoder itself.
 
-Shapes: B batch, N search rows (B times beams, after `index_select`), G source groups (N / beams),
+Shapes: B batch, N search rows (B times beams, after `DecoderState.reorder`), G sources (N / beams),
 T target length, S source length,
 E embedding size, H decoder hidden size, L decoder layers, M memory (encoder output) size, K key size,
 C context size, O attentional-output size (= H), V target vocabulary.
@@ -37,13 +37,14 @@ from .encoder import make_rnn, run_rnn
 
 @dataclass
 class DecoderState:
-    """Everything `step` needs; every tensor has the search rows (or their sources) on one dimension.
+    """Everything `step` needs, in two parts: what each search row carries and what its source carries.
 
-    Hidden states keep PyTorch's RNN layout (rows on dim 1) so they go into the RNN without a copy; all
-    other tensors have rows on dim 0. Keys, values and mask are computed once per source batch
-    (`Decoder.init_state`), never recomputed, and kept ONCE PER SOURCE: the N rows come in G groups of
-    R = N / G consecutive rows that share a source sentence (R = 1 for training and greedy search, the
-    beam size in beam search), and each group attends over its sentence's keys in one product.
+    Per row (the incremental state of each hypothesis; rows on dim 1 for hidden states, which keep
+    PyTorch's RNN layout so they go into the RNN without a copy, on dim 0 otherwise): hidden, cell, feed.
+    Per source (computed once by `Decoder.init_state`, never recomputed): keys, values, pad_mask.
+    The N rows come in G groups of R = N / G consecutive rows, group g being hypotheses of source g
+    (R = 1 for training and greedy search, the beam size in beam search): each group attends over its
+    source's keys in one product, so keys are read once per sentence per step, not once per beam.
     """
 
     hidden: Tensor  # [L, N, H] decoder RNN hidden state
@@ -53,39 +54,36 @@ class DecoderState:
     values: Tensor | None  # [G, S, C] attention values (may be the same tensor as keys)
     pad_mask: Tensor | None  # [G, S] bool, True at source padding; None without attention
 
-    def index_select(self, index: Tensor, within_source: bool = False) -> DecoderState:
-        """The rows `index` of the state (any order, repeats allowed), in one of three forms.
+    def reorder(self, rows: Tensor, sources: Tensor | None) -> DecoderState:
+        """Select, repeat or drop rows and sources (the contract in docs/design.md).
 
-        index [N']      new row i is old row index[i]; every row becomes its own group (R = 1).
-        index [G', R']  the same for index.reshape(-1), with the promise that the R' rows of each
-                        new group share a source sentence: the per-source tensors are selected once
-                        per group (beam expansion, dropping finished sentences in beam search).
-        index [N] and within_source=True: the promise that each row keeps its source sentence (beams
-                        reshuffled among the beams of their own sentence): the per-source tensors stay
-                        as they are, with no copy at all. This is beam search's every step.
-        Promises are not checked: that would need the index on the host (a device sync per step).
+        rows [N']: new row i is old row rows[i] (per-row tensors).
+        sources [G'] or None: new source g is old source sources[g] (per-source tensors); None keeps
+            the sources as they are, without a copy (beams reordered among their own sentence's beams,
+            or repeated into beams).
+        The caller promises the layout above for the result: old row rows[i] is a hypothesis of the
+        source that becomes source i // (N' / G'). Only the shapes are checked (the rows' sources would
+        need the index on the host: a device sync per step).
         """
-        if index.dim() not in (1, 2):
-            raise ValueError(f"a reorder index is [N'] or [G', R'], got shape {tuple(index.shape)}")
-        flat = index.reshape(-1)
-
-        def rows(t: Tensor | None, dim: int = 0) -> Tensor | None:
-            return None if t is None else t.index_select(dim, flat)
-
+        if rows.dim() != 1 or (sources is not None and sources.dim() != 1):
+            raise ValueError(f"a reorder index is [N'] rows and [G'] sources (or None), got shapes "
+                             f"{tuple(rows.shape)} and {None if sources is None else tuple(sources.shape)}")
         keys, values, pad_mask = self.keys, self.values, self.pad_mask
-        if within_source:
-            if index.dim() != 1 or index.numel() != self.hidden.size(1):
-                raise ValueError(f"a within-source reorder keeps the {self.hidden.size(1)} rows, "
-                                 f"got an index of shape {tuple(index.shape)}")
-        elif pad_mask is not None:
-            per_group = self.hidden.size(1) // pad_mask.size(0)  # R rows share each source
-            first = index[:, 0] if index.dim() == 2 else index  # one old row of each new group
-            sources = torch.div(first, per_group, rounding_mode="floor") if per_group > 1 else first
-            values = values.index_select(0, sources)  # [G', S, C]
-            keys = values if self.keys is self.values else keys.index_select(0, sources)  # [G', S, K]
-            pad_mask = pad_mask.index_select(0, sources)  # [G', S]
-        return DecoderState(hidden=rows(self.hidden, 1), cell=rows(self.cell, 1), feed=rows(self.feed),
-                            keys=keys, values=values, pad_mask=pad_mask)
+        if pad_mask is not None:
+            groups = pad_mask.size(0) if sources is None else sources.numel()
+            if (rows.numel() % groups) if groups else rows.numel():
+                raise ValueError(f"{rows.numel()} rows cannot be laid out in groups over {groups} sources: "
+                                 "each source needs the same number of consecutive rows")
+            if sources is not None:
+                values = values.index_select(0, sources)  # [G', S, C]
+                keys = values if self.keys is self.values else keys.index_select(0, sources)  # [G', S, K]
+                pad_mask = pad_mask.index_select(0, sources)  # [G', S]
+
+        def per_row(t: Tensor | None, dim: int = 0) -> Tensor | None:
+            return None if t is None else t.index_select(dim, rows)
+
+        return DecoderState(hidden=per_row(self.hidden, 1), cell=per_row(self.cell, 1),
+                            feed=per_row(self.feed), keys=keys, values=values, pad_mask=pad_mask)
 
 
 class Bridge(nn.Module):

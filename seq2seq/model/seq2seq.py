@@ -100,11 +100,10 @@ class Seq2Seq(nn.Module):
         """prev_tokens [N] -> (log_probs [N, V] float32, new state, attention [N, S] float32 | None)."""
         return self.decoder.step(prev_tokens, state)
 
-    def reorder_state(self, state: DecoderState, index: Tensor,
-                      within_source: bool = False) -> DecoderState:
-        """Rows `index` of the state: select, repeat (beam expansion) or drop (finished) rows.
+    def reorder_state(self, state: DecoderState, rows: Tensor, *, sources: Tensor | None) -> DecoderState:
+        """rows [N'] (new row i is old row rows[i]), sources [G'] or None (unchanged): the reordered state.
 
-        `index` is [N'], or [G', R'] for rows grouped by source sentence; `within_source=True`: every
-        row keeps its source sentence (the forms are described in `DecoderState.index_select`).
+        The two halves of fairseq's reorder (incremental state, encoder output) in one call, so the
+        state is never half-reordered; see `DecoderState.reorder` and docs/design.md.
         """
-        return state.index_select(index, within_source)
+        return state.reorder(rows, sources)
