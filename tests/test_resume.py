@@ -16,7 +16,8 @@ import torch
 
 from seq2seq.checkpoint import load_for_translation
 from seq2seq.checkpoint_io import AtomicCheckpointIO
-from seq2seq.lit_module import TrainingDivergedError, TranslationModule
+from seq2seq.callbacks import TrainingDivergedError
+from seq2seq.lit_module import TranslationModule
 from seq2seq.train import train
 from seq2seq.translator import Translator
 

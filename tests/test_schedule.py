@@ -3,7 +3,7 @@
 import pytest
 
 from seq2seq.config import SchedulerConfig
-from seq2seq.lit_module import lr_factor
+from seq2seq.schedule import lr_factor
 
 
 def cfg(**kw):
