@@ -300,8 +300,7 @@ def test_out_of_memory_steps_are_skipped_counted_and_do_not_advance_the_schedule
 def test_repeated_out_of_memory_stops_with_a_usable_last_checkpoint_and_advice(tmp_path, data_dir, monkeypatch):
     """`max_oom_steps` steps in a row out of memory end the run with last.ckpt written and a message that
     names the setting to lower; the run then resumes. Mutation that makes it fail: StepGuard not counting
-    out-of-memory runs (`oom` always 0): the run goes on skipping every step until max_bad_steps stops it
-    with the divergence message."""
+    out-of-memory runs (`oom` always 0): the run goes on skipping every step to the end of its epoch."""
     from seq2seq.callbacks import OutOfMemoryStop
 
     run_out_of_memory(monkeypatch, from_step=2)
