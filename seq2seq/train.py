@@ -175,6 +175,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from seq2seq.datamodule import TranslationDataModule
     from seq2seq.lit_module import TranslationModule, precision_dtype
     from seq2seq.metrics import report_lines
+    from seq2seq.temporaries import remove_stale
 
     data = section(DataConfig, cfg.data, "data")
     batching = section(BatchingConfig, cfg.batching, "batching")
@@ -207,6 +208,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks + extra,
                                                   logger=loggers or False, plugins=[AtomicCheckpointIO()])
     check_launch(trainer)
+    checkpoint_dirs = {run_dir / "checkpoints", *(Path(cb.dirpath) for cb in trainer.checkpoint_callbacks
+                                                  if getattr(cb, "dirpath", None))}
+    for folder in checkpoint_dirs:
+        remove_stale(folder)  # saves cut short by a killed run (a save in progress elsewhere stays)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 

@@ -348,3 +348,43 @@ def test_sigkill_during_checkpoint_writes_keeps_the_previous_checkpoint(tmp_path
         for leftover in tmp_path.glob(".last.ckpt.*.tmp"):  # what a killed writer leaves: never the real name
             leftover.unlink()
     assert seen_versions & {1, 2}, "the writer never completed a save: the test proved nothing"
+
+
+# ---------------------------------------------------------------------- temporaries of killed runs
+def test_a_new_run_removes_the_temporaries_of_dead_processes_only(tmp_path, data_dir):
+    """A killed save or cache build leaves a hidden temporary named after its process; the next run
+    removes those whose process is gone, in the checkpoint folder and the data cache, and leaves alone
+    one a live process owns and one without an owner in its name. Mutations that make it fail:
+    temporaries._alive answering True (nothing removed) or False (the live owner's file removed)."""
+    make = ("import sys, tempfile; from seq2seq.temporaries import owned_prefix; "
+            "tempfile.mkstemp(dir=sys.argv[1], prefix=owned_prefix('last.ckpt'), suffix='.tmp'); "
+            "tempfile.mkdtemp(dir=sys.argv[2], prefix=owned_prefix('multi30k.de-en.0123456789ab')); "
+            "print(flush=True); sys.stdin.read()")  # then lives until its stdin closes
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    checkpoints, cache = tmp_path / "run" / "checkpoints", data_dir / "cache"
+    checkpoints.mkdir(parents=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    owners = [subprocess.Popen([sys.executable, "-c", make, checkpoints, cache], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, env=env, text=True) for _ in range(2)]
+    dead, live = owners
+    try:
+        for owner in owners:
+            owner.stdout.readline()  # its temporaries exist
+        dead.stdin.close()
+        dead.wait(timeout=60)
+        unowned = checkpoints / ".last.ckpt.k2j4x8.tmp"  # as written before names carried their owner
+        unowned.touch()
+
+        def hidden() -> set[str]:
+            return {p.name for folder in (checkpoints, cache) for p in folder.iterdir() if p.name.startswith(".")}
+
+        before = hidden()
+        assert len([n for n in before if f".{dead.pid}@" in n]) == 2 and len(before) == 5, before
+        train(compose_train(overrides(data_dir, "trainer.max_steps=1", "trainer.max_epochs=1",
+                                      "trainer.val_check_interval=1"), tmp_path / "run"))
+        assert hidden() == {n for n in before if f".{dead.pid}@" not in n}
+    finally:
+        for owner in owners:
+            if owner.poll() is None:
+                owner.stdin.close()
+                owner.wait(timeout=60)
