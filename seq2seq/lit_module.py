@@ -281,5 +281,11 @@ class TranslationModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         payload = checkpoint.get(PAYLOAD_KEY, {})
+        # Checkpoints from before schedule.py and StepGuard kept the plateau state and the skip counts in
+        # the payload; Lightning restores the scheduler's and the callbacks' states after this hook.
+        for state in checkpoint.get("lr_schedulers", []):
+            state.setdefault("plateau", payload.get("plateau", {}))
+        if "skipped" in payload and "callbacks" in checkpoint:
+            checkpoint["callbacks"].setdefault(StepGuard.__qualname__, payload["skipped"])
         if payload.get("rng") and self._trainer is not None:  # resuming a run (not a plain weights load)
             _set_rng_state(payload["rng"], self.trainer.global_rank)

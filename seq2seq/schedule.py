@@ -92,9 +92,11 @@ class WarmupDecayPlateau(torch.optim.lr_scheduler.LRScheduler):
 
     def load_state_dict(self, state: dict) -> None:
         self.last_epoch = int(state["last_epoch"])
-        self.plateau.update(state.get("plateau", {}))  # a checkpoint from before this scheduler: none kept
-        # Lightning restores the optimiser first, and a loaded rate tensor lies on the CPU: put it back
-        # beside the parameters, or every update would read it across devices.
+        self.plateau.update(state.get("plateau", {}))
+        # Lightning restores the optimiser first, with the rates as saved: as a tensor on the CPU, or as a
+        # number (written by another kind of optimiser). A fused Adam gets a tensor beside its parameters
+        # again (else every update reads it across devices), any other optimiser a number.
+        fused = self.optimizer.defaults.get("fused")
         for group in self.optimizer.param_groups:
-            if torch.is_tensor(group["lr"]):
-                group["lr"] = group["lr"].to(group["params"][0].device)
+            device = group["params"][0].device
+            group["lr"] = torch.as_tensor(group["lr"], dtype=torch.float32, device=device) if fused else float(group["lr"])

@@ -77,3 +77,41 @@ def test_plateau_cuts_after_patience_and_its_state_is_checkpointed():
     fresh.optimizer.step()
     fresh.step()
     assert fresh.optimizer.param_groups[0]["lr"] == 0.5
+
+
+def test_a_checkpoint_from_before_this_scheduler_resumes_with_its_plateau_and_skip_counts():
+    """Older checkpoints kept the plateau state and the skip counts in the payload, the rate as a number
+    and a LambdaLR's state: resuming one continues the plateau scale and the counts, with the rate a
+    device tensor again for the fused Adam. Mutation that makes it fail: TranslationModule.on_load_checkpoint
+    not moving the payload's plateau into the scheduler's state (the resumed run at the full rate)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from seq2seq.checkpoint import PAYLOAD_KEY
+    from seq2seq.config import ModelConfig, OptimConfig, SearchConfig, ValidationConfig, section
+    from seq2seq.lit_module import TranslationModule
+    from seq2seq.schedule import WarmupDecayPlateau
+
+    model = section(ModelConfig, dict(cell="gru", embedding_size=8, encoder_hidden_size=6, decoder_hidden_size=8,
+                                      encoder_layers=1, attention_size=6), "model")
+    sched_cfg = cfg(name="plateau", warmup_steps=0, decay="none")
+    module = TranslationModule(model, OptimConfig(lr=1e-3), sched_cfg, SearchConfig(), ValidationConfig(),
+                               tokenizer=SimpleNamespace(src_vocab_size=12, tgt_vocab_size=12), run_config={})
+    plateau = {"scale": 0.25, "best": 31.5, "bad": 1}
+    old_opt = torch.optim.Adam(module.parameters(), lr=1e-3, fused=True)  # the rate as a number
+    checkpoint = {"lr_schedulers": [{"last_epoch": 40, "base_lrs": [1e-3], "lr_lambdas": [None]}], "callbacks": {},
+                  "optimizer_states": [old_opt.state_dict()],
+                  PAYLOAD_KEY: {"plateau": plateau, "skipped": {"total": 3, "consecutive": 1}}}
+    module.on_load_checkpoint(checkpoint)
+
+    opt = torch.optim.Adam(module.parameters(), lr=torch.tensor(1e-3), fused=True)
+    sched = WarmupDecayPlateau(opt, sched_cfg, 0, "bleu")
+    opt.load_state_dict(checkpoint["optimizer_states"][0])  # Lightning's order: optimiser, scheduler, callbacks
+    sched.load_state_dict(checkpoint["lr_schedulers"][0])
+    module.step_guard.load_state_dict(checkpoint["callbacks"]["StepGuard"])
+    assert sched.plateau == plateau and sched.last_epoch == 40
+    assert module.step_guard.skipped["total"] == 3 and module.step_guard.skipped["consecutive"] == 1
+    opt.step()
+    sched.step()
+    assert torch.is_tensor(opt.param_groups[0]["lr"]) and float(opt.param_groups[0]["lr"]) == pytest.approx(2.5e-4)
