@@ -1,4 +1,5 @@
-"""LightningModule: the training objective, optimiser and schedule, and validation with BLEU.
+"""LightningModule: training steps (loss in `loss.py`, skipped steps in `callbacks.StepGuard`), the
+optimiser and its schedule (`schedule.py`), and validation with BLEU.
 
 Validation decodes the validation sources with `Translator` (the same code path as
 `seq2seq-translate` and the final test) and scores them with sacrebleu against the raw references.
@@ -131,9 +132,10 @@ class TranslationModule(pl.LightningModule):
             smoothed, nll, tokens = self._losses(batch)
         except torch.OutOfMemoryError:
             smoothed = None  # leaving the handler frees the exception's frames, which hold the activations
-        if smoothed is None:
+        out_of_memory = smoothed is None
+        if out_of_memory:
             smoothed = self._out_of_memory("forward")
-            nll, tokens = smoothed.detach(), torch.ones((), dtype=torch.long, device=self.device)
+            nll, tokens = smoothed.detach(), torch.zeros((), dtype=torch.long, device=self.device)
         # Normalised by the GLOBAL target-token count. DDP averages gradients over the W ranks, so rank
         # r's loss smoothed_r * W / sum_r tokens_r gives the gradient of sum_r smoothed_r / sum_r tokens_r:
         # exactly the single-process step over the union of the ranks' batches. The count's all-reduce is
@@ -145,6 +147,9 @@ class TranslationModule(pl.LightningModule):
             world, total = torch.distributed.get_world_size(), tokens.clone()
             torch.distributed.all_reduce(total)
         loss = smoothed * world / total
+        if out_of_memory:  # nothing to log: no loss was computed, and this step's time is no throughput
+            self._last_step_time = None
+            return loss
         n = len(batch)
         # A non-finite loss makes the gradients non-finite too; the step guard then drops the update.
         # Logged values stay tensors: Lightning reads them every log_every_n_steps (and the progress bar
