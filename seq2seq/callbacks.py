@@ -79,11 +79,10 @@ class StepGuard(pl.Callback):
         norm = torch.nn.utils.get_total_norm(grads)  # one fused norm: non-finite iff some gradient is
         pl_module.log("train/grad_norm", norm, batch_size=1)
         oom, self._oom_now = float(self._oom_now), False
-        # Under a GradScaler (16-mixed), overflowing gradients are normal: the scaler skips those steps.
-        if getattr(trainer.precision_plugin, "scaler", None) is not None:
-            opt.found_inf = None
-            return
-        bad = (~torch.isfinite(norm)).float()  # [] 1.0 = skip this step
+        # Under a GradScaler (16-mixed), overflowing gradients are normal: the scaler skips those steps
+        # (out-of-memory ones included), so only the out-of-memory ones are counted here.
+        scaled = getattr(trainer.precision_plugin, "scaler", None) is not None
+        bad = torch.zeros_like(norm) if scaled else (~torch.isfinite(norm)).float()  # [] 1.0 = skip this step
         if self._counts is None:  # a resumed run continues its runs
             s = self.skipped
             start = [s["total"], s["consecutive"], 0, s["oom"], s["oom_consecutive"], 0]
@@ -92,7 +91,9 @@ class StepGuard(pl.Callback):
         run, oom_run = (c[1] + 1.0) * bad, (c[4] + 1.0) * oom
         self._counts = torch.stack([c[0] + bad, run, torch.maximum(c[2], run),
                                     c[3] + oom, oom_run, torch.maximum(c[5], oom_run)])
-        if opt.defaults.get("fused"):
+        if scaled:
+            opt.found_inf = None
+        elif opt.defaults.get("fused"):
             opt.found_inf = bad
         elif bool(bad):  # an optimiser that cannot skip on the device: one host read per step (free on the CPU)
             for p in pl_module.parameters():

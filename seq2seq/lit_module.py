@@ -248,9 +248,10 @@ class TranslationModule(pl.LightningModule):
             log.info("step %d: val BLEU %.2f chrF %.2f TER %.2f ppl %.2f (%s)", self.global_step,
                      metrics["bleu"], metrics["chrf"], metrics["ter"], metrics["ppl"],
                      scores["signature"]["bleu"])
-        scheduler = self.lr_schedulers()
-        # An untrained model's score is no plateau baseline.
-        if not self.trainer.sanity_checking and scheduler is not None and scheduler.observe(metrics[self.val_cfg.metric]):
+        scheduler = self.lr_schedulers()  # None under trainer.validate()
+        if self.trainer.sanity_checking or scheduler is None:  # an untrained model's score is no plateau baseline
+            return
+        if scheduler.observe(metrics[self.val_cfg.metric]):
             log.info("validation %s has not improved: learning rate scaled by %.4g",
                      self.val_cfg.metric, scheduler.plateau["scale"])
 

@@ -99,4 +99,5 @@ class WarmupDecayPlateau(torch.optim.lr_scheduler.LRScheduler):
         fused = self.optimizer.defaults.get("fused")
         for group in self.optimizer.param_groups:
             device = group["params"][0].device
-            group["lr"] = torch.as_tensor(group["lr"], dtype=torch.float32, device=device) if fused else float(group["lr"])
+            lr = group["lr"]
+            group["lr"] = torch.as_tensor(lr, dtype=torch.float32, device=device) if fused else float(lr)

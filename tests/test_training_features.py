@@ -150,8 +150,8 @@ def test_adamw_decays_weights_decoupled_from_the_gradient(learnable_corpus, data
 # ----------------------------------------------------------------------------- gradient clipping
 def test_gradient_clipping_bounds_the_norm_the_optimizer_sees(learnable_corpus, data_dir, tmp_path, monkeypatch):
     """trainer.gradient_clip_val=0.01: every update uses gradients of total norm <= 0.01, while the
-    logged (pre-clipping) norm is larger. Mutation that makes it fail: configure_gradient_clipping
-    without its clip_grads_with_norm_ call."""
+    logged (pre-clipping) norm is larger. Clipping is Lightning's own; the norm is logged by StepGuard.
+    Mutation that makes it fail: a TranslationModule.configure_gradient_clipping override that only logs."""
     seen: list[float] = []
     original = torch.optim.Adam.step
 
