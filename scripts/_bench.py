@@ -71,8 +71,8 @@ def device_overrides(device: torch.device) -> list[str]:
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The decode autocast dtype for a Trainer precision string, as validation decoding uses it
-    (`TranslationModule.translator`, `lit_module.precision_dtype`), on CUDA only."""
-    from seq2seq.lit_module import precision_dtype
+    (`TranslationModule.translator`, `precision.precision_dtype`), on CUDA only."""
+    from seq2seq.precision import precision_dtype
 
     return precision_dtype(precision, device.type) if device.type == "cuda" else None
 
@@ -340,9 +340,9 @@ def decode_setup(cfg, device: torch.device, checkpoint: str | None, max_sentence
         sources, references = list(test.src_text), list(test.tgt_text)
         model_cfg = section(ModelConfig, cfg.model, "model")
         torch.manual_seed(int(cfg.seed))
-        model = Seq2Seq.from_config(model_cfg, src_vocab_size=tokenizer.src_vocab_size,
-                                    tgt_vocab_size=tokenizer.tgt_vocab_size, pad_id=PAD_ID,
-                                    bos_id=BOS_ID, eos_id=EOS_ID).to(device).eval()
+        model = Seq2Seq(model_cfg, src_vocab_size=tokenizer.src_vocab_size,
+                        tgt_vocab_size=tokenizer.tgt_vocab_size, pad_id=PAD_ID,
+                        bos_id=BOS_ID, eos_id=EOS_ID).to(device).eval()
         search_cfg = section(SearchConfig, cfg.search, "search")
         precision = str(cfg.trainer.precision)
         weights = "fresh"

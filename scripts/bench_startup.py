@@ -106,9 +106,9 @@ def eager(path):
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     payload = ckpt[PAYLOAD_KEY]
     tokenizer = Tokenizer.from_state_dict(payload["tokenizer"])
-    model = Seq2Seq.from_config(section(ModelConfig, payload["config"]["model"], "model"),
-                                src_vocab_size=tokenizer.src_vocab_size, tgt_vocab_size=tokenizer.tgt_vocab_size,
-                                pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID)
+    model = Seq2Seq(section(ModelConfig, payload["config"]["model"], "model"),
+                    src_vocab_size=tokenizer.src_vocab_size, tgt_vocab_size=tokenizer.tgt_vocab_size,
+                    pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID)
     model.load_state_dict(model_state_dict(ckpt))
     return model.eval()
 
@@ -173,8 +173,8 @@ def shaped_checkpoint(source: Path, out: Path, experiment: str) -> Path:
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     payload = dict(read_checkpoint(source)[PAYLOAD_KEY])
     tokenizer = Tokenizer.from_state_dict(payload["tokenizer"])
-    model = Seq2Seq.from_config(section(ModelConfig, model_cfg, "model"), src_vocab_size=tokenizer.src_vocab_size,
-                                tgt_vocab_size=tokenizer.tgt_vocab_size, pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID)
+    model = Seq2Seq(section(ModelConfig, model_cfg, "model"), src_vocab_size=tokenizer.src_vocab_size,
+                    tgt_vocab_size=tokenizer.tgt_vocab_size, pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID)
     params = list(model.parameters())
     optimizer_state = {"state": {i: {"step": torch.tensor(1000.0), "exp_avg": torch.randn_like(p),
                                      "exp_avg_sq": torch.rand_like(p)} for i, p in enumerate(params)},

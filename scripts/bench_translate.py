@@ -26,9 +26,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _bench  # noqa: E402
-import torch  # noqa: E402
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+from seq2seq.precision import precision_dtype  # noqa: E402
+
+PRECISIONS = ("fp32", "bf16", "fp16")  # --precision: seq2seq-translate's choices
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -57,7 +58,7 @@ def main(argv=None) -> int:
     if args.precision == "auto":
         dtype = _bench.autocast_dtype(setup.precision, device)
     else:
-        dtype = PRECISIONS[args.precision] if device.type == "cuda" else None
+        dtype = precision_dtype(args.precision, device.type) if device.type == "cuda" else None
     report: dict[str, Any] = {
         "environment": _bench.environment(device),
         "weights": setup.weights,

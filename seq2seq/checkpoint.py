@@ -110,9 +110,8 @@ def load_for_translation(path: str | os.PathLike, device: torch.device | str = "
         what = f"no {e} entry" if isinstance(e, KeyError) else str(e)
         raise CheckpointError(f"checkpoint {path}: its stored config or sentencepiece model is unusable "
                               f"({what})") from None
-    model = Seq2Seq.from_config(model_cfg, src_vocab_size=tokenizer.src_vocab_size,
-                                tgt_vocab_size=tokenizer.tgt_vocab_size,
-                                pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID)
+    model = Seq2Seq(model_cfg, src_vocab_size=tokenizer.src_vocab_size, tgt_vocab_size=tokenizer.tgt_vocab_size,
+                    pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID)
     weights = model_state_dict(ckpt)  # memory-mapped: load_state_dict reads just these from disk
     try:
         model.load_state_dict(weights)

@@ -1,17 +1,30 @@
-"""Typed views of the Hydra config sections.
+"""The config schema: one dataclass per section of the training config, and what checks them.
 
-Hydra already refuses a command-line override of a key that does not exist. These dataclasses catch
-what it cannot: a mistyped key inside a YAML file, a value of the wrong type, and a choice outside
-the valid options. Each error names the full key and lists what is valid, so a typo never vanishes.
+`TrainConfig` is registered with Hydra's ConfigStore as `train_schema`, the first entry of train.yaml's
+defaults list, so every composed config is typed: Hydra itself rejects an unknown key (on the command
+line or in a YAML file), a value of the wrong type and a choice outside its enum, before anything runs.
+The schema Hydra sees has every value `???`: the YAML files under conf/ hold the values (each with its
+comment), and a key they leave out is an error, not a silent default. The dataclass defaults below
+serve Python callers (tests, library users) and checkpoints written before a key existed.
+
+What a type cannot say (ranges, settings that exclude each other) is in each dataclass's `check`,
+run by `section()`, which turns a composed section or a plain dict (a checkpoint's stored config)
+into its dataclass. Every error names the full key and lists what is valid. This module imports
+neither Hydra nor omegaconf at import time: translation reads checkpoints without them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
+import os
+import sys
 import typing
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping, Optional
+
 
 def _find_conf_dir() -> Path:
     """`conf/` at the top of a source checkout (editable installs), else the copy in the wheel."""
@@ -21,101 +34,49 @@ def _find_conf_dir() -> Path:
 
 
 def __getattr__(name: str) -> Any:
-    """`CONF_DIR`, with the resolvers its YAML files use registered first.
+    """`CONF_DIR`, with the schema and the resolvers its YAML files use registered first.
 
     Everything that composes the config asks for CONF_DIR first (the Hydra apps, tests, scripts), so
-    registering here keeps omegaconf out of the imports of translation and scoring, which never
-    compose a config (PEP 562 module __getattr__: called only for names not defined below).
+    registering here keeps Hydra and omegaconf out of the imports of translation and scoring, which
+    never compose a config (PEP 562 module __getattr__: called only for names not defined below).
     """
     if name == "CONF_DIR":
-        register_resolvers()
+        register_configs()
         return _find_conf_dir()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-CELLS = ("rnn_tanh", "rnn_relu", "gru", "lstm")
-ATTENTIONS = ("bahdanau", "luong_dot", "luong_general", "none")
 
 
 class ConfigError(ValueError):
     """A config value that cannot be used; the message names the key at fault."""
 
 
-def _check_type(key: str, value: Any, annotation: Any) -> Any:
-    """Return `value` converted to `annotation` where that is lossless, else raise ConfigError."""
-    origin = typing.get_origin(annotation)
-    if origin is typing.Union:  # Optional[X]
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if value is None:
-            return None
-        return _check_type(key, value, args[0])
-    if annotation is Any:
-        return value
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
-        (item,) = typing.get_args(annotation)[:1] or (Any,)
-        return [_check_type(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
-        return dict(value)
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
-    if annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
-    if annotation is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
-    if annotation is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
-    if dataclasses.is_dataclass(annotation):
-        return section(annotation, value, key)
-    return value
+class Choice(str, enum.Enum):
+    """A setting with a fixed set of values (Hydra rejects any other); compares equal to its string."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def options(cls) -> str:
+        return ", ".join(member.value for member in cls)
 
 
-def section(cls: type, values: Mapping[str, Any] | None, prefix: str):
-    """Build dataclass `cls` from a config mapping, naming `prefix.key` in every error."""
-    if values is None:
-        values = {}
-    if hasattr(values, "items") and not isinstance(values, dict):
-        from omegaconf import OmegaConf
-
-        values = OmegaConf.to_container(values, resolve=True)
-    if not isinstance(values, Mapping):
-        raise ConfigError(f"config key '{prefix}' must be a mapping, got {values!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ConfigError(
-            f"unknown config key '{prefix}.{unknown[0]}'; valid keys under '{prefix}': "
-            + ", ".join(sorted(fields))
-        )
-    kwargs = {}
-    for name, f in fields.items():
-        key = f"{prefix}.{name}"
-        if name in values:
-            kwargs[name] = _check_type(key, values[name], hints[name])
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"config key '{key}' is missing")
-    obj = cls(**kwargs)
-    validate = getattr(obj, "validate", None)
-    if validate is not None:
-        validate(prefix)
-    return obj
+def _choice(name: str, *values: str) -> Any:
+    return Choice(name, [(v, v) for v in values], module=__name__, qualname=name)
 
 
-def _choice(key: str, value: str, options: tuple[str, ...]) -> None:
-    if value not in options:
-        raise ConfigError(f"config key '{key}' is {value!r}; valid options: {', '.join(options)}")
+Cell = _choice("Cell", "rnn_tanh", "rnn_relu", "gru", "lstm")
+Attention = _choice("Attention", "bahdanau", "luong_dot", "luong_general", "none")
+PieceModel = _choice("PieceModel", "bpe", "unigram")
+Optimizer = _choice("Optimizer", "adam", "adamw")
+Schedule = _choice("Schedule", "warmup_decay", "plateau", "constant")
+Decay = _choice("Decay", "inverse_sqrt", "linear", "cosine", "none")
+# Monitored metric (validation.metric) -> direction of improvement (best.ckpt, early stopping, plateau).
+METRIC_MODES = {"bleu": "max", "chrf": "max", "ter": "min", "ppl": "min", "loss": "min"}
+Metric = _choice("Metric", *METRIC_MODES)
+
+CELLS = tuple(c.value for c in Cell)
+ATTENTIONS = tuple(a.value for a in Attention)
 
 
 def _positive(key: str, value: float, allow_zero: bool = False) -> None:
@@ -123,18 +84,21 @@ def _positive(key: str, value: float, allow_zero: bool = False) -> None:
         raise ConfigError(f"config key '{key}' must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
 
+# Choice fields hold plain strings at run time (checkpoints store them as such); the enum in the
+# annotation is the list of valid values that Hydra and `check_section` enforce.
+
+
 @dataclass
 class TokenizerConfig:
-    model_type: str = "bpe"  # bpe | unigram
+    model_type: PieceModel = PieceModel.bpe.value
     vocab_size: int = 8000
-    joint: bool = True  # one model for both languages, or one per side
+    joint: bool = True
     character_coverage: float = 1.0
     byte_fallback: bool = True
-    max_sentences: int = 0  # sentences sampled for training sentencepiece; 0 = all
+    max_sentences: int = 0
     seed: int = 1
 
-    def validate(self, prefix: str) -> None:
-        _choice(f"{prefix}.model_type", self.model_type, ("bpe", "unigram"))
+    def check(self, prefix: str) -> None:
         if self.vocab_size < 8:
             raise ConfigError(f"config key '{prefix}.vocab_size' must be >= 8, got {self.vocab_size}")
         _positive(f"{prefix}.max_sentences", self.max_sentences, allow_zero=True)
@@ -144,11 +108,11 @@ class TokenizerConfig:
 
 @dataclass
 class FilterConfig:
-    max_chars: int = 1000  # drop training pairs with a side longer than this many characters
-    max_tokens: int = 128  # ... or longer than this many sentencepiece pieces
-    max_ratio: float = 3.0  # ... or whose piece-length ratio (longer / shorter) exceeds this
+    max_chars: int = 1000
+    max_tokens: int = 128
+    max_ratio: float = 3.0
 
-    def validate(self, prefix: str) -> None:
+    def check(self, prefix: str) -> None:
         _positive(f"{prefix}.max_chars", self.max_chars)
         _positive(f"{prefix}.max_tokens", self.max_tokens)
         if self.max_ratio < 1.0:
@@ -157,22 +121,22 @@ class FilterConfig:
 
 @dataclass
 class DataConfig:
-    corpus: str = "multi30k"  # name: cache folder and messages; 'multi30k' enables download
-    root: str = "data/multi30k"  # folder holding {split}.{lang}[.gz]
-    mirrors: list[str] = field(default_factory=list)  # local copies tried after root
-    download: bool = True  # fetch the public release when neither root nor a mirror has it
+    corpus: str = "multi30k"
+    root: str = "data/multi30k"
+    mirrors: list[str] = field(default_factory=list)
+    download: bool = True
     src_lang: str = "de"
     tgt_lang: str = "en"
     train_split: str = "train"
     valid_split: str = "val"
     test_split: str = "test_2016_flickr"
     cache_dir: str = "data/cache"
-    max_train_pairs: int = 0  # use only the first N training pairs (0 = all): quick runs, tests
-    max_valid_pairs: int = 0  # likewise for validation
+    max_train_pairs: int = 0
+    max_valid_pairs: int = 0
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
 
-    def validate(self, prefix: str) -> None:
+    def check(self, prefix: str) -> None:
         _positive(f"{prefix}.max_train_pairs", self.max_train_pairs, allow_zero=True)
         _positive(f"{prefix}.max_valid_pairs", self.max_valid_pairs, allow_zero=True)
         if self.src_lang == self.tgt_lang:
@@ -181,13 +145,13 @@ class DataConfig:
 
 @dataclass
 class BatchingConfig:
-    max_tokens: int = 4096  # token budget per batch (padded size of the longer side)
-    max_sentences: int = 0  # cap on sentences per batch; 0 = none
-    bucket_width: int = 1  # lengths within this many tokens share a bucket
+    max_tokens: int = 4096
+    max_sentences: int = 0
+    bucket_width: int = 1
     num_workers: int = 0
     pin_memory: bool = False
 
-    def validate(self, prefix: str) -> None:
+    def check(self, prefix: str) -> None:
         _positive(f"{prefix}.max_tokens", self.max_tokens)
         _positive(f"{prefix}.bucket_width", self.bucket_width)
         _positive(f"{prefix}.max_sentences", self.max_sentences, allow_zero=True)
@@ -196,24 +160,22 @@ class BatchingConfig:
 
 @dataclass
 class ModelConfig:
-    cell: str = "lstm"
+    cell: Cell = Cell.lstm.value
     embedding_size: int = 256
-    encoder_hidden_size: int = 256  # per direction
+    encoder_hidden_size: int = 256
     decoder_hidden_size: int = 512
     encoder_layers: int = 2
     decoder_layers: int = 1
     bidirectional: bool = True
-    attention: str = "luong_general"
-    attention_size: int = 256  # hidden size of the additive (bahdanau) scorer
+    attention: Attention = Attention.luong_general.value
+    attention_size: int = 256
     input_feed: bool = False
-    bridge: bool = True  # initialise the decoder from the encoder's final states (else zeros)
-    dropout: float = 0.3  # on embeddings and decoder outputs
-    rnn_dropout: float = 0.3  # between stacked RNN layers
-    tie_embeddings: bool = True  # output projection shares the target embedding matrix
+    bridge: bool = True
+    dropout: float = 0.3
+    rnn_dropout: float = 0.3
+    tie_embeddings: bool = True
 
-    def validate(self, prefix: str) -> None:
-        _choice(f"{prefix}.cell", self.cell, CELLS)
-        _choice(f"{prefix}.attention", self.attention, ATTENTIONS)
+    def check(self, prefix: str) -> None:
         if self.input_feed and self.attention == "none":
             raise ConfigError(f"config key '{prefix}.input_feed' is true but '{prefix}.attention' is none")
         if self.attention == "none" and not self.bridge:
@@ -229,14 +191,14 @@ class ModelConfig:
 
 @dataclass
 class SearchConfig:
-    beam_size: int = 1  # 1 = greedy
-    length_penalty: float = 1.0  # hypotheses ranked by score / length ** length_penalty
-    max_len_a: int = 10  # maximum output length = a + b * source length
+    beam_size: int = 1
+    length_penalty: float = 1.0
+    max_len_a: int = 10
     max_len_b: float = 1.5
-    batch_tokens: int = 8192  # source-token budget per translation batch
-    max_src_tokens: int = 250  # longer inputs are truncated (with a warning)
+    batch_tokens: int = 8192
+    max_src_tokens: int = 250
 
-    def validate(self, prefix: str) -> None:
+    def check(self, prefix: str) -> None:
         _positive(f"{prefix}.beam_size", self.beam_size)
         _positive(f"{prefix}.batch_tokens", self.batch_tokens)
         _positive(f"{prefix}.max_src_tokens", self.max_src_tokens)
@@ -246,14 +208,13 @@ class SearchConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "adam"  # adam | adamw
+    name: Optimizer = Optimizer.adam.value
     lr: float = 1e-3
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     weight_decay: float = 0.0
     label_smoothing: float = 0.1
 
-    def validate(self, prefix: str) -> None:
-        _choice(f"{prefix}.name", self.name, ("adam", "adamw"))
+    def check(self, prefix: str) -> None:
         _positive(f"{prefix}.lr", self.lr)
         if len(self.betas) != 2:
             raise ConfigError(f"config key '{prefix}.betas' must hold two numbers")
@@ -263,17 +224,15 @@ class OptimConfig:
 
 @dataclass
 class SchedulerConfig:
-    name: str = "warmup_decay"  # warmup_decay | plateau | constant
-    warmup_steps: int = 500  # warmup_decay: linear warm-up steps ...
-    decay: str = "inverse_sqrt"  # ... then inverse_sqrt | linear | cosine | none
-    total_steps: int = 0  # linear/cosine decay horizon (0 = trainer.max_steps)
+    name: Schedule = Schedule.warmup_decay.value
+    warmup_steps: int = 500
+    decay: Decay = Decay.inverse_sqrt.value
+    total_steps: int = 0
     min_lr: float = 0.0
-    plateau_factor: float = 0.5  # plateau: multiply lr by this ...
-    plateau_patience: int = 2  # ... after this many validations without improvement
+    plateau_factor: float = 0.5
+    plateau_patience: int = 2
 
-    def validate(self, prefix: str) -> None:
-        _choice(f"{prefix}.name", self.name, ("warmup_decay", "plateau", "constant"))
-        _choice(f"{prefix}.decay", self.decay, ("inverse_sqrt", "linear", "cosine", "none"))
+    def check(self, prefix: str) -> None:
         for key in ("warmup_steps", "total_steps", "min_lr", "plateau_patience"):
             _positive(f"{prefix}.{key}", getattr(self, key), allow_zero=True)
         if not 0.0 < self.plateau_factor <= 1.0:
@@ -282,30 +241,183 @@ class SchedulerConfig:
 
 @dataclass
 class ValidationConfig:
-    metric: str = "bleu"  # monitored by best.ckpt, early stopping and the plateau scheduler
-    max_sentences: int = 0  # decode only the first N validation sentences (0 = all)
-
-    def validate(self, prefix: str) -> None:
-        _choice(f"{prefix}.metric", self.metric, tuple(METRIC_MODES))
+    metric: Metric = Metric.bleu.value
+    max_sentences: int = 0
 
 
-# Monitored metric -> logged name and direction.
-METRIC_MODES = {"bleu": "max", "chrf": "max", "ter": "min", "ppl": "min", "loss": "min"}
+@dataclass
+class TrainConfig:
+    """conf/train.yaml as a whole: the top-level keys and every section above. The Lightning groups
+    (trainer, callbacks, logger) and paths are `_target_` specs and Lightning's own arguments, which
+    Lightning checks when it is built, so their type here is Any."""
+
+    task_name: str
+    seed: int
+    deterministic: bool
+    ckpt_path: Optional[str]
+    test_after_training: bool
+    max_bad_steps: int
+    max_oom_steps: int
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    trainer: Any = None
+    callbacks: Any = None
+    logger: Any = None
+    paths: Any = None
 
 
 def metric_key(metric: str) -> str:
     return f"val/{metric}"
 
 
-def register_resolvers() -> None:
-    """`${metric_mode:bleu}` -> 'max': checkpoint and early-stopping direction follow validation.metric."""
-    from omegaconf import OmegaConf
+# ------------------------------------------------------------------------------------ building sections
+def _field_type(cls: type, name: str) -> Any:
+    """The annotation of field `name` of dataclass `cls`, with Optional[...] unwrapped."""
+    kind = typing.get_type_hints(cls)[name]
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    return args[0] if type(None) in typing.get_args(kind) and len(args) == 1 else kind
+
+
+def _build(cls: type, values: Any, prefix: str) -> Any:
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"config key '{prefix}' must be a mapping, got {values!r}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown config key '{prefix}.{unknown[0]}'; valid keys under '{prefix}': "
+                          + ", ".join(sorted(names)))
+    kwargs = {}
+    for name, value in values.items():
+        kind = _field_type(cls, name)
+        kwargs[name] = _build(kind, value or {}, f"{prefix}.{name}") if dataclasses.is_dataclass(kind) else value
+    return cls(**kwargs)  # keys the mapping lacks take the defaults (checkpoints older than the key)
+
+
+def check_section(obj: Any, prefix: str) -> None:
+    """Check a section dataclass (and the sections inside it): choices, then its own `check`."""
+    for f in dataclasses.fields(obj):
+        value, kind, key = getattr(obj, f.name), _field_type(type(obj), f.name), f"{prefix}.{f.name}"
+        if dataclasses.is_dataclass(value):
+            check_section(value, key)
+        elif isinstance(kind, type) and issubclass(kind, Choice) and value not in {m.value for m in kind}:
+            raise ConfigError(f"config key '{key}' is {value!r}; valid options: {kind.options()}")
+    check = getattr(obj, "check", None)
+    if check is not None:
+        check(prefix)
+
+
+def section(cls: type, values: Any, prefix: str) -> Any:
+    """Dataclass `cls` from a config section named `prefix`, checked (`check_section`).
+
+    `values` is a composed omegaconf node (its types already checked by Hydra; interpolations are
+    resolved here) or a plain mapping (a checkpoint's stored config, a test). A key the dataclass lacks
+    is an error (also one added with `+` on the command line); errors name `prefix.key`.
+    """
+    omegaconf = sys.modules.get("omegaconf")  # never imported here: translation runs without it
+    if omegaconf is not None and isinstance(values, omegaconf.DictConfig):
+        with hydra_errors():
+            values = omegaconf.OmegaConf.to_container(values, resolve=True, throw_on_missing=True,
+                                                      enum_to_str=True)
+    obj = _build(cls, {} if values is None else values, prefix)
+    check_section(obj, prefix)
+    return obj
+
+
+# ------------------------------------------------------------------------------- Hydra's side of it
+def register_configs() -> None:
+    """Register `train_schema` (every value `???`: the YAML files must set them) and the resolvers."""
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import DictConfig, OmegaConf
+
+    def require_every_value(node: DictConfig, cls: type) -> None:
+        for f in dataclasses.fields(cls):
+            kind = _field_type(cls, f.name)
+            if dataclasses.is_dataclass(kind):
+                require_every_value(node[f.name], kind)
+            elif kind is not Any:  # the Lightning groups stay open (null until their files fill them)
+                node[f.name] = "???"
+
+    schema = OmegaConf.structured(TrainConfig)
+    require_every_value(schema, TrainConfig)
+    ConfigStore.instance().store(name="train_schema", node=schema)
 
     def metric_mode(metric: str) -> str:
+        """`${metric_mode:bleu}` -> 'max': checkpoint and early-stopping direction follow validation.metric."""
         if metric not in METRIC_MODES:
-            raise ConfigError(
-                f"config key 'validation.metric' is {metric!r}; valid options: {', '.join(METRIC_MODES)}"
-            )
+            raise ConfigError(f"config key 'validation.metric' is {metric!r}; valid options: {Metric.options()}")
         return METRIC_MODES[metric]
 
     OmegaConf.register_new_resolver("metric_mode", metric_mode, replace=True)
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def describe(error: BaseException) -> str:
+    """The message of a Hydra or omegaconf config error, in this project's words where it has them:
+    the full key, and the valid keys or options."""
+    from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, MissingMandatoryValue,
+                                  OmegaConfBaseException, ValidationError)
+
+    cause: BaseException | None = error
+    while cause is not None and not isinstance(cause, OmegaConfBaseException):
+        cause = cause.__cause__ or cause.__context__
+    key = getattr(cause, "full_key", None)
+    owner, name = getattr(cause, "object_type", None), getattr(cause, "key", None)
+    known = dataclasses.is_dataclass(owner) and isinstance(name, str)
+    if key and known and isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
+        names = sorted(f.name for f in dataclasses.fields(owner))
+        if name not in names:
+            parent = key.rpartition(".")[0]
+            where = f"under '{parent}'" if parent else "at the top level"
+            return f"unknown config key '{key}'; valid keys {where}: " + ", ".join(names)
+    if key and isinstance(cause, MissingMandatoryValue):
+        return f"config key '{key}' has no value; set it in its YAML file or on the command line"
+    if key and known and isinstance(cause, ValidationError) and name in {f.name for f in dataclasses.fields(owner)}:
+        kind, value = _field_type(owner, name), cause.value
+        if isinstance(kind, type) and issubclass(kind, Choice):
+            return f"config key '{key}' is {value!r}; valid options: {kind.options()}"
+        if value is None:
+            return f"config key '{key}' cannot be null"
+        expected = _TYPE_NAMES.get(kind) or ("a list" if typing.get_origin(kind) is list else str(kind))
+        return f"config key '{key}' must be {expected}, got {value!r}"
+    text = str(error)
+    return text if cause is None or cause is error or str(cause) in text else f"{text}\n{cause}"
+
+
+@contextmanager
+def hydra_errors() -> Iterator[None]:
+    """Re-raise Hydra's and omegaconf's config errors as ConfigError, with `describe`'s message."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        yield
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(describe(e)) from e
+
+
+def run_hydra_app(app: Callable[[], Any]) -> None:
+    """Call a `@hydra.main` function; a config error Hydra finds while composing (unknown key, wrong
+    type, invalid choice, missing group option) is printed as one `error: ...` and exits with 2, like
+    the errors the task itself reports. HYDRA_FULL_ERROR=1 keeps Hydra's full traceback."""
+    saved = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra then re-raises instead of printing and exiting with 1
+    try:
+        with hydra_errors():
+            app()
+    except ConfigError as e:
+        if saved == "1":
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        if saved is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved

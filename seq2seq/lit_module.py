@@ -27,6 +27,7 @@ from seq2seq.data import Batch
 from seq2seq.loss import label_smoothed_nll
 from seq2seq.metrics import score_corpus
 from seq2seq.model import Seq2Seq
+from seq2seq.precision import precision_dtype
 from seq2seq.schedule import WarmupDecayPlateau
 from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 from seq2seq.translator import Translator
@@ -59,16 +60,6 @@ def _set_rng_state(states: list[dict[str, Any]] | dict[str, Any], rank: int) -> 
     if rank >= len(states):
         torch.manual_seed(int(torch.randint(0, 2**62, (1,))) + rank)
 
-def precision_dtype(precision: str | int | None, device_type: str) -> torch.dtype | None:
-    """Autocast dtype for decoding under a Trainer precision ('bf16-mixed' -> bfloat16, '32-true' -> None).
-    Lightning runs '16-mixed' as bfloat16 on the CPU, so decoding there does too."""
-    precision = str(precision)
-    if precision.startswith("bf16") or (precision.startswith("16") and device_type == "cpu"):
-        return torch.bfloat16
-    if precision.startswith("16"):
-        return torch.float16
-    return None
-
 
 def use_tensor_cores(device: torch.device) -> None:
     """On CUDA, let float32 matmuls and cuDNN (the RNNs, which run in float32 even under autocast, see
@@ -93,9 +84,8 @@ class TranslationModule(pl.LightningModule):
         max_oom_steps: int = 3,
     ):
         super().__init__()
-        self.model = Seq2Seq.from_config(model, src_vocab_size=tokenizer.src_vocab_size,
-                                         tgt_vocab_size=tokenizer.tgt_vocab_size,
-                                         pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID)
+        self.model = Seq2Seq(model, src_vocab_size=tokenizer.src_vocab_size,
+                             tgt_vocab_size=tokenizer.tgt_vocab_size, pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID)
         self.optim_cfg = optim
         self.sched_cfg = scheduler
         self.search_cfg = search

@@ -36,7 +36,7 @@ from omegaconf import DictConfig
 
 from seq2seq import __version__
 from seq2seq.app_help import app_help, wants_quick_help
-from seq2seq.config import CONF_DIR, ConfigError, DataConfig, section
+from seq2seq.config import CONF_DIR, ConfigError, DataConfig, run_hydra_app, section
 from seq2seq.corpus import CorpusError, file_sha256, filter_pairs, find_corpus_files, read_parallel
 from seq2seq.temporaries import owned_prefix, remove_stale
 from seq2seq.tokenizer import UNK_ID, Tokenizer, TokenizerError, train_sentencepiece
@@ -370,7 +370,7 @@ def main() -> None:
     # not after training, unless the user names it.
     if not any(arg.lstrip("+").startswith("task_name=") for arg in sys.argv[1:]):
         sys.argv.append("task_name=prepare")
-    hydra_main()
+    run_hydra_app(hydra_main)
 
 
 if __name__ == "__main__":

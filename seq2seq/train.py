@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from seq2seq.app_help import app_help, wants_quick_help
 from seq2seq.config import (CONF_DIR, BatchingConfig, ConfigError, DataConfig, ModelConfig, OptimConfig,
-                            SchedulerConfig, SearchConfig, ValidationConfig, metric_key, section)
+                            SchedulerConfig, SearchConfig, ValidationConfig, metric_key, run_hydra_app, section)
 
 # torch, Lightning and the model code are imported inside the functions that use them: Hydra answers
 # `--help` (and rejects a bad override) before calling the task function, without paying for them.
@@ -41,31 +41,28 @@ def user_errors() -> tuple[type[Exception], ...]:
 
 
 def run_config(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config as plain containers (without Hydra's own node), for checkpoints."""
+    """The resolved config as plain containers (without Hydra's own node), for checkpoints: choices
+    are stored as strings, so `torch.load(weights_only=True)` reads them."""
     # Hydra's node is left out before resolving: under compose() (tests) it holds unresolvable keys.
     keys = [k for k in cfg.keys() if k != "hydra"]
-    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True)
+    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True, enum_to_str=True)
 
 
 def check_hardware(cfg: DictConfig) -> None:
     import torch
 
-    from seq2seq.lit_module import precision_dtype
+    from seq2seq.precision import bf16_supported, precision_dtype
 
     accelerator = str(cfg.trainer.get("accelerator", "cpu"))
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError(f"config key 'trainer.accelerator' is {accelerator!r} but no CUDA GPU is visible "
                           "on this machine; use trainer=cpu (or trainer=ddp_cpu for several processes)")
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
-    if on_cpu and precision_dtype(cfg.trainer.get("precision"), "cpu") is not None and cfg.model.cell == "lstm":
-        # Lightning runs 16-mixed as bf16 on the CPU; oneDNN's bf16 LSTM needs AVX512-BF16 hardware.
-        try:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                torch.nn.LSTM(2, 2)(torch.zeros(1, 1, 2))
-        except RuntimeError:
-            raise ConfigError(f"config key 'trainer.precision' is {cfg.trainer.precision!r}, but this CPU cannot "
-                              "run an LSTM in bfloat16 (oneDNN needs AVX512-BF16); on the CPU use "
-                              "trainer.precision=32-true (or model.cell=gru)") from None
+    if (on_cpu and precision_dtype(cfg.trainer.get("precision"), "cpu") is not None and cfg.model.cell == "lstm"
+            and not bf16_supported("cpu")):
+        raise ConfigError(f"config key 'trainer.precision' is {cfg.trainer.precision!r}, but this CPU cannot "
+                          "run an LSTM in bfloat16 (oneDNN needs AVX512-BF16); on the CPU use "
+                          "trainer.precision=32-true (or model.cell=gru)")
 
 
 def step_limit(cfg: DictConfig, key: str) -> int:
@@ -173,8 +170,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from seq2seq.callbacks import WorkerLogging
     from seq2seq.checkpoint_io import AtomicCheckpointIO
     from seq2seq.datamodule import TranslationDataModule
-    from seq2seq.lit_module import TranslationModule, precision_dtype
+    from seq2seq.lit_module import TranslationModule
     from seq2seq.metrics import report_lines
+    from seq2seq.precision import precision_dtype
     from seq2seq.temporaries import remove_stale
 
     data = section(DataConfig, cfg.data, "data")
@@ -257,14 +255,14 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    """`seq2seq-train`. Hydra reports its own config errors (an unknown key on the command line, a
-    missing group option) and exits with 1; those are usage errors like ours, so they exit with 2."""
+    """`seq2seq-train`. Config errors Hydra finds while composing (unknown key, wrong type, invalid
+    choice, missing group option) are usage errors like ours: one `error:` line, exit status 2."""
     if wants_quick_help(sys.argv[1:]):
         print(app_help("seq2seq-train", "train a translator, keep best/last checkpoints, then test the best one.",
                        "experiment=quickstart trainer.max_epochs=3", CONF_DIR))
         return
     try:
-        hydra_main()
+        run_hydra_app(hydra_main)
     except SystemExit as e:
         if e.code == 1 and not _task_started:
             sys.exit(2)

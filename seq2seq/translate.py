@@ -240,6 +240,7 @@ def build_translator(args) -> Translator:
     import torch
 
     from seq2seq.checkpoint import CheckpointError, load_for_translation
+    from seq2seq.precision import bf16_supported, precision_dtype
     from seq2seq.search import Ensemble
     from seq2seq.translator import Sampling, Translator
 
@@ -262,11 +263,11 @@ def build_translator(args) -> Translator:
         model = Ensemble([m for m, *_ in loaded])
     apply_search_overrides(args, search_cfg)
     sampling = Sampling(args.temperature, args.top_k, args.seed) if args.sample else None
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
+    dtype = precision_dtype(args.precision, device.type)
     if dtype is not None and device.type != "cuda":
         log.warning("--precision %s applies on a GPU; translating in fp32 on the %s", args.precision, device.type)
         dtype = None
-    if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+    if dtype == torch.bfloat16 and not bf16_supported(device.type):
         raise CheckpointError("--precision bf16: this GPU does not support bfloat16; use fp16 or fp32")
     return Translator(model, tokenizer, search_cfg, device=device, dtype=dtype, sampling=sampling)
 

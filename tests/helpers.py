@@ -87,6 +87,6 @@ def tiny_model_and_tokenizer(model_cfg, n_pairs: int, seed: int, vocab_size: int
     spm_bytes = train_sentencepiece(src + tgt, TokenizerConfig(vocab_size=vocab_size, byte_fallback=True))
     tokenizer = Tokenizer(spm_bytes, spm_bytes)
     torch.manual_seed(0)
-    model = Seq2Seq.from_config(model_cfg, src_vocab_size=tokenizer.src_vocab_size,
-                                tgt_vocab_size=tokenizer.tgt_vocab_size, pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID)
+    model = Seq2Seq(model_cfg, src_vocab_size=tokenizer.src_vocab_size,
+                    tgt_vocab_size=tokenizer.tgt_vocab_size, pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID)
     return model, tokenizer, (src, tgt)

@@ -129,8 +129,8 @@ def train_results(tmp_path_factory):
 
 TRAIN_EXPECTED = {
     # name: (exit code, text the message must contain)
-    "process": (2, "Key 'cel' is not in struct\n    full_key: model.cel"),
-    "unknown_key_cli": (2, "Key 'cel' is not in struct\n    full_key: model.cel"),
+    "process": (2, "error: unknown config key 'model.cel'; valid keys under 'model': attention,"),
+    "unknown_key_cli": (2, "error: unknown config key 'model.cel'; valid keys under 'model': attention,"),
     "unknown_key_file": (2, "error: unknown config key 'model.hiden_size'; valid keys under 'model': attention,"),
     "wrong_type": (2, "error: config key 'model.encoder_layers' must be an integer, got 'two'"),
     "unknown_cell": (2, "error: config key 'model.cell' is 'transformer'; valid options: rnn_tanh, rnn_relu, gru, lstm"),

@@ -14,7 +14,7 @@ from torch import nn
 from seq2seq import search
 from seq2seq.config import SearchConfig
 from seq2seq.data import collate
-from seq2seq.lit_module import precision_dtype
+from seq2seq.precision import precision_dtype
 from seq2seq.translator import Translator
 
 from .test_device_paths import FakeTokenizer, examples, rnn_output_dtypes, tiny_model

@@ -16,8 +16,8 @@ import seq2seq.model.encoder as encoder_module
 from seq2seq import search
 from seq2seq.config import ModelConfig, SearchConfig, section
 from seq2seq.data import collate, token_budget_batches
-from seq2seq.lit_module import precision_dtype
 from seq2seq.model import Seq2Seq
+from seq2seq.precision import precision_dtype
 from seq2seq.translator import Translator
 
 from .helpers import TINY, compose_train
@@ -30,7 +30,7 @@ def tiny_model(cell="lstm", input_feed=False, attention="luong_general", seed=0)
                                     encoder_layers=2, decoder_layers=1, attention=attention, attention_size=6,
                                     input_feed=input_feed, dropout=0.0, rnn_dropout=0.0), "model")
     torch.manual_seed(seed)
-    return Seq2Seq.from_config(cfg, src_vocab_size=12, tgt_vocab_size=12, pad_id=PAD, bos_id=BOS, eos_id=EOS).eval()
+    return Seq2Seq(cfg, src_vocab_size=12, tgt_vocab_size=12, pad_id=PAD, bos_id=BOS, eos_id=EOS).eval()
 
 
 def examples(lengths, seed=0):

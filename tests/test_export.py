@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from seq2seq.config import ModelConfig
 from seq2seq.data import collate_source
 from seq2seq.model import Seq2Seq
 
@@ -27,11 +28,11 @@ SOURCES = [[5, 6, 7, 8, 9, 10, 11], [12], [4, 4, 5], [7, 8, 13, 14], [20, 21]]
 def tiny_model(cell: str, attention: str, input_feed: bool, bidirectional: bool = True,
                bridge: bool = True) -> Seq2Seq:
     torch.manual_seed(0)
-    model = Seq2Seq(src_vocab_size=23, tgt_vocab_size=19, pad_id=0, bos_id=2, eos_id=3, cell=cell,
-                    embedding_size=8, encoder_hidden_size=6, decoder_hidden_size=10, encoder_layers=2,
-                    decoder_layers=2, bidirectional=bidirectional, attention=attention, attention_size=7,
-                    input_feed=input_feed, bridge=bridge, dropout=0.1, rnn_dropout=0.1,
-                    tie_embeddings=False)
+    model = Seq2Seq(ModelConfig(cell=cell, embedding_size=8, encoder_hidden_size=6, decoder_hidden_size=10,
+                                encoder_layers=2, decoder_layers=2, bidirectional=bidirectional, attention=attention,
+                                attention_size=7, input_feed=input_feed, bridge=bridge, dropout=0.1, rnn_dropout=0.1,
+                                tie_embeddings=False),
+                    src_vocab_size=23, tgt_vocab_size=19, pad_id=0, bos_id=2, eos_id=3)
     with torch.no_grad():  # the output bias starts at zero: make it count
         model.decoder.output.proj.bias.normal_()
     return model.eval()

@@ -39,8 +39,7 @@ def make_model(cell="lstm", attention="luong_general", bidirectional=True, input
     values.update(overrides)
     cfg = section(ModelConfig, values, "model")
     torch.manual_seed(seed)
-    return Seq2Seq.from_config(cfg, src_vocab_size=SRC_V, tgt_vocab_size=TGT_V, pad_id=PAD,
-                               bos_id=BOS, eos_id=EOS)
+    return Seq2Seq(cfg, src_vocab_size=SRC_V, tgt_vocab_size=TGT_V, pad_id=PAD, bos_id=BOS, eos_id=EOS)
 
 
 def random_pairs(lengths: list[tuple[int, int]], seed: int = 1) -> list[tuple[list[int], list[int]]]:
@@ -316,7 +315,7 @@ def test_special_ids_and_config_errors():
     with pytest.raises(ConfigError, match="input_feed"):
         section(ModelConfig, {"attention": "none", "input_feed": True}, "model")
     with pytest.raises(ConfigError, match="input_feed"):  # the same check, reached from the model
-        Seq2Seq.from_config(ModelConfig(attention="none", input_feed=True), SRC_V, TGT_V, PAD, BOS, EOS)
+        Seq2Seq(ModelConfig(attention="none", input_feed=True), SRC_V, TGT_V, PAD, BOS, EOS)
 
 
 @pytest.mark.parametrize("attention", ["luong_general", "luong_dot", "bahdanau"])

@@ -539,11 +539,13 @@ def test_cuda_matches_cpu_tokens():
 def tiny_seq2seq(cell: str, attention: str, input_feed: bool, seed: int = 0):
     model_mod = pytest.importorskip("seq2seq.model")
     torch.manual_seed(seed)
+    from seq2seq.config import ModelConfig
+
     model = model_mod.Seq2Seq(
-        src_vocab_size=15, tgt_vocab_size=14, pad_id=PAD, bos_id=BOS, eos_id=EOS, cell=cell,
-        embedding_size=8, encoder_hidden_size=8, decoder_hidden_size=12, encoder_layers=1,
-        decoder_layers=2, bidirectional=True, attention=attention, attention_size=8,
-        input_feed=input_feed, bridge=True, dropout=0.1, rnn_dropout=0.1, tie_embeddings=False)
+        ModelConfig(cell=cell, embedding_size=8, encoder_hidden_size=8, decoder_hidden_size=12, encoder_layers=1,
+                    decoder_layers=2, bidirectional=True, attention=attention, attention_size=8,
+                    input_feed=input_feed, bridge=True, dropout=0.1, rnn_dropout=0.1, tie_embeddings=False),
+        src_vocab_size=15, tgt_vocab_size=14, pad_id=PAD, bos_id=BOS, eos_id=EOS)
     with torch.no_grad():  # a random model rarely says EOS: make lengths vary
         model.decoder.output.proj.bias[EOS] += 2.0
     return model.eval()

@@ -132,4 +132,4 @@ def build_attention(kind: str, query_size: int, memory_size: int,
         return GeneralAttention(query_size, memory_size)
     if kind == "none":
         return None
-    raise ValueError(f"unknown attention {kind!r}")  # ModelConfig.validate names the valid choices
+    raise ValueError(f"unknown attention {kind!r}")  # config.check_section names the valid choices

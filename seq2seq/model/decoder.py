@@ -198,7 +198,7 @@ class Decoder(nn.Module):
         outputs, _ = run_rnn(self.rnn, embedded, hx)  # [B, T, H] float32
         if self.attention is not None:
             context, _ = self.attention(outputs, state.keys, state.values, state.pad_mask)  # [B, T, C]
-            outputs = torch.tanh(self.combine(torch.cat([outputs, context], dim=-1)))  # [B, T, O]
+            outputs = self.attentional_output(outputs, context)  # [B, T, O]
         return self.output(self.dropout(outputs))  # [B, T, V]
 
     def forward_loop(self, tgt_in: Tensor, state: DecoderState) -> Tensor:
@@ -231,7 +231,7 @@ class Decoder(nn.Module):
             parts = [embedded, context, state.feed] if self.input_feed else [embedded, context]
             inputs = torch.cat(parts, dim=-1)  # [N, E + C (+ O)]
             top, hidden, cell = self._recur(inputs, state)  # [N, H], [L, N, H], [L, N, H]
-            output = torch.tanh(self.combine(torch.cat([top, context], dim=-1)))  # [N, O]
+            output = self.attentional_output(top, context)  # [N, O]
         else:
             inputs = (torch.cat([embedded, state.feed], dim=-1)
                       if self.input_feed else embedded)  # [N, E (+ O)]
@@ -239,12 +239,16 @@ class Decoder(nn.Module):
             if self.attention is not None:
                 context, weights = self.attention.step(top, state.keys, state.values,
                                                        state.pad_mask)  # [N, C], [N, S]
-                output = torch.tanh(self.combine(torch.cat([top, context], dim=-1)))  # [N, O]
+                output = self.attentional_output(top, context)  # [N, O]
             else:
                 output = top  # [N, O = H]
         new_state = dataclasses.replace(state, hidden=hidden, cell=cell,
                                         feed=output if self.input_feed else None)  # memory unchanged
         return output, new_state, weights
+
+    def attentional_output(self, hidden: Tensor, context: Tensor) -> Tensor:
+        """o = tanh(W_c [h ; c]): hidden [..., H], context [..., C] -> [..., O]."""
+        return torch.tanh(self.combine(torch.cat([hidden, context], dim=-1)))
 
     def _recur(self, inputs: Tensor,
                state: DecoderState) -> tuple[Tensor, Tensor, Tensor | None]:

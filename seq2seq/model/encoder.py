@@ -31,7 +31,7 @@ def make_rnn(cell: str, input_size: int, hidden_size: int, num_layers: int, drop
         return nn.GRU(**common)
     if cell == "lstm":
         return nn.LSTM(**common)
-    raise ValueError(f"unknown cell {cell!r}")  # ModelConfig.validate names the valid choices
+    raise ValueError(f"unknown cell {cell!r}")  # config.check_section names the valid choices
 
 
 def run_rnn(rnn: nn.RNNBase, inputs, hx=None):

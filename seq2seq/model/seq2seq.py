@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..config import ModelConfig
+from ..config import ModelConfig, check_section
 from .decoder import Bridge, Decoder, DecoderState
 from .embeddings import TokenEmbedding
 from .encoder import Encoder
@@ -25,52 +25,31 @@ class Seq2Seq(nn.Module):
     and reordered by `reorder_state`.
     """
 
-    def __init__(self, *, src_vocab_size: int, tgt_vocab_size: int, pad_id: int, bos_id: int,
-                 eos_id: int, cell: str, embedding_size: int, encoder_hidden_size: int,
-                 decoder_hidden_size: int, encoder_layers: int, decoder_layers: int,
-                 bidirectional: bool, attention: str, attention_size: int, input_feed: bool,
-                 bridge: bool, dropout: float, rnn_dropout: float, tie_embeddings: bool) -> None:
+    def __init__(self, cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, pad_id: int, bos_id: int,
+                 eos_id: int) -> None:
         super().__init__()
-        # The one place that knows which settings are valid; a hand-built model gets the same errors.
-        ModelConfig(cell=cell, embedding_size=embedding_size, encoder_hidden_size=encoder_hidden_size,
-                    decoder_hidden_size=decoder_hidden_size, encoder_layers=encoder_layers,
-                    decoder_layers=decoder_layers, bidirectional=bidirectional, attention=attention,
-                    attention_size=attention_size, input_feed=input_feed, bridge=bridge,
-                    dropout=dropout, rnn_dropout=rnn_dropout,
-                    tie_embeddings=tie_embeddings).validate("model")
+        check_section(cfg, "model")  # a hand-built config gets the same errors as a composed one
         self.pad_id = pad_id
         self.tgt_vocab_size = tgt_vocab_size  # Ensemble checks that its members agree
         self.bos_id = bos_id
         self.eos_id = eos_id
-        self.decoder_layers = decoder_layers
-        self.decoder_hidden_size = decoder_hidden_size
-        self.is_lstm = cell == "lstm"
+        self.decoder_layers = cfg.decoder_layers
+        self.decoder_hidden_size = cfg.decoder_hidden_size
+        self.is_lstm = cfg.cell == "lstm"
 
-        self.encoder = Encoder(vocab_size=src_vocab_size, embedding_size=embedding_size,
-                               hidden_size=encoder_hidden_size, num_layers=encoder_layers, cell=cell,
-                               bidirectional=bidirectional, dropout=dropout, rnn_dropout=rnn_dropout,
+        self.encoder = Encoder(vocab_size=src_vocab_size, embedding_size=cfg.embedding_size,
+                               hidden_size=cfg.encoder_hidden_size, num_layers=cfg.encoder_layers, cell=cfg.cell,
+                               bidirectional=cfg.bidirectional, dropout=cfg.dropout, rnn_dropout=cfg.rnn_dropout,
                                pad_id=pad_id)
-        self.bridge = (Bridge(encoder_size=self.encoder.output_size, hidden_size=decoder_hidden_size,
-                              num_layers=decoder_layers, is_lstm=self.is_lstm)
-                       if bridge else None)
-        self.decoder = Decoder(vocab_size=tgt_vocab_size, embedding_size=embedding_size,
-                               hidden_size=decoder_hidden_size, num_layers=decoder_layers, cell=cell,
-                               attention=attention, memory_size=self.encoder.output_size,
-                               attention_size=attention_size, input_feed=input_feed, dropout=dropout,
-                               rnn_dropout=rnn_dropout, tie_embeddings=tie_embeddings, pad_id=pad_id)
+        self.bridge = (Bridge(encoder_size=self.encoder.output_size, hidden_size=cfg.decoder_hidden_size,
+                              num_layers=cfg.decoder_layers, is_lstm=self.is_lstm)
+                       if cfg.bridge else None)
+        self.decoder = Decoder(vocab_size=tgt_vocab_size, embedding_size=cfg.embedding_size,
+                               hidden_size=cfg.decoder_hidden_size, num_layers=cfg.decoder_layers, cell=cfg.cell,
+                               attention=cfg.attention, memory_size=self.encoder.output_size,
+                               attention_size=cfg.attention_size, input_feed=cfg.input_feed, dropout=cfg.dropout,
+                               rnn_dropout=cfg.rnn_dropout, tie_embeddings=cfg.tie_embeddings, pad_id=pad_id)
         self.reset_parameters()
-
-    @classmethod
-    def from_config(cls, cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, pad_id: int,
-                    bos_id: int, eos_id: int) -> Seq2Seq:
-        return cls(src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size, pad_id=pad_id,
-                   bos_id=bos_id, eos_id=eos_id, cell=cfg.cell, embedding_size=cfg.embedding_size,
-                   encoder_hidden_size=cfg.encoder_hidden_size,
-                   decoder_hidden_size=cfg.decoder_hidden_size, encoder_layers=cfg.encoder_layers,
-                   decoder_layers=cfg.decoder_layers, bidirectional=cfg.bidirectional,
-                   attention=cfg.attention, attention_size=cfg.attention_size,
-                   input_feed=cfg.input_feed, bridge=cfg.bridge, dropout=cfg.dropout,
-                   rnn_dropout=cfg.rnn_dropout, tie_embeddings=cfg.tie_embeddings)
 
     def reset_parameters(self) -> None:
         """PyTorch defaults for RNN/linear layers, then N(0, E^-0.5) embeddings, zero output bias.
