@@ -1,11 +1,17 @@
-"""The project's own Lightning callbacks for training runs (the stock ones are configured in conf/callbacks/)."""
+"""The project's own Lightning callbacks for training runs (the stock ones are configured in conf/callbacks/):
+worker logging under ddp_spawn, and the guard that skips non-finite or out-of-memory steps."""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+log = logging.getLogger(__name__)
 
 
 class WorkerLogging(pl.Callback):
@@ -20,3 +26,142 @@ class WorkerLogging(pl.Callback):
             from logging.config import dictConfig
 
             dictConfig(self.config)
+
+
+class TrainingStopped(RuntimeError):
+    """Training cannot go on usefully; last.ckpt holds the last good state (seq2seq-train exits with 3)."""
+
+
+class TrainingDivergedError(TrainingStopped):
+    """Too many consecutive optimiser steps had a non-finite loss or gradients."""
+
+
+class OutOfMemoryStop(TrainingStopped):
+    """Too many consecutive training steps ran out of memory."""
+
+
+class StepGuard(pl.Callback):
+    """Skips an optimiser step whose gradients are not finite (on all ranks) and stops training when
+    such steps keep coming: `max_bad_steps` in a row, or `max_oom_steps` in a row that ran out of memory
+    (`TranslationModule` turns an out-of-memory step into non-finite gradients and calls
+    `out_of_memory()`). 0 = never stop. The module adds it itself (`configure_callbacks`): every run has it.
+
+    Sync-free: the decision stays on the device. A fused Adam takes it as `found_inf` (the GradScaler
+    protocol: the kernel leaves parameters, moments and step count untouched, so the learning-rate
+    schedule, which counts applied updates, does not advance either), and the counters are device
+    tensors read every log_every_n_steps: a stop comes at the first logging step after the limit is
+    reached. No extra collective per step: under DDP the gradients are already all-reduced, so every
+    rank computes the same norm and decides alike; a rank's non-finite loss (or out-of-memory step)
+    makes its gradients, hence everyone's, non-finite. Only the out-of-memory counts are per rank; the
+    logging steps take their maximum over the ranks, so that all stop together.
+    """
+
+    # Device counters, in this order: skipped steps in total, in a row now, longest run since the last
+    # read; then the same three for steps that ran out of memory (on this rank).
+    FIELDS = ("skipped", "skipped_run", "skipped_longest", "oom", "oom_run", "oom_longest")
+
+    def __init__(self, max_bad_steps: int, max_oom_steps: int):
+        self.max_bad_steps = max_bad_steps
+        self.max_oom_steps = max_oom_steps
+        self.skipped = {"total": 0, "consecutive": 0, "oom": 0, "oom_consecutive": 0}  # as of the last read
+        self._counts: torch.Tensor | None = None  # FIELDS, on the device; built at the first step
+        self._oom_now = False  # this step ran out of memory on this rank (set by out_of_memory)
+
+    def out_of_memory(self) -> None:
+        """Called by the module when this rank's training step ran out of memory (it was made non-finite)."""
+        self._oom_now = True
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:
+        opt = getattr(optimizer, "optimizer", optimizer)
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        if not grads:
+            return
+        norm = torch.nn.utils.get_total_norm(grads)  # one fused norm: non-finite iff some gradient is
+        pl_module.log("train/grad_norm", norm, batch_size=1)
+        oom, self._oom_now = float(self._oom_now), False
+        # Under a GradScaler (16-mixed), overflowing gradients are normal: the scaler skips those steps
+        # (out-of-memory ones included), so only the out-of-memory ones are counted here.
+        scaled = getattr(trainer.precision_plugin, "scaler", None) is not None
+        bad = torch.zeros_like(norm) if scaled else (~torch.isfinite(norm)).float()  # [] 1.0 = skip this step
+        if self._counts is None:  # a resumed run continues its runs
+            s = self.skipped
+            start = [s["total"], s["consecutive"], 0, s["oom"], s["oom_consecutive"], 0]
+            self._counts = torch.tensor(start, dtype=torch.float32, device=bad.device)
+        c = self._counts
+        run, oom_run = (c[1] + 1.0) * bad, (c[4] + 1.0) * oom
+        self._counts = torch.stack([c[0] + bad, run, torch.maximum(c[2], run),
+                                    c[3] + oom, oom_run, torch.maximum(c[5], oom_run)])
+        if scaled:
+            opt.found_inf = None
+        elif opt.defaults.get("fused"):
+            opt.found_inf = bad
+        elif bool(bad):  # an optimiser that cannot skip on the device: one host read per step (free on the CPU)
+            for p in pl_module.parameters():
+                p.grad = None  # optimisers leave parameters without gradients untouched
+        pl_module.log("train/skipped_steps", self._counts[0], batch_size=1)
+        pl_module.log("train/oom_steps", self._counts[3], batch_size=1)
+
+    def _read(self, trainer: pl.Trainer) -> dict[str, int]:
+        """Copy the device counters to `self.skipped` (one small host read, and under DDP one all-reduce
+        of the maximum); -> all FIELDS as numbers, the longest runs since the previous read included."""
+        if self._counts is None:
+            s = self.skipped
+            return dict(zip(self.FIELDS, (s["total"], s["consecutive"], 0, s["oom"], s["oom_consecutive"], 0)))
+        counts = self._counts
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            counts = counts.clone()
+            torch.distributed.all_reduce(counts, op=torch.distributed.ReduceOp.MAX)
+        now = dict(zip(self.FIELDS, (int(x) for x in counts.tolist())))
+        skipped_before = self.skipped["total"]
+        self.skipped = {"total": now["skipped"], "consecutive": now["skipped_run"], "oom": now["oom"],
+                        "oom_consecutive": now["oom_run"]}
+        self._counts[2] = 0  # the current runs live on in [1] and [4]: counted again if they go on
+        self._counts[5] = 0
+        if now["skipped"] > skipped_before and trainer.is_global_zero:
+            log.warning("step %d: %d update(s) skipped for non-finite loss or gradients or lack of memory since "
+                        "the last report (%d in total, %d of them out of memory; %d in a row now)",
+                        trainer.global_step, now["skipped"] - skipped_before, now["skipped"], now["oom"],
+                        now["skipped_run"])
+        return now
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        """Every log_every_n_steps: read the counters; past a limit, write last.ckpt and stop with a clear error."""
+        if trainer.global_step % max(int(trainer.log_every_n_steps), 1):
+            return
+        now = self._read(trainer)
+        oom_stop = bool(self.max_oom_steps) and now["oom_longest"] >= self.max_oom_steps
+        bad_stop = bool(self.max_bad_steps) and now["skipped_longest"] >= self.max_bad_steps
+        if not (oom_stop or bad_stop):
+            return
+        path = self.last_checkpoint_path(trainer)
+        trainer.save_checkpoint(path)  # all ranks take part; rank 0 writes
+        step, total = trainer.global_step, now["skipped"]
+        if oom_stop:
+            raise OutOfMemoryStop(
+                f"training stopped at step {step}: {now['oom_longest']} consecutive steps ran out of memory "
+                f"(max_oom_steps={self.max_oom_steps}; {total} steps skipped in total). The last good state is in "
+                f"{path}. Set a smaller batching.max_tokens (or batching.max_sentences), then resume with "
+                "ckpt_path=last.")
+        raise TrainingDivergedError(
+            f"training stopped at step {step}: {now['skipped_longest']} consecutive steps had a non-finite loss "
+            f"or gradients (max_bad_steps={self.max_bad_steps}; {total} skipped in total, {now['oom']} of them out "
+            f"of memory). The last good state is in {path}. Lower optim.lr, clip gradients "
+            "(trainer.gradient_clip_val), check the data, then resume with ckpt_path=last.")
+
+    @staticmethod
+    def last_checkpoint_path(trainer: pl.Trainer) -> str:
+        for cb in trainer.checkpoint_callbacks:
+            if isinstance(cb, ModelCheckpoint) and cb.dirpath:
+                return str(Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}")
+        return str(Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt")
+
+    def state_dict(self) -> dict[str, Any]:
+        if self._counts is not None:  # the device counters are ahead of self.skipped between reads
+            c = [int(x) for x in self._counts.tolist()]
+            return {"total": c[0], "consecutive": c[1], "oom": c[3], "oom_consecutive": c[4]}
+        return dict(self.skipped)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.skipped.update(state_dict)
+        self._counts = None  # rebuilt from self.skipped at the next step

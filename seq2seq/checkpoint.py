@@ -23,6 +23,7 @@ import torch
 
 from seq2seq.config import ModelConfig, SearchConfig, section
 from seq2seq.model import Seq2Seq
+from seq2seq.temporaries import owned_prefix
 from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
 
 FORMAT_VERSION = 1
@@ -52,7 +53,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """torch.save into a temporary file beside `path`, fsync, then rename over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=owned_prefix(path.name), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)

@@ -257,6 +257,7 @@ class TrainConfig:
     ckpt_path: Optional[str]
     test_after_training: bool
     max_bad_steps: int
+    max_oom_steps: int
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Sequence
 
 from seq2seq.config import DataConfig, FilterConfig
+from seq2seq.temporaries import owned_prefix, remove_stale
 
 log = logging.getLogger(__name__)
 
@@ -298,7 +299,8 @@ def download_multi30k(root: Path, split: str, lang: str) -> Path:
         )
     root.mkdir(parents=True, exist_ok=True)
     target = root / name
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{name}.", suffix=".part")
+    remove_stale(root)  # downloads of killed runs
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=owned_prefix(name), suffix=".part")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(payload)

@@ -108,7 +108,11 @@ class ParallelDataset(Dataset):
     def __len__(self) -> int:
         return len(self.src)
 
-    def __getitem__(self, i: int) -> tuple[int, np.ndarray, np.ndarray]:
+    def __getitem__(self, i: int | list[int]):
+        """Example i, or the list of examples of a batch of indices (what the training DataLoader asks for,
+        its sampler yielding whole batches)."""
+        if isinstance(i, list):
+            return [(j, self.src[j], self.tgt[j]) for j in i]
         return i, self.src[i], self.tgt[i]
 
 
@@ -161,6 +165,14 @@ class TokenBucketBatchSampler(Sampler[list[int]]):
     Every rank builds the same batches from `seed + epoch`, then takes every `num_replicas`-th one.
     The batch list is padded (by repeating batches from its start) to a multiple of `num_replicas`,
     so all ranks run the same number of steps and the union of the shards covers the whole split.
+
+    It yields whole batches of example indices; the DataLoader takes it as its `sampler` with
+    `batch_size=None` (see `ParallelDataset.__getitem__`), which is also where Lightning looks for
+    `set_epoch`. The position in the data order is `(epoch, batches_done)`, like fairseq's
+    `(epoch, iterations_in_epoch)`: `batches_done` counts this rank's batches of `epoch` that have
+    reached training (`ResumableDataLoader` counts them at its output, so batches that workers have
+    prefetched are not counted); an iteration starts after them, so a restored position resumes
+    mid-epoch; a new epoch, or a complete one iterated again, starts from its first batch.
     """
 
     def __init__(
@@ -187,30 +199,19 @@ class TokenBucketBatchSampler(Sampler[list[int]]):
         self.num_replicas = num_replicas
         self.rank = rank
         self.epoch = 0
+        self.batches_done = 0
         self._cache: tuple[int, list[list[int]]] | None = None
-        self._skip = 0  # batches of `epoch` consumed before a resume: the next __iter__ skips them
-        self.batches_done = 0  # batches of this rank's shard handed out in the current epoch
-
-    @property
-    def sampler(self) -> "TokenBucketBatchSampler":
-        """Lightning calls `set_epoch` on `batch_sampler.sampler` (not on the batch sampler itself)."""
-        return self
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning at the start of every epoch: a new shuffle per epoch."""
         if epoch != self.epoch:
-            self._skip = 0  # a resume position belongs to the epoch it was saved in
+            self.batches_done = 0
         self.epoch = epoch
 
-    @property
-    def pending_skip(self) -> int:
-        """Batches the next iteration skips (set by `load_state_dict` when resuming mid-epoch)."""
-        return min(self._skip, len(self))
-
-    def state_dict(self, batches_done: int | None = None) -> dict:
+    def state_dict(self) -> dict:
         """Position in the data order: epoch and batches of this rank's shard already consumed."""
-        return {"epoch": self.epoch, "batches_done": self.batches_done if batches_done is None else batches_done,
-                "seed": self.seed, "num_replicas": self.num_replicas, "num_batches": len(self)}
+        return {"epoch": self.epoch, "batches_done": self.batches_done, "seed": self.seed,
+                "num_replicas": self.num_replicas, "num_batches": len(self)}
 
     def load_state_dict(self, state: dict) -> None:
         """Resume mid-epoch: the next iteration of `state['epoch']` starts after the consumed batches."""
@@ -219,7 +220,7 @@ class TokenBucketBatchSampler(Sampler[list[int]]):
         replicas = int(state.get("num_replicas", self.num_replicas))
         if replicas != self.num_replicas:  # another world size: same global position, rounded down
             done = done * replicas // self.num_replicas
-        self._skip = done
+        self.batches_done = done
 
     def epoch_batches(self) -> list[list[int]]:
         """All ranks' batches of the current epoch, in order (padded to a multiple of num_replicas)."""
@@ -238,11 +239,10 @@ class TokenBucketBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         shard = self.epoch_batches()[self.rank::self.num_replicas]
-        skip, self._skip = min(self._skip, len(shard)), 0
-        self.batches_done = skip
-        for batch in shard[skip:]:
-            self.batches_done += 1
-            yield batch
+        if self.batches_done >= len(shard):  # the epoch was complete: iterating it again starts it over
+            self.batches_done = 0
+        # The start is read once, as iteration begins; counting is the loader's (see the class docstring).
+        yield from shard[self.batches_done:]
 
     def __len__(self) -> int:
         return len(self.epoch_batches()[self.rank::self.num_replicas])

@@ -17,25 +17,20 @@ class ResumableDataLoader(DataLoader):
 
     Lightning saves `state_dict()` of every training loader that has one (the fit loop's
     "combined_loader" entry) and, when a run restarts mid-epoch, calls `load_state_dict()` before
-    iterating again: the sampler then skips the batches this rank had already consumed. The count is
-    taken here, at the loader's output, so batches prefetched by workers are not counted as consumed.
-    The iterator body runs lazily (on the first batch), after Lightning's `set_epoch` for the epoch.
+    iterating again. The sampler's `batches_done` is advanced here, at the loader's output: batches
+    that workers have prefetched are not consumed yet.
     """
 
     def __iter__(self):
-        sampler: TokenBucketBatchSampler = self.batch_sampler
-        self._epoch, self._delivered = sampler.epoch, sampler.pending_skip
         for batch in super().__iter__():
-            self._delivered += 1
+            self.sampler.batches_done += 1
             yield batch
 
     def state_dict(self) -> dict:
-        sampler: TokenBucketBatchSampler = self.batch_sampler
-        same_epoch = getattr(self, "_epoch", None) == sampler.epoch
-        return sampler.state_dict(batches_done=self._delivered if same_epoch else 0)
+        return self.sampler.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.batch_sampler.load_state_dict(state)
+        self.sampler.load_state_dict(state)
 
 
 class EvalShardSampler(Sampler[list[int]]):
@@ -112,10 +107,11 @@ class TranslationDataModule(pl.LightningDataModule):
         # The loader's own generator: creating an iterator must not draw from the global torch RNG,
         # which dropout uses (a resumed run then draws exactly what an uninterrupted run draws).
         generator = torch.Generator().manual_seed(self.seed + rank)
-        cls = ResumableDataLoader if shuffle else DataLoader
-        return cls(dataset, batch_sampler=sampler, collate_fn=collate, generator=generator,
-                   num_workers=self.batching.num_workers, pin_memory=self.batching.pin_memory,
-                   persistent_workers=self.batching.num_workers > 0)
+        common = dict(collate_fn=collate, generator=generator, num_workers=self.batching.num_workers,
+                      pin_memory=self.batching.pin_memory, persistent_workers=self.batching.num_workers > 0)
+        if shuffle:  # the sampler yields whole batches: no automatic batching (batch_size=None)
+            return ResumableDataLoader(dataset, sampler=sampler, batch_size=None, **common)
+        return DataLoader(dataset, batch_sampler=sampler, **common)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

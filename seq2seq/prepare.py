@@ -38,6 +38,7 @@ from seq2seq import __version__
 from seq2seq.app_help import app_help, wants_quick_help
 from seq2seq.config import CONF_DIR, ConfigError, DataConfig, run_hydra_app, section
 from seq2seq.corpus import CorpusError, file_sha256, filter_pairs, find_corpus_files, read_parallel
+from seq2seq.temporaries import owned_prefix, remove_stale
 from seq2seq.tokenizer import UNK_ID, Tokenizer, TokenizerError, train_sentencepiece
 
 if TYPE_CHECKING:
@@ -118,6 +119,7 @@ def prepare_corpus(cfg: DataConfig) -> PreparedCorpus:
     key = cache_key(settings, hashes)
     cache_dir = Path(cfg.cache_dir).expanduser()
     directory = cache_dir / f"{cfg.corpus}.{cfg.src_lang}-{cfg.tgt_lang}.{key[:12]}"
+    remove_stale(cache_dir)  # builds and deletions of killed runs (one in progress, here or elsewhere, stays)
 
     if (directory / META).is_file():
         try:
@@ -135,7 +137,7 @@ def prepare_corpus(cfg: DataConfig) -> PreparedCorpus:
         _remove_dir(directory)
 
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{directory.name}.tmp-"))
+    tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=owned_prefix(directory.name)))
     try:
         corpus = _build(cfg, files, hashes, settings, key, tmp)
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; a cache may be shared with other users
@@ -158,7 +160,7 @@ def prepare_corpus(cfg: DataConfig) -> PreparedCorpus:
 
 def _remove_dir(directory: Path) -> None:
     # Rename first so that a concurrent reader never sees a folder that is half deleted.
-    trash = directory.with_name(f".{directory.name}.trash-{os.getpid()}")
+    trash = directory.with_name(f"{owned_prefix(directory.name)}trash")
     os.rename(directory, trash)
     shutil.rmtree(trash, ignore_errors=True)
 

@@ -65,10 +65,11 @@ def check_hardware(cfg: DictConfig) -> None:
                           "trainer.precision=32-true (or model.cell=gru)")
 
 
-def max_bad_steps(cfg: DictConfig) -> int:
-    value = cfg.get("max_bad_steps", 10)
+def step_limit(cfg: DictConfig, key: str) -> int:
+    """`max_bad_steps` or `max_oom_steps`: consecutive skipped steps that stop the run (0 = never)."""
+    value = cfg.get(key)
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ConfigError(f"config key 'max_bad_steps' must be an integer >= 0 (0 = never stop), got {value!r}")
+        raise ConfigError(f"config key '{key}' must be an integer >= 0 (0 = never stop), got {value!r}")
     return value
 
 
@@ -150,9 +151,13 @@ def evaluate(ckpt: str | Path, sources: list[str], references: list[str], out_pr
 def quiet_third_party() -> None:
     """Silence, narrowly and by message, start-up noise the user cannot act on: torch's FutureWarning
     about Lightning's own use of `LeafSpec` (lightning/pytorch/utilities/_pytree.py) and Lightning's
-    advert for its cloud logger, printed at every Trainer start."""
+    advert for its cloud logger, printed at every Trainer start; torch's advice against copying a tensor
+    with `torch.tensor(t)`, which LearningRateMonitor does with our learning rate (a device tensor: see
+    `schedule.py`)."""
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
                             category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r"To copy construct from a tensor", category=UserWarning,
+                            module=r"lightning\.pytorch\.callbacks\.lr_monitor")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
         lambda record: "litlogger" not in record.getMessage())
 
@@ -168,6 +173,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from seq2seq.lit_module import TranslationModule
     from seq2seq.metrics import report_lines
     from seq2seq.precision import precision_dtype
+    from seq2seq.temporaries import remove_stale
 
     data = section(DataConfig, cfg.data, "data")
     batching = section(BatchingConfig, cfg.batching, "batching")
@@ -177,7 +183,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     search_cfg = section(SearchConfig, cfg.search, "search")
     validation = section(ValidationConfig, cfg.validation, "validation")
     check_hardware(cfg)
-    bad_steps = max_bad_steps(cfg)
+    bad_steps, oom_steps = step_limit(cfg, "max_bad_steps"), step_limit(cfg, "max_oom_steps")
     run_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg, run_dir)
 
@@ -189,7 +195,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule.setup("fit")  # builds the cache on a miss: the model needs the vocabulary sizes
     module = TranslationModule(model_cfg, optim, scheduler, search_cfg, validation,
                                tokenizer=datamodule.tokenizer, run_config=run_config(cfg),
-                               max_bad_steps=bad_steps)
+                               max_bad_steps=bad_steps, max_oom_steps=oom_steps)
     n_params = sum(p.numel() for p in module.parameters())
     log.info("model: %s cell, %s attention, %.2fM parameters", model_cfg.cell, model_cfg.attention, n_params / 1e6)
 
@@ -200,6 +206,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks + extra,
                                                   logger=loggers or False, plugins=[AtomicCheckpointIO()])
     check_launch(trainer)
+    checkpoint_dirs = {run_dir / "checkpoints", *(Path(cb.dirpath) for cb in trainer.checkpoint_callbacks
+                                                  if getattr(cb, "dirpath", None))}
+    for folder in checkpoint_dirs:
+        remove_stale(folder)  # saves cut short by a killed run (a save in progress elsewhere stays)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
@@ -231,14 +241,14 @@ def hydra_main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the monitored validation metric (for sweepers)."""
     global _task_started
     _task_started = True
-    from seq2seq.lit_module import TrainingDivergedError
+    from seq2seq.callbacks import TrainingStopped
 
     try:
         metrics = train(cfg)
     except user_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except TrainingDivergedError as e:
+    except TrainingStopped as e:  # diverged, or out of memory again and again: last.ckpt is written
         print(f"error: {e}", file=sys.stderr)
         sys.exit(3)
     return metrics.get(metric_key(cfg.validation.metric))

@@ -112,9 +112,11 @@ def test_bf16_training_follows_fp32_training():
 
 # ---------------------------------------------------------------------- no host syncs
 def test_a_training_step_does_not_sync(tmp_path):
-    """Forward, loss, backward, the non-finite guard and a fused Adam step under sync debug mode."""
+    """Forward, loss, backward, the non-finite guard, a fused Adam step and the learning-rate schedule
+    (a device tensor following the applied updates) under sync debug mode."""
     from seq2seq.config import ModelConfig, OptimConfig, SchedulerConfig, ValidationConfig, section
     from seq2seq.lit_module import TranslationModule
+    from seq2seq.schedule import WarmupDecayPlateau
 
     model_cfg = section(ModelConfig, dict(cell="lstm", embedding_size=8, encoder_hidden_size=6, decoder_hidden_size=8,
                                           encoder_layers=2, attention_size=6, dropout=0.1, rnn_dropout=0.0), "model")
@@ -122,14 +124,16 @@ def test_a_training_step_does_not_sync(tmp_path):
                                tokenizer=SimpleNamespace(src_vocab_size=12, tgt_vocab_size=12), run_config={}).to(CUDA)
     module._trainer = SimpleNamespace(world_size=1, precision_plugin=SimpleNamespace(), training=True)
     module.log = lambda *args, **kwargs: None
-    opt = torch.optim.Adam(module.parameters(), lr=1e-3, fused=True)
+    opt = torch.optim.Adam(module.parameters(), lr=torch.tensor(1e-3, device=CUDA), fused=True)
+    sched = WarmupDecayPlateau(opt, SchedulerConfig(), 0, "bleu")
     batch = cuda_batch()
 
     def step():
         loss = module.training_step(batch, 0)
         loss.backward()
-        module.on_before_optimizer_step(opt)
+        module.step_guard.on_before_optimizer_step(module._trainer, module, opt)
         opt.step()
+        sched.step()
         opt.zero_grad(set_to_none=True)
 
     step()  # warm-up: cuDNN/cuBLAS handles, optimiser state

@@ -256,6 +256,44 @@ def _prepare_in_process(root: str, cache: str, barrier, results) -> None:
     results.put((str(corpus.directory), model, ids))
 
 
+class InjectOutOfMemory(pl.Callback):
+    """Test probe: on rank `rank`, the training steps of `steps` raise torch.OutOfMemoryError in their
+    forward pass. Added from the command line as `+callbacks.oom` (it reaches the spawned ranks)."""
+
+    def __init__(self, rank: int, steps: list[int]):
+        self.rank, self.steps = rank, set(steps)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_rank == self.rank and trainer.global_step in self.steps:
+            def _losses(batch):
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+            pl_module._losses = _losses  # this step only: removed again below
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        pl_module.__dict__.pop("_losses", None)
+
+
+@pytest.mark.slow
+def test_out_of_memory_on_one_rank_is_skipped_by_all_ranks(tmp_path, multi30k_dir):
+    """Rank 1 runs out of memory at step 2 of 6 under trainer=ddp_cpu: the run goes on, and rank 0, which
+    had memory, skipped that update too (its saved optimiser applied 5 updates), so the replicas stay
+    equal. Mutation that makes it fail: TranslationModule._out_of_memory returning a zero loss instead of
+    a NaN one (rank 0 then applies the half-zero average gradient: 6 updates)."""
+    run_dir = tmp_path / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        proc = run_script("train", *TINY, "trainer=ddp_cpu", "trainer.devices=2", "test_after_training=false",
+                          "data.max_valid_pairs=4", f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={run_dir}",
+                          f"+callbacks.oom._target_={InjectOutOfMemory.__module__}.InjectOutOfMemory",
+                          "+callbacks.oom.rank=1", "+callbacks.oom.steps=[2]", timeout=600)
+    ckpt = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 6
+    assert {int(s["step"]) for s in ckpt["optimizer_states"][0]["state"].values()} == {5}
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+    assert series(read_metrics(run_dir), "train/skipped_steps")[-1] == 1
+    assert "out of memory in the forward pass on rank 1" in proc.stdout + proc.stderr
+
+
 def test_concurrent_prepare_calls_agree_and_leave_one_cache(toy_corpus, tmp_path):
     """SLURM starts every rank at once and each prepares the data: the losers of the race must load
     the winner's cache (one tokenizer for all ranks), and no temporary folder may stay behind."""

@@ -223,8 +223,9 @@ def test_training_steps_read_nothing_back_from_the_device(tmp_path, multi30k_dir
     """Between two logging steps, no code of ours turns a tensor into a Python value (on a GPU each
     such read waits for the device). Counted on the CPU by wrapping the Tensor methods that do it; the
     CUDA test checks the same under torch.cuda.set_sync_debug_mode('error'). Mutations: the old
-    guard's `if float(flag) > 0` in on_before_optimizer_step, or reading the skip counters every step
-    (dropping the log_every_n_steps test in on_train_batch_end) -> fails."""
+    guard's `if float(flag) > 0` in StepGuard.on_before_optimizer_step, reading the skip counters every
+    step (dropping the log_every_n_steps test in StepGuard.on_train_batch_end), or the schedule reading
+    the applied-update count as a number (`float(step)` in WarmupDecayPlateau.get_lr) -> fails."""
     from seq2seq.train import train
 
     HostReadCounter.seen, HostReadCounter.ran = [], False

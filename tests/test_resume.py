@@ -11,12 +11,14 @@ import sys
 import textwrap
 import time
 
+import lightning.pytorch as pl
 import pytest
 import torch
 
 from seq2seq.checkpoint import load_for_translation
 from seq2seq.checkpoint_io import AtomicCheckpointIO
-from seq2seq.lit_module import TrainingDivergedError, TranslationModule
+from seq2seq.callbacks import TrainingDivergedError
+from seq2seq.lit_module import TranslationModule
 from seq2seq.train import train
 from seq2seq.translator import Translator
 
@@ -244,6 +246,77 @@ def test_too_many_bad_steps_stop_with_a_usable_last_checkpoint(tmp_path, data_di
     assert load(last)["global_step"] > 5
 
 
+# ---------------------------------------------------------------------- out of memory
+def run_out_of_memory(monkeypatch, steps: set[int] | None = None, from_step: int | None = None,
+                      where: str = "forward"):
+    """Make the training step raise torch.OutOfMemoryError, as CUDA's allocator does, in its forward or
+    backward pass at the given optimiser steps."""
+    hit = (lambda s: s in steps) if steps is not None else (lambda s: s >= from_step)
+    if where == "forward":
+        original = TranslationModule._losses
+
+        def _losses(module, batch):
+            if module.training and hit(module.global_step):
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+            return original(module, batch)
+
+        monkeypatch.setattr(TranslationModule, "_losses", _losses)
+    else:
+        original = pl.LightningModule.backward
+
+        def backward(module, loss, *args, **kwargs):
+            original(module, loss, *args, **kwargs)  # part of the gradients exist when memory runs out
+            if hit(module.global_step):
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+
+        monkeypatch.setattr(pl.LightningModule, "backward", backward)
+
+
+@pytest.mark.parametrize("where", ["forward", "backward"])
+def test_out_of_memory_steps_are_skipped_counted_and_do_not_advance_the_schedule(tmp_path, data_dir, monkeypatch,
+                                                                                 where):
+    """An out-of-memory error in a training step skips that update instead of ending the run; it is
+    counted (train/oom_steps, train/skipped_steps) and the learning-rate schedule does not advance.
+    Mutations that make it fail: TranslationModule.training_step (or .backward) not catching
+    torch.OutOfMemoryError (the run dies); WarmupDecayPlateau.applied_updates returning `self.last_epoch`
+    (the warm-up advances on the skipped steps)."""
+    run_out_of_memory(monkeypatch, steps={1, 2}, where=where)
+    warmup, peak = 10, 1e-3
+    train(compose_train(overrides(data_dir, "trainer.max_epochs=1", "trainer.max_steps=6", "optim.lr=1e-3",
+                                  f"scheduler.warmup_steps={warmup}"), tmp_path))
+    ckpt = load(tmp_path / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 6
+    adam_steps = {int(s["step"]) for s in ckpt["optimizer_states"][0]["state"].values()}
+    assert adam_steps == {4}  # 6 steps, 2 skipped: the parameters were updated 4 times
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+    rows = read_metrics(tmp_path)
+    assert series(rows, "train/oom_steps")[-1] == 2 and series(rows, "train/skipped_steps")[-1] == 2
+    # linear warm-up over the updates applied before each step: 0, 1, then 1 and 1 again (steps 1 and 2
+    # were skipped), 2, 3
+    lrs = series(rows, "lr-Adam")
+    assert lrs == pytest.approx([peak * (n + 1) / warmup for n in (0, 1, 1, 1, 2, 3)], rel=1e-6)
+
+
+def test_repeated_out_of_memory_stops_with_a_usable_last_checkpoint_and_advice(tmp_path, data_dir, monkeypatch):
+    """`max_oom_steps` steps in a row out of memory end the run with last.ckpt written and a message that
+    names the setting to lower; the run then resumes. Mutation that makes it fail: StepGuard not counting
+    out-of-memory runs (`oom` always 0): the run goes on skipping every step to the end of its epoch."""
+    from seq2seq.callbacks import OutOfMemoryStop
+
+    run_out_of_memory(monkeypatch, from_step=2)
+    args = overrides(data_dir, "max_oom_steps=3", "max_bad_steps=10", "trainer.max_epochs=1")
+    with pytest.raises(OutOfMemoryStop, match=r"3 consecutive steps ran out of memory \(max_oom_steps=3.*"
+                                              r"smaller batching\.max_tokens"):
+        train(compose_train(args, tmp_path))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    ckpt = load(last)
+    assert ckpt["global_step"] == 5
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+    monkeypatch.undo()  # a smaller batch would fit: the run resumes from last.ckpt
+    train(compose_train([*args, "ckpt_path=last"], tmp_path))
+    assert load(last)["global_step"] > 5
+
+
 # ---------------------------------------------------------------------- atomic checkpoint writes
 def test_sigkill_during_checkpoint_writes_keeps_the_previous_checkpoint(tmp_path):
     path = tmp_path / "last.ckpt"
@@ -275,3 +348,43 @@ def test_sigkill_during_checkpoint_writes_keeps_the_previous_checkpoint(tmp_path
         for leftover in tmp_path.glob(".last.ckpt.*.tmp"):  # what a killed writer leaves: never the real name
             leftover.unlink()
     assert seen_versions & {1, 2}, "the writer never completed a save: the test proved nothing"
+
+
+# ---------------------------------------------------------------------- temporaries of killed runs
+def test_a_new_run_removes_the_temporaries_of_dead_processes_only(tmp_path, data_dir):
+    """A killed save or cache build leaves a hidden temporary named after its process; the next run
+    removes those whose process is gone, in the checkpoint folder and the data cache, and leaves alone
+    one a live process owns and one without an owner in its name. Mutations that make it fail:
+    temporaries._alive answering True (nothing removed) or False (the live owner's file removed)."""
+    make = ("import sys, tempfile; from seq2seq.temporaries import owned_prefix; "
+            "tempfile.mkstemp(dir=sys.argv[1], prefix=owned_prefix('last.ckpt'), suffix='.tmp'); "
+            "tempfile.mkdtemp(dir=sys.argv[2], prefix=owned_prefix('multi30k.de-en.0123456789ab')); "
+            "print(flush=True); sys.stdin.read()")  # then lives until its stdin closes
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    checkpoints, cache = tmp_path / "run" / "checkpoints", data_dir / "cache"
+    checkpoints.mkdir(parents=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    owners = [subprocess.Popen([sys.executable, "-c", make, checkpoints, cache], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, env=env, text=True) for _ in range(2)]
+    dead, live = owners
+    try:
+        for owner in owners:
+            owner.stdout.readline()  # its temporaries exist
+        dead.stdin.close()
+        dead.wait(timeout=60)
+        unowned = checkpoints / ".last.ckpt.k2j4x8.tmp"  # as written before names carried their owner
+        unowned.touch()
+
+        def hidden() -> set[str]:
+            return {p.name for folder in (checkpoints, cache) for p in folder.iterdir() if p.name.startswith(".")}
+
+        before = hidden()
+        assert len([n for n in before if f".{dead.pid}@" in n]) == 2 and len(before) == 5, before
+        train(compose_train(overrides(data_dir, "trainer.max_steps=1", "trainer.max_epochs=1",
+                                      "trainer.val_check_interval=1"), tmp_path / "run"))
+        assert hidden() == {n for n in before if f".{dead.pid}@" not in n}
+    finally:
+        for owner in owners:
+            if owner.poll() is None:
+                owner.stdin.close()
+                owner.wait(timeout=60)

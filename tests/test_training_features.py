@@ -16,7 +16,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seq2seq.checkpoint import PAYLOAD_KEY
 from seq2seq.config import (BatchingConfig, DataConfig, ModelConfig, OptimConfig, SchedulerConfig, SearchConfig,
                             ValidationConfig, section)
 from seq2seq.datamodule import TranslationDataModule
@@ -61,7 +60,7 @@ def plain_trainer(root, **kw) -> pl.Trainer:
 
 
 def plateau_state(run_dir) -> dict:
-    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)[PAYLOAD_KEY]["plateau"]
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["lr_schedulers"][0]["plateau"]
 
 
 def lrs(run_dir) -> dict[int, float]:
@@ -73,8 +72,8 @@ def test_plateau_scheduler_reduces_the_lr_and_resumes_its_state(learnable_corpus
     """scheduler=plateau halves the learning rate after each validation without improvement
     (plateau_patience=0), and a resumed run continues from the reduced rate and the best score so far.
     The learning rate is so small (1e-12) that the weights do not change: BLEU never improves.
-    Mutations that make it fail: TranslationModule._update_plateau returning at once (no reduction);
-    on_load_checkpoint not restoring `self.plateau` (the resumed run restarts at the full rate)."""
+    Mutations that make it fail: WarmupDecayPlateau.observe returning False at once (no reduction);
+    WarmupDecayPlateau.load_state_dict not restoring `self.plateau` (the resumed run restarts at the full rate)."""
     base = 1e-12
     args = overrides(learnable_corpus, data_dir, 6, 2, "scheduler=plateau", "scheduler.warmup_steps=0",
                      "scheduler.plateau_patience=0", "scheduler.plateau_factor=0.5", f"optim.lr={base}",
@@ -151,8 +150,8 @@ def test_adamw_decays_weights_decoupled_from_the_gradient(learnable_corpus, data
 # ----------------------------------------------------------------------------- gradient clipping
 def test_gradient_clipping_bounds_the_norm_the_optimizer_sees(learnable_corpus, data_dir, tmp_path, monkeypatch):
     """trainer.gradient_clip_val=0.01: every update uses gradients of total norm <= 0.01, while the
-    logged (pre-clipping) norm is larger. Mutation that makes it fail: configure_gradient_clipping
-    without its clip_grads_with_norm_ call."""
+    logged (pre-clipping) norm is larger. Clipping is Lightning's own; the norm is logged by StepGuard.
+    Mutation that makes it fail: a TranslationModule.configure_gradient_clipping override that only logs."""
     seen: list[float] = []
     original = torch.optim.Adam.step
 
@@ -230,7 +229,7 @@ def test_fp16_loss_scaling_skips_overflow_steps_without_counting_them_as_bad(lea
     to skip (it lowers the scale), not a bad step of max_bad_steps. On a GPU Lightning's `16-mixed`
     brings the scaler; the CPU has no fp16 AMP in Lightning (it runs 16-mixed as bf16), so this test
     gives the Trainer the same plugin explicitly: MixedPrecision('16-mixed', 'cpu', GradScaler('cpu')).
-    Mutation that makes it fail: on_before_optimizer_step counting non-finite gradients also when the
+    Mutation that makes it fail: StepGuard.on_before_optimizer_step counting non-finite gradients also when the
     precision plugin has a scaler (the run then stops with max_bad_steps=1)."""
     from lightning.pytorch.plugins.precision import MixedPrecision
 
@@ -251,7 +250,7 @@ def test_fp16_loss_scaling_skips_overflow_steps_without_counting_them_as_bad(lea
     assert scaler.get_scale() < 2.0**10  # the overflow lowered the scale
     adam_steps = {int(s["step"]) for s in trainer.optimizers[0].state.values()}
     assert adam_steps == {2}  # the scaler skipped the overflowing update
-    assert module.skipped["total"] == 0
+    assert module.step_guard.skipped["total"] == 0
 
 
 # ------------------------------------------------------------------------------ max_bad_steps
