@@ -166,6 +166,7 @@ class DataConfig:
     train_split: str = "train"
     valid_split: str = "val"
     test_split: str = "test_2016_flickr"
+    test_splits: list[str] = field(default_factory=list)  # more splits scored after training, beside test_split
     cache_dir: str = "data/cache"
     max_train_pairs: int = 0  # use only the first N training pairs (0 = all): quick runs, tests
     max_valid_pairs: int = 0  # likewise for validation
