@@ -43,8 +43,8 @@ def test_max_steps_between_validations_every_second_epoch_then_resume_with_sever
     holds that step, the test falls back to it; the resumed run validates at the end of the second epoch
     and scores test_2016_flickr and data.test_splits=[test_b] in one table and test_scores.json.
     Mutations that make it fail: `LastCheckpoint.on_train_epoch_end` not saving (no last.ckpt);
-    saving in `on_train_end` instead (the resumed run skips the rest of epoch 0 and validates at step
-    19, not 30); `train.test_checkpoint` scoring only test_split."""
+    saving in `on_train_end` instead (epoch 0 then counts as complete: the resumed run validates at
+    step 15, not 30); `train.test_checkpoint` scoring only test_split."""
     common, tmp = grid
     run_dir = tmp / "every2"
     args = [*common, "trainer.check_val_every_n_epoch=2", "trainer.val_check_interval=1.0", "validation.metric=ter",
@@ -91,17 +91,18 @@ def test_step_count_validation_with_accumulation_and_batch_limits_resumes(grid):
 
 def test_max_time_with_fractional_validation_resumes(grid):
     """`trainer.max_time` (a wall-time budget) with `val_check_interval=0.5` and validation.metric=chrf:
-    the run stops by time with last.ckpt written, and a resumed run with a larger budget goes on.
-    Mutation that makes it fail: `LastCheckpoint.on_train_epoch_end` not saving (last.ckpt is the
-    state of the last validation, so the resumed run's step count equals the first one's at best)."""
+    the run stops by time with its final state in last.ckpt (Lightning validates once more when time
+    runs out), and a resumed run with a larger budget goes on from there.
+    Mutation that makes it fail: last_checkpoint dropped from conf/callbacks/default.yaml (no last.ckpt)."""
     common, tmp = grid
     run_dir = tmp / "time"
     args = [*common, "trainer.max_steps=-1", "trainer.val_check_interval=0.5", "validation.metric=chrf",
             "test_after_training=false", f"hydra.run.dir={run_dir}"]
     run_script("train", *args, "trainer.max_time=00:00:00:03")
     first = last_step(run_dir)
-    assert first > 0 and series(read_metrics(run_dir), "val/chrf")
-    assert first == int(read_metrics(run_dir)[-1]["step"]) + 1  # the final state, not the last validation's
+    rows = read_metrics(run_dir)
+    assert series(rows, "val/chrf")
+    assert first == max(int(r["step"]) for r in rows if r.get("train/loss")) + 1  # logged steps count from 0
     run_script("train", *args, "trainer.max_time=00:00:00:06", "ckpt_path=last")
     assert last_step(run_dir) > first
 
@@ -126,8 +127,9 @@ def test_no_callbacks_no_test_writes_no_checkpoint(grid):
     (["trainer.check_val_every_n_epoch=null", "trainer.val_check_interval=0.5"], "config key 'trainer': "),
 ])
 def test_settings_that_cannot_work_are_refused_before_training(grid, tmp_path, overrides, message):
-    """Mutation that makes it fail: `train.check_schedule` not called (Lightning raises its own
-    ValueError or ZeroDivisionError inside fit)."""
+    """Mutations that make it fail: `train.check_schedule` not called (the first three: Lightning raises
+    its own ValueError, or ZeroDivisionError, inside fit); `train.instantiate_trainer` letting Lightning's
+    exception through (the last two)."""
     common, _ = grid
     cfg = compose_train([*common, *overrides], tmp_path / "run")
     with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace(".", r"\.")):
