@@ -138,7 +138,7 @@ def evaluate(ckpt: str | Path, sets: dict[str, tuple[list[str], list[str]]], out
 
     `sets`: split name -> (sources, references). Writes, per split, `{split}.{pair}.hyp` and
     `{split}.{pair}.scores.json` into `out_dir`, and all rows in `test_scores.json`; returns the rows
-    (see `evaluation.score_set`).
+    (see `evaluation.make_row`).
     """
     from seq2seq.checkpoint import load_for_translation
     from seq2seq.evaluation import make_row, write_json
@@ -296,11 +296,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.test_after_training and trainer.is_global_zero:
         test = datamodule.corpus.splits["test"]
         test_sets = {data.test_split: (test.src_text, test.tgt_text), **test_sets}
-        metrics.update(test_checkpoint(trainer, test_sets, data))
+        metrics.update(score_test_sets(trainer, test_sets, data))
     return metrics
 
 
-def test_checkpoint(trainer: pl.Trainer, sets: dict[str, tuple[list[str], list[str]]], data: DataConfig) -> dict[str, float]:
+def score_test_sets(trainer: pl.Trainer, sets: dict[str, tuple[list[str], list[str]]], data: DataConfig) -> dict[str, float]:
     """Score the best checkpoint (by validation.metric) on every test set, print the table, write
     checkpoints/test_scores.json; -> the first set's cased scores as `test/*` metrics. Without a best
     checkpoint (no validation ran) the last one is scored, and without any checkpoint nothing is."""
@@ -322,7 +322,7 @@ def test_checkpoint(trainer: pl.Trainer, sets: dict[str, tuple[list[str], list[s
     pair, out_dir = f"{data.src_lang}-{data.tgt_lang}", Path(ckpt).parent
     # The trainer's precision, not the module's: after ddp_spawn the module in this process is detached.
     rows = evaluate(ckpt, sets, out_dir, pair, device, precision_dtype(trainer.precision, device.type))
-    print(f"test ({data.src_lang}->{data.tgt_lang}) with {ckpt}:")
+    print(f"test ({', '.join(sets)}, {data.src_lang}->{data.tgt_lang}) with {ckpt}:")
     for line in table_lines(rows):
         print(line)
     print(f"scores: {out_dir / 'test_scores.json'}; hypotheses: {out_dir}/<split>.{pair}.hyp")

@@ -44,7 +44,7 @@ def test_max_steps_between_validations_every_second_epoch_then_resume_with_sever
     and scores test_2016_flickr and data.test_splits=[test_b] in one table and test_scores.json.
     Mutations that make it fail: `LastCheckpoint.on_train_epoch_end` not saving (no last.ckpt);
     saving in `on_train_end` instead (epoch 0 then counts as complete: the resumed run validates at
-    step 15, not 30); `train.test_checkpoint` scoring only test_split."""
+    step 15, not 30); `train.score_test_sets` scoring only test_split."""
     common, tmp = grid
     run_dir = tmp / "every2"
     args = [*common, "trainer.check_val_every_n_epoch=2", "trainer.val_check_interval=1.0", "validation.metric=ter",
@@ -61,7 +61,7 @@ def test_max_steps_between_validations_every_second_epoch_then_resume_with_sever
     assert report["checkpoint"].endswith("best.ckpt")
     assert [r["split"] for r in report["splits"]] == ["test_2016_flickr", "test_b"]
     assert [r["sentences"] for r in report["splits"]] == [12, 10]
-    table = proc.stdout[proc.stdout.index("test (de->en) with"):].splitlines()
+    table = proc.stdout[proc.stdout.index("test (test_2016_flickr, test_b, de->en) with"):].splitlines()
     assert table[1].split()[:6] == ["split", "sentences", "BLEU", "chrF", "TER", "BLEU(lc)"]
     for line, row in zip(table[2:4], report["splits"]):
         cells = line.split()
@@ -165,4 +165,4 @@ def test_ddp_two_processes_stop_before_validation_then_resume_with_step_validati
                       "trainer.accumulate_grad_batches=2", "ckpt_path=last", timeout=300)
     assert last_step(run_dir) == 8
     assert series(read_metrics(run_dir), "val/bleu")
-    assert "test (de->en) with" in proc.stdout and (run_dir / "checkpoints" / "test_scores.json").is_file()
+    assert "test (test_2016_flickr, de->en) with" in proc.stdout and (run_dir / "checkpoints" / "test_scores.json").is_file()
