@@ -165,3 +165,19 @@ class StepGuard(pl.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.skipped.update(state_dict)
         self._counts = None  # rebuilt from self.skipped at the next step
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """`checkpoints/last.ckpt`: written whenever Lightning's ModelCheckpoint would write it (after each
+    validation, or at the end of an epoch without one), and also at the end of every training epoch whose
+    last step it has not saved yet. An epoch also ends when training stops (`trainer.max_steps` reached
+    mid-epoch, `trainer.max_time`), so a run that stops between validations (`check_val_every_n_epoch=2`,
+    an integer `val_check_interval`) leaves its final state for `ckpt_path=last`, not an earlier one or
+    none. Saved here rather than in `on_train_end`: there the epoch already counts as completed, and a
+    resumed run would skip the rest of it."""
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if not self._should_skip_saving_checkpoint(trainer):  # fast_dev_run, or this step is saved already
+            # Every rank calls this (saving is collective); rank 0 writes the file.
+            self._save_none_monitor_checkpoint(trainer, self._monitor_candidates(trainer))

@@ -130,6 +130,7 @@ class DataConfig:
     train_split: str = "train"
     valid_split: str = "val"
     test_split: str = "test_2016_flickr"
+    test_splits: list[str] = field(default_factory=list)
     cache_dir: str = "data/cache"
     max_train_pairs: int = 0
     max_valid_pairs: int = 0
@@ -255,6 +256,7 @@ class TrainConfig:
     seed: int
     deterministic: bool
     ckpt_path: Optional[str]
+    init_from: Optional[str]
     test_after_training: bool
     max_bad_steps: int
     max_oom_steps: int

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Sampler
 from seq2seq.config import BatchingConfig, ConfigError, DataConfig
 from seq2seq.data import Batch, ParallelDataset, TokenBucketBatchSampler, collate, token_budget_batches
 from seq2seq.prepare import PreparedCorpus, prepare_corpus
+from seq2seq.tokenizer import Tokenizer
 
 
 class ResumableDataLoader(DataLoader):
@@ -67,20 +68,21 @@ class TranslationDataModule(pl.LightningDataModule):
     `use_distributed_sampler=False`.
     """
 
-    def __init__(self, data: DataConfig, batching: BatchingConfig, seed: int):
+    def __init__(self, data: DataConfig, batching: BatchingConfig, seed: int, tokenizer: Tokenizer | None = None):
         super().__init__()
         self.data_cfg = data
         self.batching = batching
         self.seed = seed
+        self.given_tokenizer = tokenizer  # fine-tuning: encode with a checkpoint's models, train none
         self.corpus: PreparedCorpus | None = None
 
     def prepare_data(self) -> None:
         if self.corpus is None:  # train() already loaded it in this process
-            prepare_corpus(self.data_cfg)
+            prepare_corpus(self.data_cfg, self.given_tokenizer)
 
     def setup(self, stage: str | None = None) -> None:
         if self.corpus is None:
-            self.corpus = prepare_corpus(self.data_cfg)
+            self.corpus = prepare_corpus(self.data_cfg, self.given_tokenizer)
 
     @property
     def tokenizer(self):

@@ -83,8 +83,15 @@ def split_names(cfg: DataConfig) -> dict[str, str]:
     return {"train": cfg.train_split, "valid": cfg.valid_split, "test": cfg.test_split}
 
 
-def cache_settings(cfg: DataConfig) -> dict[str, Any]:
-    """Every setting that changes the prepared output (and nothing that does not)."""
+def cache_settings(cfg: DataConfig, tokenizer: Tokenizer | None = None) -> dict[str, Any]:
+    """Every setting that changes the prepared output (and nothing that does not). With a given
+    `tokenizer` (fine-tuning reuses a checkpoint's), its models take the place of the settings that
+    would have trained one."""
+    if tokenizer is not None:
+        models = tokenizer.state_dict()
+        spm = {"reused_sha256": hashlib.sha256(models["src_model"] + b"\0" + models["tgt_model"]).hexdigest()}
+    else:
+        spm = dataclasses.asdict(cfg.tokenizer)
     return {
         "corpus": cfg.corpus,
         "src_lang": cfg.src_lang,
@@ -92,7 +99,7 @@ def cache_settings(cfg: DataConfig) -> dict[str, Any]:
         "splits": split_names(cfg),
         "max_train_pairs": cfg.max_train_pairs,
         "max_valid_pairs": cfg.max_valid_pairs,
-        "tokenizer": dataclasses.asdict(cfg.tokenizer),
+        "tokenizer": spm,
         "filter": dataclasses.asdict(cfg.filter),
     }
 
@@ -107,15 +114,16 @@ def cache_key(settings: dict[str, Any], input_hashes: dict[str, list[str]]) -> s
 # ------------------------------------------------------------------------------------------ entry point
 
 
-def prepare_corpus(cfg: DataConfig) -> PreparedCorpus:
+def prepare_corpus(cfg: DataConfig, tokenizer: Tokenizer | None = None) -> PreparedCorpus:
     """Return the prepared corpus for `cfg`, building the cache only when it does not exist yet.
+    `tokenizer`: encode with these sentencepiece models instead of training new ones (fine-tuning).
 
     Raises CorpusError (files missing, unreadable, misaligned, nothing left after filtering) or
     TokenizerError (sentencepiece cannot be trained with these settings).
     """
     files = {split: find_corpus_files(cfg, name) for split, name in split_names(cfg).items()}
     hashes = {split: [file_sha256(p) for p in pair] for split, pair in files.items()}
-    settings = cache_settings(cfg)
+    settings = cache_settings(cfg, tokenizer)
     key = cache_key(settings, hashes)
     cache_dir = Path(cfg.cache_dir).expanduser()
     directory = cache_dir / f"{cfg.corpus}.{cfg.src_lang}-{cfg.tgt_lang}.{key[:12]}"
@@ -139,7 +147,7 @@ def prepare_corpus(cfg: DataConfig) -> PreparedCorpus:
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=owned_prefix(directory.name)))
     try:
-        corpus = _build(cfg, files, hashes, settings, key, tmp)
+        corpus = _build(cfg, files, hashes, settings, key, tmp, tokenizer)
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; a cache may be shared with other users
         try:
             os.rename(tmp, directory)
@@ -172,7 +180,8 @@ def _count_unk(seqs: list[list[int]]) -> int:
     return sum(s.count(UNK_ID) for s in seqs)
 
 
-def _build(cfg: DataConfig, files: dict, hashes: dict, settings: dict, key: str, out: Path) -> PreparedCorpus:
+def _build(cfg: DataConfig, files: dict, hashes: dict, settings: dict, key: str, out: Path,
+           given: Tokenizer | None = None) -> PreparedCorpus:
     """Read, filter, train, encode and write everything into `out`; returns the corpus."""
     src_lang, tgt_lang = cfg.src_lang, cfg.tgt_lang
     report: dict[str, Any] = {}
@@ -193,7 +202,9 @@ def _build(cfg: DataConfig, files: dict, hashes: dict, settings: dict, key: str,
     train_tgt = [train_tgt[i] for i in kept]
 
     tok_cfg = cfg.tokenizer
-    if tok_cfg.joint:
+    if given is not None:
+        src_model, tgt_model = given.state_dict()["src_model"], given.state_dict()["tgt_model"]
+    elif tok_cfg.joint:
         model = train_sentencepiece(train_src + train_tgt, tok_cfg, label=f"joint {src_lang}+{tgt_lang}")
         src_model = tgt_model = model
     else:

@@ -3,6 +3,10 @@
     seq2seq-score --hyp out.txt --ref test.en [--ref test2.en ...] [--json] [--lowercase]
                   [--tokenize 13a] [--metrics bleu,chrf,ter]
                   [--compare other.txt --bootstrap-samples 1000 --seed 12345]
+    seq2seq-score --set NAME HYP REF [--set NAME HYP REF ...] [--json] [--tokenize 13a]
+
+`--set` scores several evaluation sets into one table (BLEU, chrF, TER, lowercased BLEU, signatures),
+the table `seq2seq-train` prints for `data.test_splits`; `--json` prints its test_scores.json format.
 
 Files are plain or gzip-compressed (detected from the content), strict UTF-8 (a leading BOM is
 dropped), one segment per line; CRLF line ends count as LF. `-` reads the hypotheses from stdin.
@@ -75,10 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG, description="Corpus BLEU, chrF and TER (sacrebleu) of detokenized hypotheses "
         "against one or more reference files, with signatures; optionally a paired bootstrap test.")
-    p.add_argument("--hyp", required=True, metavar="FILE",
+    p.add_argument("--hyp", metavar="FILE",
                    help="hypotheses, one per line (plain or .gz; '-' = stdin)")
-    p.add_argument("--ref", required=True, action="append", metavar="FILE",
+    p.add_argument("--ref", action="append", metavar="FILE",
                    help="references, one per line; repeat for multiple reference sets")
+    p.add_argument("--set", nargs=3, action="append", dest="sets", metavar=("NAME", "HYP", "REF"),
+                   help="an evaluation set: its name, hypotheses and references; repeat it to score several "
+                   "sets into one table (BLEU, chrF, TER, lowercased BLEU, signatures), instead of --hyp/--ref")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--lowercase", action="store_true",
                    help="case-insensitive BLEU, chrF and TER (Multi30k papers report lowercased BLEU)")
@@ -106,9 +113,54 @@ def _check_counts(first: tuple[str, list[str]], others: Sequence[tuple[str, list
                              f"{other} has {len(other_lines)} lines")
 
 
+def score_sets(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """`--set NAME HYP REF ...`: one table row per set (seq2seq.evaluation), or its JSON."""
+    for flag, given in (("--hyp", args.hyp is not None), ("--ref", bool(args.ref)), ("--compare", args.compare),
+                        ("--lowercase", args.lowercase), ("--metrics", args.metrics)):
+        if given:
+            parser.error(f"argument {flag}: not allowed with --set (each set names its hypotheses and references; "
+                         "the table holds every metric, cased and lowercased)")
+    names = [name for name, _, _ in args.sets]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        parser.error(f"argument --set: the name {repeated[0]!r} is given twice")
+    try:
+        texts = []
+        for name, hyp, ref in args.sets:
+            hyps, refs = read_lines(hyp), read_lines(ref)
+            _check_counts((hyp, hyps), [(ref, refs)])
+            if not hyps:
+                raise InputError(f"{hyp} is empty: nothing to score (set {name!r})")
+            texts.append((name, hyps, refs))
+        from .metrics import OFFLINE_TOKENIZERS
+
+        if args.tokenize not in OFFLINE_TOKENIZERS:
+            parser.error(f"argument --tokenize: invalid choice: {args.tokenize!r} "
+                         f"(choose from {', '.join(OFFLINE_TOKENIZERS)})")
+        from .evaluation import score_set, table_lines
+
+        try:
+            rows = [{**score_set(name, hyps, [refs], tokenize=args.tokenize), "hypotheses": hyp, "references": ref}
+                    for (name, hyps, refs), (_, hyp, ref) in zip(texts, args.sets)]
+        except RuntimeError as e:  # e.g. a MeCab tokenizer whose extra is not installed
+            raise InputError(str(e).strip()) from None
+    except InputError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"tokenize": args.tokenize, "splits": rows}, ensure_ascii=False, indent=1))
+    else:
+        print("\n".join(table_lines(rows)))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.sets:
+        return score_sets(args, parser)
+    if args.hyp is None or not args.ref:
+        parser.error("the following arguments are required: --hyp and --ref (or --set NAME HYP REF)")
     try:
         if args.bootstrap_samples < 1:
             raise InputError(f"--bootstrap-samples must be >= 1, got {args.bootstrap_samples}")

@@ -130,22 +130,89 @@ def check_launch(trainer: pl.Trainer) -> None:
                           "job, or the SLURM launcher (hydra/launcher=slurm)")
 
 
-def evaluate(ckpt: str | Path, sources: list[str], references: list[str], out_prefix: Path,
-             device: torch.device | str, dtype: torch.dtype | None = None) -> dict[str, Any]:
-    """Translate `sources` with checkpoint `ckpt`, write hypotheses and scores beside `out_prefix`."""
+def evaluate(ckpt: str | Path, sets: dict[str, tuple[list[str], list[str]]], out_dir: Path, pair: str,
+             device: torch.device | str, dtype: torch.dtype | None = None) -> list[dict[str, Any]]:
+    """Translate each set's sources with checkpoint `ckpt` and score them against its references.
+
+    `sets`: split name -> (sources, references). Writes, per split, `{split}.{pair}.hyp` and
+    `{split}.{pair}.scores.json` into `out_dir`, and all rows in `test_scores.json`; returns the rows
+    (see `evaluation.make_row`).
+    """
     from seq2seq.checkpoint import load_for_translation
+    from seq2seq.evaluation import make_row, write_json
     from seq2seq.metrics import score_corpus
     from seq2seq.translator import Translator
 
     model, tokenizer, search_cfg, _ = load_for_translation(ckpt, device)
     translator = Translator(model, tokenizer, search_cfg, device=device, dtype=dtype)
-    hyps = [t.text for t in translator.translate(sources)]
-    out_prefix.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{out_prefix}.hyp").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
-    scores = {"cased": score_corpus(hyps, [references]),
-              "lowercase": score_corpus(hyps, [references], lowercase=True)}
-    Path(f"{out_prefix}.scores.json").write_text(json.dumps(scores, indent=2), encoding="utf-8")
-    return scores
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for split, (sources, references) in sets.items():
+        hyps = [t.text for t in translator.translate(sources)]
+        prefix = out_dir / f"{split}.{pair}"
+        Path(f"{prefix}.hyp").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+        scores = {"cased": score_corpus(hyps, [references]),
+                  "lowercase": score_corpus(hyps, [references], lowercase=True)}
+        Path(f"{prefix}.scores.json").write_text(json.dumps(scores, indent=2), encoding="utf-8")
+        rows.append({**make_row(split, len(hyps), scores["cased"], scores["lowercase"]), "hypotheses": f"{prefix}.hyp"})
+    write_json(out_dir / "test_scores.json", rows, checkpoint=str(ckpt), pair=pair)
+    return rows
+
+
+def read_test_sets(data: DataConfig) -> dict[str, tuple[list[str], list[str]]]:
+    """The raw text of every split named in `data.test_splits` (not `data.test_split`, which the
+    prepared corpus holds), read before training so that a missing or broken file stops the run at
+    once. Raises CorpusError naming the split and the folders searched."""
+    from seq2seq.corpus import find_corpus_files, read_parallel
+
+    names = [n for n in dict.fromkeys(data.test_splits) if n != data.test_split]
+    return {name: read_parallel(*find_corpus_files(data, name)) for name in names}
+
+
+def train_batches_per_epoch(datamodule: Any, world_size: int) -> int:
+    """Training batches one process runs per epoch (what Lightning compares val_check_interval with)."""
+    from seq2seq.data import ParallelDataset, TokenBucketBatchSampler
+
+    split = datamodule.corpus.splits["train"]
+    dataset = ParallelDataset(split.src, split.tgt)
+    b = datamodule.batching
+    return len(TokenBucketBatchSampler(dataset.src_lengths, dataset.tgt_lengths, b.max_tokens, b.max_sentences,
+                                       b.bucket_width, shuffle=True, seed=datamodule.seed,
+                                       num_replicas=world_size, rank=0))
+
+
+def check_schedule(trainer: pl.Trainer, batches: int) -> None:
+    """Refuse, before training, the Trainer settings that Lightning would reject only once the data
+    loaders are built (a traceback, and after DDP has started its processes)."""
+    accumulate = trainer.accumulate_grad_batches
+    if not isinstance(accumulate, int) or accumulate < 1:
+        raise ConfigError(f"config key 'trainer.accumulate_grad_batches' must be an integer >= 1, got {accumulate!r}")
+    limit = trainer.limit_train_batches
+    per_epoch = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+    if per_epoch < 1:
+        raise ConfigError(f"config key 'trainer.limit_train_batches' is {limit!r}: that leaves no training batch of "
+                          f"the {batches} per epoch (per process); use an integer >= 1 or a larger fraction")
+    interval = trainer.val_check_interval
+    if (isinstance(interval, int) and trainer.check_val_every_n_epoch is not None and interval > per_epoch
+            and trainer.limit_val_batches != 0):
+        raise ConfigError(f"config key 'trainer.val_check_interval' is {interval}, more than the {per_epoch} training "
+                          "batches of an epoch (per process): validation would never run; set "
+                          "trainer.check_val_every_n_epoch=null to count batches across epochs, or a smaller "
+                          "interval (a float is a fraction of an epoch)")
+
+
+def instantiate_trainer(cfg: DictConfig, **kwargs: Any) -> pl.Trainer:
+    """The configured Trainer; a setting Lightning refuses becomes a ConfigError naming `trainer`."""
+    from hydra.errors import InstantiationException
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return hydra.utils.instantiate(cfg.trainer, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, (MisconfigurationException, ValueError, TypeError)):
+            raise ConfigError(f"config key 'trainer': {cause}") from None
+        raise
 
 
 def quiet_third_party() -> None:
@@ -171,8 +238,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from seq2seq.checkpoint_io import AtomicCheckpointIO
     from seq2seq.datamodule import TranslationDataModule
     from seq2seq.lit_module import TranslationModule
-    from seq2seq.metrics import report_lines
-    from seq2seq.precision import precision_dtype
     from seq2seq.temporaries import remove_stale
 
     data = section(DataConfig, cfg.data, "data")
@@ -186,16 +251,34 @@ def train(cfg: DictConfig) -> dict[str, float]:
     bad_steps, oom_steps = step_limit(cfg, "max_bad_steps"), step_limit(cfg, "max_oom_steps")
     run_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg, run_dir)
+    init_from, tokenizer, weights = cfg.get("init_from"), None, None
+    if init_from:
+        from seq2seq.finetune import load_initial_weights
+
+        tokenizer, weights = load_initial_weights(init_from, data, model_cfg)
+    # Before the corpus is prepared: a missing test split stops the run now, not after training.
+    test_sets = read_test_sets(data) if cfg.test_after_training else {}
 
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
     pl.seed_everything(cfg.seed, workers=True)
 
-    datamodule = TranslationDataModule(data, batching, seed=cfg.seed)
+    datamodule = TranslationDataModule(data, batching, seed=cfg.seed, tokenizer=tokenizer)
     datamodule.setup("fit")  # builds the cache on a miss: the model needs the vocabulary sizes
+    if tokenizer is not None:
+        report = datamodule.corpus.report["train"]
+        unk, pieces = report["src_unk"] + report["tgt_unk"], report["src_pieces"] + report["tgt_pieces"]
+        if unk:
+            log.warning("init_from: the checkpoint's sentencepiece models leave %d of the %d training pieces of this "
+                        "corpus as <unk> (characters they never saw): those words cannot be learned", unk, pieces)
     module = TranslationModule(model_cfg, optim, scheduler, search_cfg, validation,
                                tokenizer=datamodule.tokenizer, run_config=run_config(cfg),
                                max_bad_steps=bad_steps, max_oom_steps=oom_steps)
+    if weights is not None and ckpt_path is None:  # a resumed fine-tuning run restores its own weights
+        from seq2seq.finetune import apply_weights
+
+        apply_weights(module.model, weights, init_from)
+        log.info("weights from %s (init_from): new optimiser, learning-rate schedule and step counters", init_from)
     n_params = sum(p.numel() for p in module.parameters())
     log.info("model: %s cell, %s attention, %.2fM parameters", model_cfg.cell, model_cfg.attention, n_params / 1e6)
 
@@ -203,34 +286,54 @@ def train(cfg: DictConfig) -> dict[str, float]:
     loggers = instantiate_all(cfg.get("logger"))
     logging_config = hydra_logging_config()
     extra = [WorkerLogging(logging_config)] if logging_config else []
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks + extra,
-                                                  logger=loggers or False, plugins=[AtomicCheckpointIO()])
+    # Checkpoints are what conf/callbacks/ configures: with none there (callbacks=none), Lightning must not
+    # add its own (epoch=N-step=M.ckpt files in the logger's folder).
+    checkpointing = any(isinstance(cb, pl.callbacks.ModelCheckpoint) for cb in callbacks)
+    trainer = instantiate_trainer(cfg, callbacks=callbacks + extra, logger=loggers or False,
+                                  plugins=[AtomicCheckpointIO()], enable_checkpointing=checkpointing)
     check_launch(trainer)
     checkpoint_dirs = {run_dir / "checkpoints", *(Path(cb.dirpath) for cb in trainer.checkpoint_callbacks
                                                   if getattr(cb, "dirpath", None))}
     for folder in checkpoint_dirs:
         remove_stale(folder)  # saves cut short by a killed run (a save in progress elsewhere stays)
+    check_schedule(trainer, train_batches_per_epoch(datamodule, trainer.world_size))
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
-    # The checkpoint callback that monitors validation.metric (last/periodic ones monitor nothing).
-    best = next((cb.best_model_path for cb in trainer.checkpoint_callbacks if cb.monitor), "")
     if cfg.test_after_training and trainer.is_global_zero:
-        if not best:
-            log.warning("no best checkpoint was written (no validation ran?): skipping the test")
-        else:
-            test = datamodule.corpus.splits["test"]
-            device = trainer.strategy.root_device
-            prefix = Path(best).parent / f"{data.test_split}.{data.src_lang}-{data.tgt_lang}"
-            # The trainer's precision, not the module's: after ddp_spawn the module in this process is detached.
-            scores = evaluate(best, test.src_text, test.tgt_text, prefix, device,
-                              precision_dtype(trainer.precision, device.type))
-            print(f"test ({data.test_split}, {data.src_lang}->{data.tgt_lang}) with {best}:")
-            for line in report_lines(scores["cased"]) + report_lines(scores["lowercase"])[:1]:
-                print(line)
-            print(f"hypotheses: {prefix}.hyp")
-            metrics.update({f"test/{k}": scores["cased"][k] for k in ("bleu", "chrf", "ter")})
+        test = datamodule.corpus.splits["test"]
+        test_sets = {data.test_split: (test.src_text, test.tgt_text), **test_sets}
+        metrics.update(score_test_sets(trainer, test_sets, data))
     return metrics
+
+
+def score_test_sets(trainer: pl.Trainer, sets: dict[str, tuple[list[str], list[str]]], data: DataConfig) -> dict[str, float]:
+    """Score the best checkpoint (by validation.metric) on every test set, print the table, write
+    checkpoints/test_scores.json; -> the first set's cased scores as `test/*` metrics. Without a best
+    checkpoint (no validation ran) the last one is scored, and without any checkpoint nothing is."""
+    from seq2seq.callbacks import LastCheckpoint
+    from seq2seq.evaluation import table_lines
+    from seq2seq.precision import precision_dtype
+
+    best = next((cb.best_model_path for cb in trainer.checkpoint_callbacks if cb.monitor), "")
+    ckpt = best if best and Path(best).is_file() else ""
+    if not ckpt:
+        lasts = [Path(cb.dirpath) / f"{cb.filename}{cb.FILE_EXTENSION}" for cb in trainer.checkpoint_callbacks
+                 if isinstance(cb, LastCheckpoint)]
+        ckpt = next((str(p) for p in lasts if p.is_file()), "")
+        if not ckpt:
+            log.warning("no checkpoint was written (no checkpoint callback: callbacks=none?): skipping the test")
+            return {}
+        log.warning("no best checkpoint (no validation ran): testing the last one, %s", ckpt)
+    device = trainer.strategy.root_device
+    pair, out_dir = f"{data.src_lang}-{data.tgt_lang}", Path(ckpt).parent
+    # The trainer's precision, not the module's: after ddp_spawn the module in this process is detached.
+    rows = evaluate(ckpt, sets, out_dir, pair, device, precision_dtype(trainer.precision, device.type))
+    print(f"test ({', '.join(sets)}, {data.src_lang}->{data.tgt_lang}) with {ckpt}:")
+    for line in table_lines(rows):
+        print(line)
+    print(f"scores: {out_dir / 'test_scores.json'}; hypotheses: {out_dir}/<split>.{pair}.hyp")
+    return {f"test/{k}": rows[0][k] for k in ("bleu", "chrf", "ter")}
 
 
 _task_started = False  # set once Hydra has composed the config and calls the task function

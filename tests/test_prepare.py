@@ -181,8 +181,9 @@ def test_location_is_not_part_of_the_key(built, tmp_path):
 
 
 def test_key_covers_every_output_setting():
-    # A new DataConfig field must either enter the cache key or be listed here as location-only.
-    location_only = {"root", "mirrors", "download", "cache_dir"}
+    # A new DataConfig field must either enter the cache key or be listed here as location-only (or as
+    # never prepared: test_splits are read as text at the end of training).
+    location_only = {"root", "mirrors", "download", "cache_dir", "test_splits"}
     settings = prep.cache_settings(DataConfig())
     covered = set(settings) | {"train_split", "valid_split", "test_split"}
     assert {f.name for f in dataclasses.fields(DataConfig)} - location_only <= covered
@@ -224,8 +225,8 @@ def test_another_process_finished_first(toy_corpus, tmp_path, monkeypatch, caplo
     caplog.set_level(logging.INFO, logger="seq2seq.prepare")
     real_build = prep._build
 
-    def build_and_race(cfg, files, hashes, settings, key, out):
-        corpus = real_build(cfg, files, hashes, settings, key, out)
+    def build_and_race(cfg, files, hashes, settings, key, out, given=None):
+        corpus = real_build(cfg, files, hashes, settings, key, out, given)
         final = out.parent / f"{cfg.corpus}.{cfg.src_lang}-{cfg.tgt_lang}.{key[:12]}"
         shutil.copytree(out, final)  # the other process renames its complete copy into place first
         return corpus

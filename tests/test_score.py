@@ -153,3 +153,39 @@ def test_console_module_runs(files):
     assert LINE.match(proc.stdout.strip())
     proc = run("--hyp", files["hyp"], "--ref", files["ref"] + ".missing")
     assert proc.returncode == 2 and "file not found" in proc.stderr
+
+
+def test_several_sets_in_one_table_and_json(tmp_path, files, capsys):
+    """`--set NAME HYP REF` twice: one table row per set, in order, with the figures score_corpus gives
+    (cased BLEU/chrF/TER, lowercased BLEU) and the signatures; --json holds the same rows.
+    Mutation that makes it fail: `evaluation.make_row` taking bleu_lc from the cased scores."""
+    lower = write(tmp_path / "lower.txt", [h.lower() for h in HYPS])
+    argv = ["--set", "good", files["hyp"], files["ref"], "--set", "lower", lower, files["ref"]]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:6] == ["split", "sentences", "BLEU", "chrF", "TER", "BLEU(lc)"]
+    for line, hyps in zip(lines[1:3], (HYPS, [h.lower() for h in HYPS])):
+        cased, lowercase = score_corpus(hyps, [REFS]), score_corpus(hyps, [REFS], lowercase=True)
+        cells = line.split()
+        assert [float(c) for c in cells[2:6]] == pytest.approx(
+            [cased["bleu"], cased["chrf"], cased["ter"], lowercase["bleu"]], abs=0.006)
+        assert cells[6] == cased["signature"]["bleu"]
+    assert [ln.split()[0] for ln in lines[1:3]] == ["good", "lower"]
+    assert any(ln.startswith("BLEU(lc) signature: nrefs:1|case:lc|") for ln in lines)
+    assert main([*argv, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["splits"]
+    assert [r["split"] for r in rows] == ["good", "lower"] and rows[1]["bleu_lc"] == pytest.approx(rows[0]["bleu_lc"])
+    assert rows[1]["bleu"] < rows[0]["bleu"]  # lowercased hypotheses lose cased matches only
+
+
+def test_set_errors(tmp_path, files, capsys):
+    short = write(tmp_path / "short.txt", REFS[:5])
+    assert main(["--set", "a", files["hyp"], files["ref"], "--set", "b", files["hyp"], short]) == 2
+    assert "has 5 lines" in capsys.readouterr().err
+    for extra in (["--hyp", files["hyp"]], ["--lowercase"], ["--set", "a", files["hyp"], files["ref"]]):
+        with pytest.raises(SystemExit) as e:
+            main(["--set", "a", files["hyp"], files["ref"], *extra])
+        assert e.value.code == 2
+    with pytest.raises(SystemExit):
+        main([])
+    assert "--hyp and --ref (or --set NAME HYP REF)" in capsys.readouterr().err

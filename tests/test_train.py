@@ -48,7 +48,7 @@ def test_run_folder_holds_config_logs_checkpoints_and_test_output(tiny_run, lear
     assert scores["cased"]["signature"]["bleu"].startswith("nrefs:1|case:mixed")
     assert scores["lowercase"]["signature"]["bleu"].startswith("nrefs:1|case:lc")
     assert scores["cased"]["bleu"] > 5  # the model learned the toy pair: the test figures mean something
-    assert "test (test_2016_flickr, de->en)" in proc.stdout
+    assert "test (test_2016_flickr, de->en)" in proc.stdout and "\ntest_2016_flickr " in proc.stdout
     rows = read_metrics(run_dir)
     for key in ("train/loss", "train/ppl", "train/grad_norm", "val/bleu", "val/chrf", "val/ter", "val/ppl"):
         assert series(rows, key), f"{key} was never logged"

@@ -1,0 +1,54 @@
+"""Scores of several evaluation sets as one table: the end of training (`data.test_split` plus
+`data.test_splits`) and `seq2seq-score --set NAME HYP REF ...` print and write the same rows.
+
+A row holds cased BLEU, chrF and TER, lowercased BLEU (the figure Multi30k papers report), the sentence
+count, and sacrebleu's signature of every figure. Rows are scored from detokenized text only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from seq2seq.metrics import score_corpus
+
+# Table columns after the set's name: (row key, header).
+COLUMNS = (("bleu", "BLEU"), ("chrf", "chrF"), ("ter", "TER"), ("bleu_lc", "BLEU(lc)"))
+
+
+def score_set(name: str, hyps: Sequence[str], refs: Sequence[Sequence[str]], tokenize: str = "13a") -> dict[str, Any]:
+    """One row: `refs` is a list of reference streams (one reference per sentence: `[refs]`)."""
+    cased = score_corpus(hyps, refs, tokenize=tokenize)
+    lowercase = score_corpus(hyps, refs, lowercase=True, tokenize=tokenize, metrics=("bleu",))
+    return make_row(name, len(hyps), cased, lowercase)
+
+
+def make_row(name: str, sentences: int, cased: dict[str, Any], lowercase: dict[str, Any]) -> dict[str, Any]:
+    """A row from `metrics.score_corpus` results: cased (bleu, chrf, ter) and lowercased (bleu)."""
+    return {"split": name, "sentences": sentences,
+            "bleu": cased["bleu"], "chrf": cased["chrf"], "ter": cased["ter"], "bleu_lc": lowercase["bleu"],
+            "signature": {**{k: cased["signature"][k] for k in ("bleu", "chrf", "ter")},
+                          "bleu_lc": lowercase["signature"]["bleu"]}}
+
+
+def table_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """A fixed-width table, one line per row, the BLEU signature in the last column; the other
+    signatures follow the table (one line each, or one per distinct value)."""
+    width = max([len("split"), *(len(r["split"]) for r in rows)])
+    header = f"{'split':<{width}}  {'sentences':>9}" + "".join(f"  {h:>8}" for _, h in COLUMNS) + "  signature (BLEU)"
+    lines = [header]
+    for r in rows:
+        lines.append(f"{r['split']:<{width}}  {r['sentences']:>9}" + "".join(f"  {r[k]:>8.2f}" for k, _ in COLUMNS)
+                     + f"  {r['signature']['bleu']}")
+    for key, head in COLUMNS[1:]:
+        for signature in dict.fromkeys(r["signature"][key] for r in rows):
+            lines.append(f"{head} signature: {signature}")
+    return lines
+
+
+def write_json(path: str | os.PathLike, rows: Sequence[dict[str, Any]], **about: Any) -> None:
+    """`{**about, "splits": rows}` as JSON (e.g. about = checkpoint, language pair)."""
+    Path(path).write_text(json.dumps({**about, "splits": list(rows)}, indent=2, ensure_ascii=False) + "\n",
+                          encoding="utf-8")
