@@ -132,11 +132,37 @@ def check_launch(trainer: pl.Trainer) -> None:
                           "job, or the SLURM launcher (hydra/launcher=slurm)")
 
 
+def moses_language(cfg: DictConfig, tgt_lang: str) -> str | None:
+    """The language of the end-of-run Moses-tokenized BLEU: `data.tgt_lang` when `test_moses_bleu` is on and
+    sacremoses is installed, else None (a missing sacremoses is said in one log line). Checked before
+    training, so that a target language without Moses rules is an error then, not after the run."""
+    enabled = cfg.test_moses_bleu
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"config key 'test_moses_bleu' must be true or false, got {enabled!r}")
+    if not (enabled and cfg.test_after_training):
+        return None
+    from seq2seq.metrics import MOSES_EXTRA, moses_languages
+
+    try:
+        languages = moses_languages()
+    except RuntimeError:
+        log.info("test_moses_bleu: sacremoses is not installed, so the test scores leave out the lowercased "
+                 "Moses-tokenized BLEU the Multi30k papers report (%s; test_moses_bleu=false silences this)",
+                 MOSES_EXTRA)
+        return None
+    if tgt_lang not in languages:
+        raise ConfigError(f"config key 'test_moses_bleu' is true, but 'data.tgt_lang' {tgt_lang!r} has no Moses "
+                          f"tokenization rules (valid: {', '.join(languages)}); set test_moses_bleu=false")
+    return tgt_lang
+
+
 def evaluate(ckpt: str | Path, sources: list[str], references: list[str], out_prefix: Path,
-             device: torch.device | str, dtype: torch.dtype | None = None) -> dict[str, Any]:
-    """Translate `sources` with checkpoint `ckpt`, write hypotheses and scores beside `out_prefix`."""
+             device: torch.device | str, dtype: torch.dtype | None = None,
+             moses_lang: str | None = None) -> dict[str, Any]:
+    """Translate `sources` with checkpoint `ckpt`, write hypotheses and scores beside `out_prefix`; with
+    `moses_lang`, the scores also hold "moses": lowercased BLEU on text Moses-tokenized for that language."""
     from seq2seq.checkpoint import load_for_translation
-    from seq2seq.metrics import score_corpus
+    from seq2seq.metrics import score_corpus, score_moses_bleu
     from seq2seq.translator import Translator
 
     model, tokenizer, search_cfg, _ = load_for_translation(ckpt, device)
@@ -146,6 +172,8 @@ def evaluate(ckpt: str | Path, sources: list[str], references: list[str], out_pr
     Path(f"{out_prefix}.hyp").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
     scores = {"cased": score_corpus(hyps, [references]),
               "lowercase": score_corpus(hyps, [references], lowercase=True)}
+    if moses_lang is not None:
+        scores["moses"] = score_moses_bleu(hyps, [references], moses_lang)
     Path(f"{out_prefix}.scores.json").write_text(json.dumps(scores, indent=2), encoding="utf-8")
     return scores
 
@@ -180,6 +208,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     validation = section(ValidationConfig, cfg.validation, "validation")
     check_hardware(cfg)
     bad_steps = max_bad_steps(cfg)
+    moses_lang = moses_language(cfg, data.tgt_lang)
     run_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg, run_dir)
 
@@ -216,12 +245,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
             prefix = Path(best).parent / f"{data.test_split}.{data.src_lang}-{data.tgt_lang}"
             # The trainer's precision, not the module's: after ddp_spawn the module in this process is detached.
             scores = evaluate(best, test.src_text, test.tgt_text, prefix, device,
-                              precision_dtype(trainer.precision, device.type))
+                              precision_dtype(trainer.precision, device.type), moses_lang)
             print(f"test ({data.test_split}, {data.src_lang}->{data.tgt_lang}) with {best}:")
-            for line in report_lines(scores["cased"]) + report_lines(scores["lowercase"])[:1]:
+            for line in (report_lines(scores["cased"]) + report_lines(scores["lowercase"])[:1]
+                         + report_lines(scores.get("moses", {}))):
                 print(line)
             print(f"hypotheses: {prefix}.hyp")
             metrics.update({f"test/{k}": scores["cased"][k] for k in ("bleu", "chrf", "ter")})
+            if "moses" in scores:
+                metrics["test/bleu_moses"] = scores["moses"]["bleu"]
     return metrics
 
 

@@ -11,7 +11,7 @@ from seq2seq.checkpoint import load_for_translation
 from seq2seq.train import train
 from seq2seq.translator import Translator
 
-from .helpers import TINY, compose_train, learn, read_metrics, run_script, series
+from .helpers import TINY, compose_train, learn, read_metrics, require, run_script, series
 
 
 def test_fast_dev_run_through_the_console_script(tmp_path, multi30k_dir):
@@ -53,6 +53,29 @@ def test_run_folder_holds_config_logs_checkpoints_and_test_output(tiny_run, lear
     for key in ("train/loss", "train/ppl", "train/grad_norm", "val/bleu", "val/chrf", "val/ter", "val/ppl"):
         assert series(rows, key), f"{key} was never logged"
     assert any(k.startswith("lr-") for k in rows[0])
+
+
+def test_moses_bleu_switch_is_checked_before_training(tmp_path, monkeypatch, caplog):
+    """A target language without Moses rules is a config error before training (not after it); without
+    sacremoses one log line says how to install it, and the run goes on."""
+    require("sacremoses")
+    import logging
+    import sys
+
+    from seq2seq.config import ConfigError
+    from seq2seq.train import moses_language
+
+    cfg = compose_train(TINY, tmp_path)
+    assert moses_language(cfg, "fr") == "fr"
+    with pytest.raises(ConfigError, match="'test_moses_bleu' is true, but 'data.tgt_lang' 'xx' has no Moses"):
+        moses_language(cfg, "xx")
+    assert moses_language(compose_train([*TINY, "test_moses_bleu=false"], tmp_path), "xx") is None
+    with pytest.raises(ConfigError, match="'test_moses_bleu' must be true or false"):
+        moses_language(compose_train([*TINY, "test_moses_bleu=maybe"], tmp_path), "fr")
+    monkeypatch.setitem(sys.modules, "sacremoses", None)  # not installed
+    with caplog.at_level(logging.INFO, logger="seq2seq.train"):
+        assert moses_language(cfg, "fr") is None
+    assert "pip install 'seq2seq[moses]'" in caplog.text
 
 
 def test_checkpoint_reloads_with_identical_greedy_output(tiny_run, learnable_corpus):
