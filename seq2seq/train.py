@@ -210,6 +210,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     bad_steps = max_bad_steps(cfg)
     moses_lang = moses_language(cfg, data.tgt_lang)
     run_dir = Path(cfg.paths.output_dir)
+    plot_curves = cfg.plot_curves
+    if not isinstance(plot_curves, bool):
+        raise ConfigError(f"config key 'plot_curves' must be true or false, got {plot_curves!r}")
     ckpt_path = resolve_ckpt_path(cfg, run_dir)
 
     if cfg.deterministic:
@@ -254,7 +257,29 @@ def train(cfg: DictConfig) -> dict[str, float]:
             metrics.update({f"test/{k}": scores["cased"][k] for k in ("bleu", "chrf", "ter")})
             if "moses" in scores:
                 metrics["test/bleu_moses"] = scores["moses"]["bleu"]
+    if plot_curves and trainer.is_global_zero:
+        write_run_curves(trainer, run_dir)
     return metrics
+
+
+def write_run_curves(trainer: pl.Trainer, run_dir: Path) -> None:
+    """plots/curves.png in the run folder, drawn from the run's CSV log (seq2seq.curves)."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    from seq2seq.curves import write_curves
+
+    out = run_dir / "plots" / "curves.png"
+    csv_logger = next((lg for lg in trainer.loggers if isinstance(lg, CSVLogger)), None)
+    if csv_logger is None:
+        log.info("%s not written: it is drawn from the CSV log, and this run has no CSV logger (logger=csv)", out)
+        return
+    try:
+        written = write_curves(Path(csv_logger.experiment.metrics_file_path), out, title=run_dir.name)
+    except Exception:  # noqa: BLE001 -- a figure must not turn a finished run into a failed one
+        log.exception("%s not written: drawing it failed", out)
+        return
+    if written is not None:
+        log.info("training curves: %s", written)
 
 
 _task_started = False  # set once Hydra has composed the config and calls the task function

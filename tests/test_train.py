@@ -55,6 +55,28 @@ def test_run_folder_holds_config_logs_checkpoints_and_test_output(tiny_run, lear
     assert any(k.startswith("lr-") for k in rows[0])
 
 
+def test_run_ends_with_moses_bleu_and_training_curves(tiny_run):
+    """With sacremoses and matplotlib installed (the dev extras), the end of a run prints the lowercased
+    Moses-tokenized BLEU beside the 13a figures, stores it in the scores file, and draws plots/curves.png;
+    WallClock's time/elapsed_s follows every validation row. Mutations that make it fail: conf/train.yaml
+    with `plot_curves: false`; train.evaluate without its `moses_lang` argument; WallClock.on_validation_end
+    returning at once (the validations would take the next training row's time)."""
+    require("sacremoses")
+    require("matplotlib")
+    run_dir, proc = tiny_run
+    scores = json.loads((run_dir / "checkpoints" / "test_2016_flickr.de-en.scores.json").read_text())
+    assert scores["moses"]["signature"]["bleu"].startswith("nrefs:1|case:lc|eff:no|tok:moses-en|")
+    assert 0 < scores["moses"]["bleu"] <= 100
+    assert f"BLEU = {scores['moses']['bleu']:.2f} (signature: {scores['moses']['signature']['bleu']})" in proc.stdout
+    png = run_dir / "plots" / "curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    rows = read_metrics(run_dir)
+    validations = [i for i, r in enumerate(rows) if r.get("val/bleu")]
+    assert validations and all(rows[i + 1].get("time/elapsed_s") and rows[i + 1]["step"] == rows[i]["step"]
+                               for i in validations)
+    assert series(rows, "time/elapsed_s") == sorted(series(rows, "time/elapsed_s"))
+
+
 def test_moses_bleu_switch_is_checked_before_training(tmp_path, monkeypatch, caplog):
     """A target language without Moses rules is a config error before training (not after it); without
     sacremoses one log line says how to install it, and the run goes on."""
