@@ -265,6 +265,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def write_run_curves(trainer: pl.Trainer, run_dir: Path) -> None:
     """plots/curves.png in the run folder, drawn from the run's CSV log (seq2seq.curves)."""
     from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
     from seq2seq.curves import write_curves
 
@@ -273,8 +274,11 @@ def write_run_curves(trainer: pl.Trainer, run_dir: Path) -> None:
     if csv_logger is None:
         log.info("%s not written: it is drawn from the CSV log, and this run has no CSV logger (logger=csv)", out)
         return
+    # Not `csv_logger.experiment`: in the launching process of a ddp_spawn run (whose rank 0 wrote the log),
+    # creating the writer deletes the metrics file it finds.
+    metrics_csv = Path(csv_logger.log_dir) / ExperimentWriter.NAME_METRICS_FILE
     try:
-        written = write_curves(Path(csv_logger.experiment.metrics_file_path), out, title=run_dir.name)
+        written = write_curves(metrics_csv, out, title=run_dir.name)
     except Exception:  # noqa: BLE001 -- a figure must not turn a finished run into a failed one
         log.exception("%s not written: drawing it failed", out)
         return
