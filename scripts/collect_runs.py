@@ -4,16 +4,21 @@
     python scripts/collect_runs.py multirun/train/2026-01-01_12-00-00            # markdown to stdout
     python scripts/collect_runs.py multirun/train/* --csv runs.csv --markdown runs.md
     python scripts/collect_runs.py outputs/train/2026-01-01_12-00-00 --json run.json   # + validation history
+    python scripts/collect_runs.py multirun/train/2026-01-01_12-00-00 --plot sweep.png  # + overlaid curves
 
 Each argument is a run folder or any folder above run folders (a sweep folder); a run folder is one
 holding `.hydra/overrides.yaml`. Per run it reads
   .hydra/overrides.yaml         the command-line settings of the run (the sweep's varied ones among them)
-  logs/metrics.csv              the last logged value of every val/* metric, the last train/loss and
-                                step, and the best value of the monitored validation metric
-  checkpoints/*.scores.json     the final test scores written after training (cased BLEU/chrF/TER and
-                                lowercased BLEU)
+  logs/metrics.csv              the last logged value of every val/* metric, the last train/loss,
+                                step and training wall time (time/elapsed_s), and the best value of
+                                the monitored validation metric
+  checkpoints/*.scores.json     the final test scores written after training (cased BLEU/chrF/TER,
+                                lowercased BLEU, and lowercased Moses-tokenized BLEU when present)
 With --json, every run's validation history (step, epoch and val/* of each validation, in order) and
 its row go to a JSON file: the README's per-epoch validation BLEU rows are regenerated from it.
+With --plot, one PNG overlays the runs' curves (a validation metric and train loss, against steps and
+against wall time), each run labelled by its folder and varied settings; it needs matplotlib and the
+seq2seq/curves.py of this checkout (not an installed package).
 Settings that differ between the runs become columns (all settings with --all-settings, or when there
 is a single run). A run without logs/metrics.csv still gets a row, its status saying so; a run
 without test scores (test_after_training=false) leaves those cells empty.
@@ -103,7 +108,8 @@ def read_metrics(run: Path) -> dict[str, float]:
     steps = [s for s in steps if s is not None]
     if steps:
         out["steps"] = int(max(steps)) + 1  # Lightning logs step i for the (i+1)-th optimiser step
-    keys = [k for k in (rows[0].keys() if rows else []) if k == "train/loss" or k.startswith("val/")]
+    keys = [k for k in (rows[0].keys() if rows else [])
+            if k in ("train/loss", "time/elapsed_s") or k.startswith("val/")]
     for key in keys:
         values = [v for v in (_number(r.get(key)) for r in rows) if v is not None]
         if values:
@@ -141,9 +147,10 @@ def read_test_scores(run: Path) -> dict[str, float]:
         except (OSError, ValueError):
             continue
         prefix = "test" if len(files) == 1 else f"test[{path.name[:-len('.scores.json')]}]"
-        cased, lower = scores.get("cased", {}), scores.get("lowercase", {})
+        cased, lower, moses = scores.get("cased", {}), scores.get("lowercase", {}), scores.get("moses", {})
         for name, value in (("bleu", cased.get("bleu")), ("bleu_lc", lower.get("bleu")),
-                            ("chrf", cased.get("chrf")), ("ter", cased.get("ter"))):
+                            ("bleu_moses", moses.get("bleu")), ("chrf", cased.get("chrf")),
+                            ("ter", cased.get("ter"))):
             if isinstance(value, (int, float)):
                 out[f"{prefix}/{name}"] = float(value)
     return out
@@ -174,7 +181,7 @@ def collect(paths: list[Path], all_settings: bool = False) -> tuple[list[str], l
         row.update({k: s.get(k, "") for k in keys})
 
     present = {k for r in rows for k in r}
-    metric_cols = [c for c in ("steps", "train/loss", *VAL_ORDER) if c in present]
+    metric_cols = [c for c in ("steps", "time/elapsed_s", "train/loss", *VAL_ORDER) if c in present]
     metric_cols += sorted(c for c in present if c.startswith("val/") and c not in metric_cols)
     metric_cols += sorted(c for c in present if c.startswith("best "))
     metric_cols += sorted(c for c in present if c.startswith(("test/", "test[")))
@@ -220,6 +227,30 @@ def to_csv(columns: list[str], rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+def plot_runs(paths: list[Path], columns: list[str], rows: list[dict[str, Any]], out: Path, metric: str) -> None:
+    """Overlay every run's curves in one PNG (seq2seq.curves.overlay_figure)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # seq2seq.curves of this checkout
+    try:
+        import matplotlib  # noqa: F401 -- only to find out whether it is installed
+    except ImportError:
+        raise SystemExit("error: --plot needs matplotlib: pip install 'seq2seq[plot]'") from None
+    from seq2seq.curves import overlay_figure, read_log
+
+    metric_prefixes = ("steps", "time/", "train/", "val/", "best ", "test/", "test[")
+    settings = [c for c in columns[1:-1] if not c.startswith(metric_prefixes)]  # between "run" and "status"
+    varied = [c for c in settings if len({r.get(c) for r in rows}) > 1]  # labels name what tells runs apart
+    runs = []
+    for run, row in zip(find_runs(paths), rows):
+        path = run / "logs" / "metrics.csv"
+        if path.is_file():
+            label = " ".join([row["run"], *(f"{k}={row[k]}" for k in varied if row.get(k) not in (None, ""))])
+            runs.append((label, read_log(path)))
+    if not runs:
+        raise SystemExit("error: --plot: no run has logs/metrics.csv")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    overlay_figure(runs, f"val/{metric}").savefig(out, dpi=100)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="+", type=Path, help="run folders or sweep folders above them")
@@ -227,8 +258,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--markdown", type=Path, help="write the markdown table here instead of standard output")
     p.add_argument("--all-settings", action="store_true", help="a column for every override, varied or not")
     p.add_argument("--json", type=Path, help="also write each run's row and validation history as JSON here")
+    p.add_argument("--plot", type=Path, metavar="PNG",
+                   help="also draw every run's validation metric and train loss against steps and wall time here")
+    p.add_argument("--plot-metric", default="bleu", choices=sorted(METRIC_MODES),
+                   help="the validation metric --plot draws (default: bleu)")
     args = p.parse_args(argv)
     columns, rows = collect(args.paths, args.all_settings)
+    if args.plot:
+        plot_runs(args.paths, columns, rows, args.plot, args.plot_metric)
     if args.json:
         runs = find_runs(args.paths)
         payload = {"columns": columns,

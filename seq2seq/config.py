@@ -258,6 +258,8 @@ class TrainConfig:
     ckpt_path: Optional[str]
     init_from: Optional[str]
     test_after_training: bool
+    test_moses_bleu: bool
+    plot_curves: bool
     max_bad_steps: int
     max_oom_steps: int
     batching: BatchingConfig = field(default_factory=BatchingConfig)

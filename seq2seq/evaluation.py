@@ -1,8 +1,9 @@
 """Scores of several evaluation sets as one table: the end of training (`data.test_split` plus
 `data.test_splits`) and `seq2seq-score --set NAME HYP REF ...` print and write the same rows.
 
-A row holds cased BLEU, chrF and TER, lowercased BLEU (the figure Multi30k papers report), the sentence
-count, and sacrebleu's signature of every figure. Rows are scored from detokenized text only.
+A row holds cased BLEU, chrF and TER, lowercased BLEU, optionally the lowercased BLEU of Moses-tokenized
+text (the figure Multi30k papers report, `metrics.score_moses_bleu`), the sentence count, and sacrebleu's
+signature of every figure. Rows are scored from detokenized text only.
 """
 
 from __future__ import annotations
@@ -12,37 +13,48 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from seq2seq.metrics import score_corpus
+from seq2seq.metrics import score_corpus, score_moses_bleu
 
 # Table columns after the set's name: (row key, header).
-COLUMNS = (("bleu", "BLEU"), ("chrf", "chrF"), ("ter", "TER"), ("bleu_lc", "BLEU(lc)"))
+# The Moses column is shown when every row has it.
+COLUMNS = (("bleu", "BLEU"), ("chrf", "chrF"), ("ter", "TER"), ("bleu_lc", "BLEU(lc)"), ("bleu_moses", "BLEU(moses)"))
 
 
-def score_set(name: str, hyps: Sequence[str], refs: Sequence[Sequence[str]], tokenize: str = "13a") -> dict[str, Any]:
-    """One row: `refs` is a list of reference streams (one reference per sentence: `[refs]`)."""
+def score_set(name: str, hyps: Sequence[str], refs: Sequence[Sequence[str]], tokenize: str = "13a",
+              moses_lang: str | None = None) -> dict[str, Any]:
+    """One row: `refs` is a list of reference streams (one reference per sentence: `[refs]`); with
+    `moses_lang`, also the lowercased BLEU of text Moses-tokenized for that language."""
     cased = score_corpus(hyps, refs, tokenize=tokenize)
     lowercase = score_corpus(hyps, refs, lowercase=True, tokenize=tokenize, metrics=("bleu",))
-    return make_row(name, len(hyps), cased, lowercase)
+    moses = score_moses_bleu(hyps, refs, moses_lang) if moses_lang is not None else None
+    return make_row(name, len(hyps), cased, lowercase, moses)
 
 
-def make_row(name: str, sentences: int, cased: dict[str, Any], lowercase: dict[str, Any]) -> dict[str, Any]:
-    """A row from `metrics.score_corpus` results: cased (bleu, chrf, ter) and lowercased (bleu)."""
-    return {"split": name, "sentences": sentences,
-            "bleu": cased["bleu"], "chrf": cased["chrf"], "ter": cased["ter"], "bleu_lc": lowercase["bleu"],
-            "signature": {**{k: cased["signature"][k] for k in ("bleu", "chrf", "ter")},
-                          "bleu_lc": lowercase["signature"]["bleu"]}}
+def make_row(name: str, sentences: int, cased: dict[str, Any], lowercase: dict[str, Any],
+             moses: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A row from `metrics.score_corpus` results: cased (bleu, chrf, ter) and lowercased (bleu), and
+    optionally a `metrics.score_moses_bleu` result."""
+    row = {"split": name, "sentences": sentences,
+           "bleu": cased["bleu"], "chrf": cased["chrf"], "ter": cased["ter"], "bleu_lc": lowercase["bleu"],
+           "signature": {**{k: cased["signature"][k] for k in ("bleu", "chrf", "ter")},
+                         "bleu_lc": lowercase["signature"]["bleu"]}}
+    if moses is not None:
+        row["bleu_moses"] = moses["bleu"]
+        row["signature"]["bleu_moses"] = moses["signature"]["bleu"]
+    return row
 
 
 def table_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
     """A fixed-width table, one line per row, the BLEU signature in the last column; the other
     signatures follow the table (one line each, or one per distinct value)."""
+    columns = [(k, h) for k, h in COLUMNS if all(k in r for r in rows)]
     width = max([len("split"), *(len(r["split"]) for r in rows)])
-    header = f"{'split':<{width}}  {'sentences':>9}" + "".join(f"  {h:>8}" for _, h in COLUMNS) + "  signature (BLEU)"
+    header = f"{'split':<{width}}  {'sentences':>9}" + "".join(f"  {h:>8}" for _, h in columns) + "  signature (BLEU)"
     lines = [header]
     for r in rows:
-        lines.append(f"{r['split']:<{width}}  {r['sentences']:>9}" + "".join(f"  {r[k]:>8.2f}" for k, _ in COLUMNS)
-                     + f"  {r['signature']['bleu']}")
-    for key, head in COLUMNS[1:]:
+        lines.append(f"{r['split']:<{width}}  {r['sentences']:>9}"
+                     + "".join(f"  {r[k]:>{max(8, len(h))}.2f}" for k, h in columns) + f"  {r['signature']['bleu']}")
+    for key, head in columns[1:]:
         for signature in dict.fromkeys(r["signature"][key] for r in rows):
             lines.append(f"{head} signature: {signature}")
     return lines

@@ -10,6 +10,9 @@ Conventions (see docs/conventions.md):
   * Tokenizers that fetch a sentencepiece model at run time (`flores101`, `flores200`, `spm`,
     `spBLEU-1K`) are not offered: they need the network. `ja-mecab`/`ko-mecab` work offline but need
     the `sacrebleu[ja]` / `sacrebleu[ko]` extras (a clear error says so when missing).
+  * `score_moses_bleu` is the figure the Multi30k papers report: lowercased BLEU on Moses-tokenized
+    text (sacremoses, the `moses` extra), scored with sacrebleu's `tokenize="none"`. Its signature
+    says `tok:moses-<lang>` and the sacremoses version, so it is never mistaken for a 13a figure.
 """
 
 from __future__ import annotations
@@ -25,11 +28,15 @@ from sacrebleu.significance import PairedTest
 __all__ = [
     "METRICS",
     "OFFLINE_TOKENIZERS",
+    "MOSES_EXTRA",
     "format_score",
     "report_lines",
     "make_metric",
+    "moses_languages",
+    "moses_tokenize",
     "paired_bootstrap",
     "score_corpus",
+    "score_moses_bleu",
 ]
 
 METRICS = ("bleu", "chrf", "ter")
@@ -176,6 +183,57 @@ def paired_bootstrap(hyps_a: Sequence[str], hyps_b: Sequence[str], refs: Sequenc
                                "ci": float(system.ci),
                                "p_value": 1.0 if identical else float(system.p_value)}
     return out
+
+
+MOSES_EXTRA = "pip install 'seq2seq[moses]'"
+
+
+def _sacremoses():
+    """The sacremoses module, or RuntimeError saying how to install it (it is an optional extra)."""
+    try:
+        import sacremoses
+    except ImportError:
+        raise RuntimeError(f"Moses tokenization needs sacremoses: {MOSES_EXTRA}") from None
+    return sacremoses
+
+
+def moses_languages() -> list[str]:
+    """Language codes that sacremoses has Moses rules (non-breaking prefixes) for."""
+    _sacremoses()
+    from sacremoses.corpus import NonbreakingPrefixes
+
+    return sorted(set(NonbreakingPrefixes().available_langs.values()))
+
+
+def moses_tokenize(lines: Sequence[str], lang: str) -> list[str]:
+    """Lowercase, normalise punctuation and Moses-tokenize each line, as the Multi30k release made its
+    `tok/*.lc.norm.tok.*` files (`lowercase.perl | normalize-punctuation.perl -l L | tokenizer.perl -l L`):
+    no aggressive hyphen splitting (`-a`), so `t-shirt` stays one token; apostrophes split by the
+    language's rule (French `l'homme` -> `l' homme`, English `man's` -> `man 's`). Not escaped
+    (`&apos;`): escaping maps tokens one to one and cannot change BLEU."""
+    sacremoses = _sacremoses()
+    if lang not in moses_languages():
+        raise ValueError(f"no Moses tokenization rules for language {lang!r}; "
+                         f"valid: {', '.join(moses_languages())}")
+    normalizer = sacremoses.MosesPunctNormalizer(lang=lang)
+    tokenizer = sacremoses.MosesTokenizer(lang=lang)
+    return [tokenizer.tokenize(normalizer.normalize(line.lower()), escape=False, return_str=True)
+            for line in lines]
+
+
+def score_moses_bleu(hyps: Sequence[str], refs: Sequence[Sequence[str]], lang: str) -> dict:
+    """Lowercased BLEU of Moses-tokenized (`lang`) hypotheses and references, in `score_corpus`'s
+    shape with the one metric "bleu"; the signature reads
+    `nrefs:1|case:lc|eff:no|tok:moses-fr|smooth:exp|version:2.6.0|sacremoses:0.2.0`."""
+    _check_streams(hyps, refs)
+    version = _sacremoses().__version__
+    tokenized = moses_tokenize(hyps, lang)
+    streams = [moses_tokenize(stream, lang) for stream in refs]
+    metric = BLEU(lowercase=True, tokenize="none")
+    score = metric.corpus_score(tokenized, streams)
+    signature = metric.get_signature().format().replace("|tok:none|", f"|tok:moses-{lang}|")
+    return {"bleu": float(score.score), "name": {"bleu": score.name},
+            "signature": {"bleu": f"{signature}|sacremoses:{version}"}, "details": {"bleu": str(score)}}
 
 
 def format_score(name: str, score: float, signature: str, width: int = 2) -> str:

@@ -1,12 +1,15 @@
 """seq2seq-score: corpus BLEU / chrF / TER of detokenized text files, with sacrebleu signatures.
 
     seq2seq-score --hyp out.txt --ref test.en [--ref test2.en ...] [--json] [--lowercase]
-                  [--tokenize 13a] [--metrics bleu,chrf,ter]
+                  [--tokenize 13a | --tokenize moses --lang en] [--metrics bleu,chrf,ter]
                   [--compare other.txt --bootstrap-samples 1000 --seed 12345]
     seq2seq-score --set NAME HYP REF [--set NAME HYP REF ...] [--json] [--tokenize 13a]
 
 `--set` scores several evaluation sets into one table (BLEU, chrF, TER, lowercased BLEU, signatures),
 the table `seq2seq-train` prints for `data.test_splits`; `--json` prints its test_scores.json format.
+
+`--tokenize moses` reports, beside the standard 13a BLEU, the figure the Multi30k papers report:
+lowercased BLEU on Moses-tokenized text (sacremoses, the `moses` extra; see metrics.moses_tokenize).
 
 Files are plain or gzip-compressed (detected from the content), strict UTF-8 (a leading BOM is
 dropped), one segment per line; CRLF line ends count as LF. `-` reads the hypotheses from stdin.
@@ -93,7 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="BLEU tokenizer (default: 13a): one of sacrebleu's offline tokenizers (13a, intl, "
                    "char, zh, none, ...; a wrong name lists them all). The flores101/flores200/spm/"
                    "spBLEU-1K tokenizers are not offered: they download a sentencepiece model at run "
-                   "time. ja-mecab/ko-mecab need sacrebleu's [ja]/[ko] extras.")
+                   "time. ja-mecab/ko-mecab need sacrebleu's [ja]/[ko] extras. 'moses': the 13a BLEU and, "
+                   "beside it, lowercased BLEU on Moses-tokenized text (the Multi30k papers' figure; needs "
+                   "--lang and pip install 'seq2seq[moses]')")
+    p.add_argument("--lang", metavar="LANG",
+                   help="language of the hypotheses and references, for --tokenize moses (en, de, fr, cs, ...)")
     p.add_argument("--metrics", type=_metric_list, metavar="LIST",
                    help="comma-separated subset of bleu,chrf,ter (default: all)")
     p.add_argument("--compare", metavar="HYP2",
@@ -134,13 +141,15 @@ def score_sets(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             texts.append((name, hyps, refs))
         from .metrics import OFFLINE_TOKENIZERS
 
-        if args.tokenize not in OFFLINE_TOKENIZERS:
+        # moses: the standard 13a figures plus a column of the lowercased Moses-tokenized BLEU.
+        tokenize, moses_lang = ("13a", args.lang) if args.tokenize == "moses" else (args.tokenize, None)
+        if tokenize not in OFFLINE_TOKENIZERS:
             parser.error(f"argument --tokenize: invalid choice: {args.tokenize!r} "
                          f"(choose from {', '.join(OFFLINE_TOKENIZERS)})")
         from .evaluation import score_set, table_lines
 
         try:
-            rows = [{**score_set(name, hyps, [refs], tokenize=args.tokenize), "hypotheses": hyp, "references": ref}
+            rows = [{**score_set(name, hyps, [refs], tokenize=tokenize, moses_lang=moses_lang), "hypotheses": hyp, "references": ref}
                     for (name, hyps, refs), (_, hyp, ref) in zip(texts, args.sets)]
         except RuntimeError as e:  # e.g. a MeCab tokenizer whose extra is not installed
             raise InputError(str(e).strip()) from None
@@ -157,6 +166,15 @@ def score_sets(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    moses = args.tokenize == "moses"
+    if moses and args.lang is None:
+        parser.error("--tokenize moses needs --lang, the language of the hypotheses and references (e.g. --lang fr)")
+    if args.lang is not None and not moses:
+        parser.error("--lang applies to --tokenize moses only")
+    if moses and args.compare is not None:
+        parser.error("--tokenize moses does not combine with --compare; compare systems with the 13a tokenizer")
+    if moses and args.metrics is not None and "bleu" not in args.metrics:
+        parser.error("--tokenize moses is a BLEU tokenizer, but --metrics leaves out bleu")
     if args.sets:
         return score_sets(args, parser)
     if args.hyp is None or not args.ref:
@@ -175,21 +193,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             _check_counts((args.hyp, hyps), [(args.compare, other)])
         if not hyps:
             raise InputError(f"{args.hyp} is empty: nothing to score")
-        from .metrics import METRICS, OFFLINE_TOKENIZERS, paired_bootstrap, score_corpus
+        from .metrics import (METRICS, OFFLINE_TOKENIZERS, moses_languages, paired_bootstrap, score_corpus,
+                              score_moses_bleu)
 
-        if args.tokenize not in OFFLINE_TOKENIZERS:
+        if args.tokenize not in (*OFFLINE_TOKENIZERS, "moses"):
             parser.error(f"argument --tokenize: invalid choice: {args.tokenize!r} "
-                         f"(choose from {', '.join(OFFLINE_TOKENIZERS)})")
+                         f"(choose from {', '.join(OFFLINE_TOKENIZERS)}, moses)")
         args.metrics = args.metrics or list(METRICS)
         streams = [lines for _, lines in refs]
         try:
-            scores = score_corpus(hyps, streams, lowercase=args.lowercase, tokenize=args.tokenize,
-                                  metrics=args.metrics)
+            if moses and args.lang not in moses_languages():
+                parser.error(f"argument --lang: no Moses rules for {args.lang!r} "
+                             f"(choose from {', '.join(moses_languages())})")
+            # With moses, the standard figure beside the Moses one is sacreBLEU's default, 13a.
+            scores = score_corpus(hyps, streams, lowercase=args.lowercase,
+                                  tokenize="13a" if moses else args.tokenize, metrics=args.metrics)
+            moses_scores = score_moses_bleu(hyps, streams, args.lang) if moses else None
             test = (paired_bootstrap(hyps, other, streams, n_samples=args.bootstrap_samples,
                                      seed=args.seed, lowercase=args.lowercase, tokenize=args.tokenize,
                                      metrics=args.metrics)
                     if other is not None else None)
-        except RuntimeError as e:  # e.g. a MeCab tokenizer whose extra is not installed
+        except RuntimeError as e:  # e.g. a MeCab tokenizer or sacremoses whose extra is not installed
             raise InputError(str(e).strip()) from None
     except InputError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
@@ -203,6 +227,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                "scores": {m: {"name": scores["name"][m], "score": scores[m],
                               "signature": scores["signature"][m], "details": scores["details"][m]}
                           for m in args.metrics}}
+        if moses_scores is not None:
+            out["lang"] = args.lang
+            out["scores"]["bleu_moses"] = {
+                "name": moses_scores["name"]["bleu"], "score": moses_scores["bleu"],
+                "signature": moses_scores["signature"]["bleu"], "details": moses_scores["details"]["bleu"]}
         if test is not None:
             out["compare"] = {
                 "hyp": args.compare, "n_samples": test["n_samples"], "seed": test["seed"],
@@ -215,6 +244,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if test is None:
         for m in args.metrics:
             print(format_score(scores["name"][m], scores[m], scores["signature"][m]))
+            if m == "bleu" and moses_scores is not None:
+                print(format_score(moses_scores["name"]["bleu"], moses_scores["bleu"],
+                                   moses_scores["signature"]["bleu"]))
         return 0
     print(f"Paired bootstrap resampling ({test['n_samples']} samples, seed {test['seed']}): "
           f"baseline {args.hyp} vs system {args.compare}")

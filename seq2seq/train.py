@@ -130,17 +130,40 @@ def check_launch(trainer: pl.Trainer) -> None:
                           "job, or the SLURM launcher (hydra/launcher=slurm)")
 
 
+def moses_language(cfg: DictConfig, tgt_lang: str) -> str | None:
+    """The language of the end-of-run Moses-tokenized BLEU: `data.tgt_lang` when `test_moses_bleu` is on and
+    sacremoses is installed, else None (a missing sacremoses is said in one log line). Checked before
+    training, so that a target language without Moses rules is an error then, not after the run."""
+    if not (cfg.test_moses_bleu and cfg.test_after_training):
+        return None
+    from seq2seq.metrics import MOSES_EXTRA, moses_languages
+
+    try:
+        languages = moses_languages()
+    except RuntimeError:
+        log.info("test_moses_bleu: sacremoses is not installed, so the test scores leave out the lowercased "
+                 "Moses-tokenized BLEU the Multi30k papers report (%s; test_moses_bleu=false silences this)",
+                 MOSES_EXTRA)
+        return None
+    if tgt_lang not in languages:
+        raise ConfigError(f"config key 'test_moses_bleu' is true, but 'data.tgt_lang' {tgt_lang!r} has no Moses "
+                          f"tokenization rules (valid: {', '.join(languages)}); set test_moses_bleu=false")
+    return tgt_lang
+
+
 def evaluate(ckpt: str | Path, sets: dict[str, tuple[list[str], list[str]]], out_dir: Path, pair: str,
-             device: torch.device | str, dtype: torch.dtype | None = None) -> list[dict[str, Any]]:
+             device: torch.device | str, dtype: torch.dtype | None = None,
+             moses_lang: str | None = None) -> list[dict[str, Any]]:
     """Translate each set's sources with checkpoint `ckpt` and score them against its references.
 
     `sets`: split name -> (sources, references). Writes, per split, `{split}.{pair}.hyp` and
     `{split}.{pair}.scores.json` into `out_dir`, and all rows in `test_scores.json`; returns the rows
-    (see `evaluation.make_row`).
+    (see `evaluation.make_row`). With `moses_lang`, the scores also hold "moses": lowercased BLEU on
+    text Moses-tokenized for that language.
     """
     from seq2seq.checkpoint import load_for_translation
     from seq2seq.evaluation import make_row, write_json
-    from seq2seq.metrics import score_corpus
+    from seq2seq.metrics import score_corpus, score_moses_bleu
     from seq2seq.translator import Translator
 
     model, tokenizer, search_cfg, _ = load_for_translation(ckpt, device)
@@ -153,8 +176,10 @@ def evaluate(ckpt: str | Path, sets: dict[str, tuple[list[str], list[str]]], out
         Path(f"{prefix}.hyp").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
         scores = {"cased": score_corpus(hyps, [references]),
                   "lowercase": score_corpus(hyps, [references], lowercase=True)}
+        if moses_lang is not None:
+            scores["moses"] = score_moses_bleu(hyps, [references], moses_lang)
         Path(f"{prefix}.scores.json").write_text(json.dumps(scores, indent=2), encoding="utf-8")
-        rows.append({**make_row(split, len(hyps), scores["cased"], scores["lowercase"]), "hypotheses": f"{prefix}.hyp"})
+        rows.append({**make_row(split, len(hyps), scores["cased"], scores["lowercase"], scores.get("moses")), "hypotheses": f"{prefix}.hyp"})
     write_json(out_dir / "test_scores.json", rows, checkpoint=str(ckpt), pair=pair)
     return rows
 
@@ -249,7 +274,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     validation = section(ValidationConfig, cfg.validation, "validation")
     check_hardware(cfg)
     bad_steps, oom_steps = step_limit(cfg, "max_bad_steps"), step_limit(cfg, "max_oom_steps")
+    moses_lang = moses_language(cfg, data.tgt_lang)
     run_dir = Path(cfg.paths.output_dir)
+    plot_curves = cfg.plot_curves
     ckpt_path = resolve_ckpt_path(cfg, run_dir)
     init_from, tokenizer, weights = cfg.get("init_from"), None, None
     if init_from:
@@ -303,11 +330,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.test_after_training and trainer.is_global_zero:
         test = datamodule.corpus.splits["test"]
         test_sets = {data.test_split: (test.src_text, test.tgt_text), **test_sets}
-        metrics.update(score_test_sets(trainer, test_sets, data))
+        metrics.update(score_test_sets(trainer, test_sets, data, moses_lang))
+    if plot_curves and trainer.is_global_zero:
+        write_run_curves(trainer, run_dir)
     return metrics
 
 
-def score_test_sets(trainer: pl.Trainer, sets: dict[str, tuple[list[str], list[str]]], data: DataConfig) -> dict[str, float]:
+def score_test_sets(trainer: pl.Trainer, sets: dict[str, tuple[list[str], list[str]]], data: DataConfig,
+                    moses_lang: str | None = None) -> dict[str, float]:
     """Score the best checkpoint (by validation.metric) on every test set, print the table, write
     checkpoints/test_scores.json; -> the first set's cased scores as `test/*` metrics. Without a best
     checkpoint (no validation ran) the last one is scored, and without any checkpoint nothing is."""
@@ -328,12 +358,39 @@ def score_test_sets(trainer: pl.Trainer, sets: dict[str, tuple[list[str], list[s
     device = trainer.strategy.root_device
     pair, out_dir = f"{data.src_lang}-{data.tgt_lang}", Path(ckpt).parent
     # The trainer's precision, not the module's: after ddp_spawn the module in this process is detached.
-    rows = evaluate(ckpt, sets, out_dir, pair, device, precision_dtype(trainer.precision, device.type))
+    rows = evaluate(ckpt, sets, out_dir, pair, device, precision_dtype(trainer.precision, device.type), moses_lang)
     print(f"test ({', '.join(sets)}, {data.src_lang}->{data.tgt_lang}) with {ckpt}:")
     for line in table_lines(rows):
         print(line)
     print(f"scores: {out_dir / 'test_scores.json'}; hypotheses: {out_dir}/<split>.{pair}.hyp")
-    return {f"test/{k}": rows[0][k] for k in ("bleu", "chrf", "ter")}
+    metrics = {f"test/{k}": rows[0][k] for k in ("bleu", "chrf", "ter")}
+    if "bleu_moses" in rows[0]:
+        metrics["test/bleu_moses"] = rows[0]["bleu_moses"]
+    return metrics
+
+
+def write_run_curves(trainer: pl.Trainer, run_dir: Path) -> None:
+    """plots/curves.png in the run folder, drawn from the run's CSV log (seq2seq.curves)."""
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+    from seq2seq.curves import write_curves
+
+    out = run_dir / "plots" / "curves.png"
+    csv_logger = next((lg for lg in trainer.loggers if isinstance(lg, CSVLogger)), None)
+    if csv_logger is None:
+        log.info("%s not written: it is drawn from the CSV log, and this run has no CSV logger (logger=csv)", out)
+        return
+    # Not `csv_logger.experiment`: in the launching process of a ddp_spawn run (whose rank 0 wrote the log),
+    # creating the writer deletes the metrics file it finds.
+    metrics_csv = Path(csv_logger.log_dir) / ExperimentWriter.NAME_METRICS_FILE
+    try:
+        written = write_curves(metrics_csv, out, title=run_dir.name)
+    except Exception:  # noqa: BLE001 -- a figure must not turn a finished run into a failed one
+        log.exception("%s not written: drawing it failed", out)
+        return
+    if written is not None:
+        log.info("training curves: %s", written)
 
 
 _task_started = False  # set once Hydra has composed the config and calls the task function

@@ -10,6 +10,7 @@ preparation must be safe when several processes (SLURM ranks, `strategy=ddp` chi
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import multiprocessing
 from pathlib import Path
@@ -97,6 +98,9 @@ def test_ddp_cpu_console_run_trains_validates_checkpoints_and_tests_once(ddp_run
     assert len(hyp.read_text(encoding="utf-8").splitlines()) == len(references)
     # the spawned rank 0 logs through the run's logging config (train.log), not into the void
     assert "val BLEU" in (run_dir / "train.log").read_text(encoding="utf-8")
+    # the launching process draws plots/curves.png from rank 0's log, and leaves that log in place
+    if importlib.util.find_spec("matplotlib"):
+        assert (run_dir / "plots" / "curves.png").is_file() and (run_dir / "logs" / "metrics.csv").is_file()
 
 
 def _corpus_and_config(ckpt_path: Path):

@@ -121,3 +121,72 @@ def test_paired_bootstrap():
         paired_bootstrap(a, b, refs, seed=0)
     with pytest.raises(ValueError, match="system hypotheses"):
         paired_bootstrap(a, b[:-1], refs)
+
+
+# ------------------------------------------------------------------- Moses-tokenized BLEU (the papers' figure)
+# Each case: one sentence whose 13a and Moses tokenizations differ, with both BLEU figures computed by hand
+# as (p1 * p2 * p3 * p4) ** (1/4) (brevity penalty 1: the hypothesis is never shorter than the reference).
+MOSES_CASES = {
+    # French apostrophe. 13a (cased): ref [L'homme porte un t-shirt .], hyp [Un homme porte un t-shirt .]:
+    #   4/6 . 3/5 . 2/4 . 1/3 = 1/15.  Moses (fr, lowercased): ref [l' homme porte un t-shirt .],
+    #   hyp [un homme porte un t-shirt .] ("un" clipped to 1): 5/6 . 4/5 . 3/4 . 2/3 = 1/3.
+    "fr-apostrophe": ("fr", "L'homme porte un t-shirt.", "Un homme porte un t-shirt.", 1 / 15, 1 / 3),
+    # English possessive. 13a: ref [The man's dog runs on the beach .] (8 tokens),
+    #   hyp [The man and his dog run on the beach .] (10): 6/10 . 3/9 . 2/8 . 1/7 = 1/140.
+    #   Moses (en): ref [the man 's dog runs on the beach .]: 7/10 . 4/9 . 2/8 . 1/7 = 1/90.
+    "en-apostrophe": ("en", "The man's dog runs on the beach.", "The man and his dog run on the beach.",
+                      1 / 140, 1 / 90),
+    # Hyphen after a digit: 13a splits "9-year-old" into [9 - year-old], Moses (without -a) keeps it.
+    #   13a: 11 tokens, "girl" in 1/2/3/4 of the n-grams: 10/11 . 8/10 . 6/9 . 4/8 = 8/33.
+    #   Moses: 9 tokens: 8/9 . 6/8 . 4/7 . 3/6 = 4/21.
+    "en-hyphen": ("en", "A 9-year-old boy is playing in the park.", "A 9-year-old girl is playing in the park.",
+                  8 / 33, 4 / 21),
+}
+
+
+@pytest.mark.parametrize("case", list(MOSES_CASES))
+def test_moses_bleu_against_hand_computed_figures(case):
+    """13a and Moses tokenization give the hand-computed figures above. Mutations that make it fail:
+    metrics.moses_tokenize with English rules whatever `lang` (`MosesTokenizer(lang="en")`: fr-apostrophe
+    gives [l 'homme]); scoring the Moses tokens with sacrebleu's 13a instead of tokenize="none" (en-hyphen:
+    13a splits "9-year-old")."""
+    from .helpers import require
+
+    require("sacremoses")
+    from seq2seq.metrics import score_moses_bleu
+
+    lang, ref, hyp, p13a, pmoses = MOSES_CASES[case]
+    assert score_corpus([hyp], [[ref]], metrics=["bleu"])["bleu"] == pytest.approx(100 * p13a ** 0.25)
+    moses = score_moses_bleu([hyp], [[ref]], lang)
+    assert moses["bleu"] == pytest.approx(100 * pmoses ** 0.25)
+    assert moses["signature"]["bleu"].startswith(f"nrefs:1|case:lc|eff:no|tok:moses-{lang}|")
+    assert moses["signature"]["bleu"].endswith("|sacremoses:0.2.0")
+
+
+def test_moses_tokenization_follows_the_multi30k_release():
+    """The release's own pipeline (lowercase, normalize-punctuation, tokenizer.perl -l L, no -a): French
+    elision and English clitics split, hyphenated words kept whole, « » normalised to quotes, and the text
+    lowercased *before* tokenizing (a full stop before a lowercased word then stays attached, as in the
+    release's files). Mutation that makes it fail: metrics.moses_tokenize without `line.lower()` (BLEU's
+    own lowercasing then hides it from the scores above)."""
+    from .helpers import require
+
+    require("sacremoses")
+    from seq2seq.metrics import moses_tokenize
+
+    assert moses_tokenize(["Un chien court sur l'herbe, près d'un arbre.", "Un t-shirt « rouge »"], "fr") == [
+        "un chien court sur l' herbe , près d' un arbre .", 'un t-shirt " rouge "']
+    assert moses_tokenize(["It's a 9-year-old boy's ball."], "en") == ["it 's a 9-year-old boy 's ball ."]
+    assert moses_tokenize(["A dog runs. The dog jumps."], "en") == ["a dog runs. the dog jumps ."]
+    with pytest.raises(ValueError, match="no Moses tokenization rules for language 'xx'; valid: .*fr"):
+        moses_tokenize(["x"], "xx")
+
+
+def test_moses_without_sacremoses_names_the_extra(monkeypatch):
+    import sys
+
+    from seq2seq.metrics import score_moses_bleu
+
+    monkeypatch.setitem(sys.modules, "sacremoses", None)  # `import sacremoses` raises ImportError
+    with pytest.raises(RuntimeError, match=r"needs sacremoses: pip install 'seq2seq\[moses\]'"):
+        score_moses_bleu(["a"], [["a"]], "en")

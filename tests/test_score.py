@@ -189,3 +189,45 @@ def test_set_errors(tmp_path, files, capsys):
     with pytest.raises(SystemExit):
         main([])
     assert "--hyp and --ref (or --set NAME HYP REF)" in capsys.readouterr().err
+
+
+def test_tokenize_moses_reports_both_figures(tmp_path, capsys):
+    """`--tokenize moses --lang fr`: the standard 13a BLEU, then the lowercased Moses-tokenized BLEU (the
+    Multi30k papers' figure), then chrF and TER; in JSON as scores.bleu and scores.bleu_moses. The figures
+    are test_metrics.py's hand-computed French case. Mutation that makes it fail: score.py scoring the
+    standard figure with `args.tokenize` ("moses", not a sacrebleu tokenizer) instead of 13a."""
+    from .helpers import require
+
+    require("sacremoses")
+    ref = write(tmp_path / "ref.fr", ["L'homme porte un t-shirt."])
+    hyp = write(tmp_path / "hyp.fr", ["Un homme porte un t-shirt."])
+    assert main(["--hyp", hyp, "--ref", ref, "--tokenize", "moses", "--lang", "fr"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and all(LINE.match(ln) for ln in lines), lines
+    assert lines[0].startswith(f"BLEU = {100 * (1 / 15) ** 0.25:.2f} (signature: nrefs:1|case:mixed|eff:no|tok:13a|")
+    assert lines[1].startswith(f"BLEU = {100 * (1 / 3) ** 0.25:.2f} (signature: nrefs:1|case:lc|eff:no|tok:moses-fr|")
+    assert lines[2].startswith("chrF2 = ") and lines[3].startswith("TER = ")
+    assert main(["--hyp", hyp, "--ref", ref, "--tokenize", "moses", "--lang", "fr", "--json", "--metrics", "bleu"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["tokenize"] == "moses" and out["lang"] == "fr" and set(out["scores"]) == {"bleu", "bleu_moses"}
+    assert out["scores"]["bleu"]["score"] == pytest.approx(100 * (1 / 15) ** 0.25)
+    assert out["scores"]["bleu_moses"]["score"] == pytest.approx(100 * (1 / 3) ** 0.25)
+    assert "tok:moses-fr" in out["scores"]["bleu_moses"]["signature"]
+
+
+def test_tokenize_moses_usage_errors(files, capsys, monkeypatch):
+    from .helpers import require
+
+    require("sacremoses")
+    base = ["--hyp", files["hyp"], "--ref", files["ref"]]
+    for argv, message in ((["--tokenize", "moses"], "--tokenize moses needs --lang"),
+                          (["--lang", "en"], "--lang applies to --tokenize moses only"),
+                          (["--tokenize", "moses", "--lang", "xx"], "argument --lang: no Moses rules for 'xx'"),
+                          (["--tokenize", "moses", "--lang", "en", "--compare", files["worse"]], "--compare"),
+                          (["--tokenize", "moses", "--lang", "en", "--metrics", "chrf"], "leaves out bleu")):
+        with pytest.raises(SystemExit) as e:
+            main(base + argv)
+        assert e.value.code == 2 and message in capsys.readouterr().err, argv
+    monkeypatch.setitem(sys.modules, "sacremoses", None)  # not installed
+    assert main(base + ["--tokenize", "moses", "--lang", "en"]) == 2
+    assert "pip install 'seq2seq[moses]'" in capsys.readouterr().err

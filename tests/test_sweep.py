@@ -52,9 +52,13 @@ def test_sweep_runs_each_job_in_its_own_folder(sweep):
 
 def test_collect_runs_tabulates_the_sweep(sweep, tmp_path):
     sweep_dir, _ = sweep
-    out_csv, out_md = tmp_path / "runs.csv", tmp_path / "runs.md"
-    subprocess.run([sys.executable, str(COLLECT), str(sweep_dir), "--csv", str(out_csv), "--markdown", str(out_md)],
-                   check=True, capture_output=True, text=True)
+    out_csv, out_md, out_png = tmp_path / "runs.csv", tmp_path / "runs.md", tmp_path / "sweep.png"
+    plot = ["--plot", str(out_png)] if importlib.util.find_spec("matplotlib") else []
+    subprocess.run([sys.executable, str(COLLECT), str(sweep_dir), "--csv", str(out_csv), "--markdown", str(out_md),
+                    *plot], check=True, capture_output=True, text=True)
+    if plot:  # every run drew its own curves, and the sweep's overlay exists
+        assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert all((sweep_dir / job / "plots" / "curves.png").is_file() for job in ("0", "1"))
     with open(out_csv, newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["model.cell"] for r in rows] == ["gru", "lstm"]
@@ -93,9 +97,10 @@ def _fake_run(root: Path, overrides: list[str], metric_rows: list[dict] | None, 
 
 def test_collect_runs_last_best_varied_columns_and_failed_runs(tmp_path):
     collect = collect_module()
-    rows = [{"step": 9, "train/loss": 2.5}, {"step": 9, "val/ter": 60.0, "val/bleu": 20.0},
-            {"step": 19, "val/ter": 70.0, "val/bleu": 22.0}]
-    scores = {"cased": {"bleu": 21.5, "chrf": 50.0, "ter": 65.0}, "lowercase": {"bleu": 22.5}}
+    rows = [{"step": 9, "train/loss": 2.5, "time/elapsed_s": 30.0}, {"step": 9, "val/ter": 60.0, "val/bleu": 20.0},
+            {"step": 19, "val/ter": 70.0, "val/bleu": 22.0}, {"step": 19, "time/elapsed_s": 75.0}]
+    scores = {"cased": {"bleu": 21.5, "chrf": 50.0, "ter": 65.0}, "lowercase": {"bleu": 22.5},
+              "moses": {"bleu": 24.5}}
     _fake_run(tmp_path / "s" / "10", ["debug=tiny", "+optim.lr=0.01", "model.cell=gru"], rows, scores)
     _fake_run(tmp_path / "s" / "2", ["debug=tiny", "+optim.lr=0.02", "model.cell=gru"], rows[:2], None)
     _fake_run(tmp_path / "s" / "3", ["debug=tiny", "optim.lr=0.03", "model.cell=lstm"], None, None)
@@ -105,10 +110,11 @@ def test_collect_runs_last_best_varied_columns_and_failed_runs(tmp_path):
     last = table[2]
     assert last["steps"] == 20 and last["val/ter"] == 70.0 and last["best val/ter"] == 60.0  # ter: lower is better
     assert last["test/bleu"] == 21.5 and last["test/bleu_lc"] == 22.5 and last["train/loss"] == 2.5
+    assert last["test/bleu_moses"] == 24.5 and last["time/elapsed_s"] == 75.0  # training wall time
     assert table[0]["val/bleu"] == 20.0 and "test/bleu" not in table[0]
     assert table[1]["status"].startswith("no metrics") and table[1]["optim.lr"] == "0.03"
     markdown = collect.to_markdown(columns, table)
-    assert "| 10 | 0.01 | gru | 20 | 2.500 | 22.00 | 70.00 |" in markdown
+    assert "| 10 | 0.01 | gru | 20 | 75.00 | 2.500 | 22.00 | 70.00 |" in markdown
     out = tmp_path / "runs.json"
     assert collect.main([str(tmp_path / "s"), "--json", str(out), "--markdown", str(tmp_path / "runs.md")]) == 0
     runs = json.loads(out.read_text())["runs"]
@@ -116,6 +122,33 @@ def test_collect_runs_last_best_varied_columns_and_failed_runs(tmp_path):
     assert runs[2]["validations"] == [{"step": 9, "epoch": None, "val/ter": 60.0, "val/bleu": 20.0},
                                       {"step": 19, "epoch": None, "val/ter": 70.0, "val/bleu": 22.0}]
     assert runs[1]["validations"] == [] and runs[2]["test/bleu"] == 21.5
+
+
+def test_collect_runs_plot_overlays_the_runs_with_logs(tmp_path, monkeypatch):
+    """--plot: one line per run that has a CSV log on each panel, labelled by its folder and the settings
+    that differ between runs, even with --all-settings. Mutation that makes it fail: collect_runs.plot_runs
+    labelling with every settings column (the shared `debug=tiny` would appear in the labels)."""
+    require("matplotlib")
+    from matplotlib.figure import Figure
+
+    collect = collect_module()
+    rows = [{"step": 9, "train/loss": 2.5, "time/elapsed_s": 30.0}, {"step": 9, "val/bleu": 20.0},
+            {"step": 9, "time/elapsed_s": 40.0}]
+    _fake_run(tmp_path / "s" / "0", ["debug=tiny", "optim.lr=0.01"], rows, None)
+    _fake_run(tmp_path / "s" / "1", ["debug=tiny", "optim.lr=0.02"], rows, None)
+    _fake_run(tmp_path / "s" / "2", ["debug=tiny", "optim.lr=0.03"], None, None)  # failed: no log, no line
+    figures = []
+    monkeypatch.setattr(Figure, "savefig", lambda fig, path, **kw: figures.append((fig, path)))
+    out = tmp_path / "sweep.png"
+    assert collect.main([str(tmp_path / "s"), "--plot", str(out), "--all-settings",
+                         "--markdown", str(tmp_path / "runs.md")]) == 0
+    (fig, path), = figures
+    assert path == out
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["0 optim.lr=0.01", "1 optim.lr=0.02"]
+    axes = fig.get_axes()
+    assert [ax.get_ylabel() for ax in axes] == ["val/bleu", "val/bleu", "train/loss", "train/loss"]
+    assert [len(ax.get_lines()) for ax in axes] == [2, 2, 2, 2]
+    assert list(axes[1].get_lines()[0].get_xdata()) == [40.0 / 60]  # the validation's end, in minutes
 
 
 def test_script_relaunching_ddp_is_refused_inside_a_sweep(tmp_path, multi30k_dir, monkeypatch):

@@ -11,7 +11,7 @@ from seq2seq.checkpoint import load_for_translation
 from seq2seq.train import train
 from seq2seq.translator import Translator
 
-from .helpers import TINY, compose_train, learn, read_metrics, run_script, series
+from .helpers import TINY, compose_train, learn, read_metrics, require, run_script, series
 
 
 def test_fast_dev_run_through_the_console_script(tmp_path, multi30k_dir):
@@ -53,6 +53,53 @@ def test_run_folder_holds_config_logs_checkpoints_and_test_output(tiny_run, lear
     for key in ("train/loss", "train/ppl", "train/grad_norm", "val/bleu", "val/chrf", "val/ter", "val/ppl"):
         assert series(rows, key), f"{key} was never logged"
     assert any(k.startswith("lr-") for k in rows[0])
+
+
+def test_run_ends_with_moses_bleu_and_training_curves(tiny_run):
+    """With sacremoses and matplotlib installed (the dev extras), the end of a run prints the lowercased
+    Moses-tokenized BLEU beside the 13a figures, stores it in the scores file, and draws plots/curves.png;
+    WallClock's time/elapsed_s follows every validation row. Mutations that make it fail: conf/train.yaml
+    with `plot_curves: false`; train.evaluate without its `moses_lang` argument; WallClock.on_validation_end
+    returning at once (the validations would take the next training row's time)."""
+    require("sacremoses")
+    require("matplotlib")
+    run_dir, proc = tiny_run
+    scores = json.loads((run_dir / "checkpoints" / "test_2016_flickr.de-en.scores.json").read_text())
+    assert scores["moses"]["signature"]["bleu"].startswith("nrefs:1|case:lc|eff:no|tok:moses-en|")
+    assert 0 < scores["moses"]["bleu"] <= 100
+    table = json.loads((run_dir / "checkpoints" / "test_scores.json").read_text())["splits"][0]
+    assert table["bleu_moses"] == scores["moses"]["bleu"]
+    assert "BLEU(moses)" in proc.stdout and f"BLEU(moses) signature: {scores['moses']['signature']['bleu']}" in proc.stdout
+    png = run_dir / "plots" / "curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    rows = read_metrics(run_dir)
+    validations = [i for i, r in enumerate(rows) if r.get("val/bleu")]
+    assert validations and all(rows[i + 1].get("time/elapsed_s") and rows[i + 1]["step"] == rows[i]["step"]
+                               for i in validations)
+    assert series(rows, "time/elapsed_s") == sorted(series(rows, "time/elapsed_s"))
+
+
+def test_moses_bleu_switch_is_checked_before_training(tmp_path, monkeypatch, caplog):
+    """A target language without Moses rules is a config error before training (not after it); without
+    sacremoses one log line says how to install it, and the run goes on."""
+    require("sacremoses")
+    import logging
+    import sys
+
+    from seq2seq.config import ConfigError
+    from seq2seq.train import moses_language
+
+    cfg = compose_train(TINY, tmp_path)
+    assert moses_language(cfg, "fr") == "fr"
+    with pytest.raises(ConfigError, match="'test_moses_bleu' is true, but 'data.tgt_lang' 'xx' has no Moses"):
+        moses_language(cfg, "xx")
+    assert moses_language(compose_train([*TINY, "test_moses_bleu=false"], tmp_path), "xx") is None
+    with pytest.raises(ConfigError, match="'test_moses_bleu' must be true or false"):
+        moses_language(compose_train([*TINY, "test_moses_bleu=maybe"], tmp_path), "fr")
+    monkeypatch.setitem(sys.modules, "sacremoses", None)  # not installed
+    with caplog.at_level(logging.INFO, logger="seq2seq.train"):
+        assert moses_language(cfg, "fr") is None
+    assert "pip install 'seq2seq[moses]'" in caplog.text
 
 
 def test_checkpoint_reloads_with_identical_greedy_output(tiny_run, learnable_corpus):
