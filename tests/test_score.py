@@ -231,3 +231,21 @@ def test_tokenize_moses_usage_errors(files, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "sacremoses", None)  # not installed
     assert main(base + ["--tokenize", "moses", "--lang", "en"]) == 2
     assert "pip install 'seq2seq[moses]'" in capsys.readouterr().err
+
+
+def test_sets_with_moses_tokenization_add_the_papers_column(tmp_path, capsys):
+    """`--set ... --tokenize moses --lang fr`: the table keeps the standard 13a figures and adds a
+    BLEU(moses) column with its signature (the French case of test_tokenize_moses_reports_both_figures).
+    Mutation that makes it fail: score_sets passing `moses_lang=None` to score_set."""
+    from .helpers import require
+
+    require("sacremoses")
+    ref = write(tmp_path / "ref.fr", ["L'homme porte un t-shirt."])
+    hyp = write(tmp_path / "hyp.fr", ["Un homme porte un t-shirt."])
+    assert main(["--set", "fr", hyp, ref, "--tokenize", "moses", "--lang", "fr"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:7] == ["split", "sentences", "BLEU", "chrF", "TER", "BLEU(lc)", "BLEU(moses)"]
+    cells = lines[1].split()
+    assert float(cells[2]) == pytest.approx(100 * (1 / 15) ** 0.25, abs=0.006)
+    assert float(cells[6]) == pytest.approx(100 * (1 / 3) ** 0.25, abs=0.006)
+    assert any(ln.startswith("BLEU(moses) signature: nrefs:1|case:lc|eff:no|tok:moses-fr|") for ln in lines)
