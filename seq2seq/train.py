@@ -88,6 +88,24 @@ def resolve_ckpt_path(cfg: DictConfig, run_dir: Path) -> str | None:
     return str(path)
 
 
+def continue_csv_logs(loggers: list[Any], ckpt_path: str) -> None:
+    """A resumed run continues its logs/metrics.csv: the rows logged after the checkpoint's step (the
+    resumed run logs them again) are dropped, the rest kept (seq2seq.csv_logger)."""
+    import torch
+
+    from seq2seq.csv_logger import CSVLogger
+
+    csv_loggers = [lg for lg in loggers if isinstance(lg, CSVLogger)]
+    if not csv_loggers:
+        return
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+    # The step Lightning logs rows with (optimiser steps, skipped ones included).
+    step = ckpt.get("loops", {}).get("fit_loop", {}).get("epoch_loop.state_dict", {}).get(
+        "_batches_that_stepped", ckpt["global_step"])
+    for lg in csv_loggers:
+        lg.experiment.keep_until(int(step))  # a no-op on ranks other than 0
+
+
 def instantiate_all(group: DictConfig | None) -> list[Any]:
     """Instantiate every `_target_` entry of a callbacks/logger group."""
     if not group:
@@ -324,6 +342,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for folder in checkpoint_dirs:
         remove_stale(folder)  # saves cut short by a killed run (a save in progress elsewhere stays)
     check_schedule(trainer, train_batches_per_epoch(datamodule, trainer.world_size))
+    if ckpt_path is not None:
+        continue_csv_logs(loggers, ckpt_path)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 

@@ -152,16 +152,26 @@ def test_max_steps_ending_before_the_first_validation_exits_cleanly_and_resumes(
     end of the epoch) exits 0 with last.ckpt written, and `ckpt_path=last` continues from it.
     Its output carries no third-party notice the user cannot act on (Lightning's litlogger advert,
     torch's LeafSpec deprecation).
+    The resumed run continues logs/metrics.csv: the first run's rows stay, rows logged after the
+    checkpoint's step (here a planted one, as from a run killed after its last save) go.
     Mutations that make it fail: early stopping checking at train-epoch end as well
     (callbacks/early_stopping.yaml without `check_on_train_epoch_end: false`): its metric was never
-    logged, so it raises; `train.quiet_third_party` doing nothing."""
+    logged, so it raises; `train.quiet_third_party` doing nothing; conf/logger/csv.yaml naming
+    Lightning's CSVLogger (it deletes metrics.csv); `train.continue_csv_logs` not called."""
     run_dir = tmp_path / "run"
     common = [*TINY, "trainer.val_check_interval=1.0", "trainer.max_epochs=5", "test_after_training=false",
-              f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={run_dir}"]
+              "trainer.log_every_n_steps=1", f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={run_dir}"]
     proc = run_script("train", *common, "trainer.max_steps=2")
     for noise in ("litlogger", "LeafSpec"):
         assert noise not in proc.stdout + proc.stderr
     last = run_dir / "checkpoints" / "last.ckpt"
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 2
+    first_steps = series(read_metrics(run_dir), "step")
+    assert first_steps and max(first_steps) <= 2
+    with open(run_dir / "logs" / "metrics.csv", "a") as f:  # a row logged after last.ckpt, before a kill
+        header = (run_dir / "logs" / "metrics.csv").read_text().splitlines()[0].split(",")
+        f.write(",".join("50" if k == "step" else "" for k in header) + "\n")
     run_script("train", *common, "trainer.max_steps=4", "ckpt_path=last")
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 4
+    steps = series(read_metrics(run_dir), "step")
+    assert steps[:len(first_steps)] == first_steps and 50 not in steps and max(steps) > max(first_steps)
