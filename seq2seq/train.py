@@ -344,6 +344,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_schedule(trainer, train_batches_per_epoch(datamodule, trainer.world_size))
     if ckpt_path is not None:
         continue_csv_logs(loggers, ckpt_path)
+        # Resuming in the run's own folder: its checkpoints are meant to be there.
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
