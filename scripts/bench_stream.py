@@ -57,7 +57,9 @@ def train_tiny(folder: Path, data: Path, threads: int) -> Path:
            "data.max_valid_pairs=100", "test_after_training=false", "optim.lr=0.005", f"data.root={data}",
            f"paths.output_dir={run}", f"paths.data_dir={folder / 'data'}"]
     print("training a tiny checkpoint:", " ".join(cmd[3:]), file=sys.stderr)
-    subprocess.run(cmd, cwd=REPO, env=child_env(threads), check=True, stdout=subprocess.DEVNULL)
+    proc = subprocess.run(cmd, cwd=REPO, env=child_env(threads), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"training the tiny checkpoint failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return run / "checkpoints" / "best.ckpt"
 
 

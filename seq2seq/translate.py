@@ -267,7 +267,6 @@ class PartialOutput:
     """
 
     def __init__(self, path: str, job: str, resume: bool, unit: int):
-        import fcntl
         import glob
 
         from seq2seq.corpus import CorpusError
@@ -278,7 +277,7 @@ class PartialOutput:
         self.tmp = self.path.parent / f".{self.path.name}.{job}.part"
         self.unit = unit  # output lines per input line (--nbest K in text: K)
         others = sorted(p.name for p in self.path.parent.glob(f".{glob.escape(self.path.name)}.*.part")
-                        if p != self.tmp)
+                        if p != self.tmp and not p.name.endswith(".stream.part"))  # --stream's: never resumed
         existed = self.tmp.exists()
         if resume and not existed and others:
             raise CorpusError(f"--resume: no partial output of this job beside {self.path}; {', '.join(others)} "
@@ -286,7 +285,12 @@ class PartialOutput:
                               "command as before, or remove that file to start over")
         fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            import fcntl  # POSIX; elsewhere there is no lock
+        except ImportError:
+            fcntl = None
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released by the system when the process ends
         except BlockingIOError:
             os.close(fd)
             raise CorpusError(f"{self.tmp}: another seq2seq-translate is writing this output now") from None
@@ -500,7 +504,7 @@ def check_files(args) -> None:
 
 def run(args) -> None:
     check_files(args)
-    if args.stream or (args.input == "-" and sys.stdin.isatty()):
+    if args.stream or (args.input == "-" and sys.stdin is not None and sys.stdin.isatty()):
         return run_stream(args)
     from seq2seq.corpus import CorpusError
 
@@ -599,7 +603,7 @@ def run_stream(args) -> None:
         Path(args.plot_attention).mkdir(parents=True, exist_ok=True)
     out = None
     if args.output != "-":  # flushed line by line too; renamed into place at the end of the input
-        out = PartialOutput(args.output, f"stream{os.getpid()}", resume=False, unit=1)
+        out = PartialOutput(args.output, f"{os.getpid()}.stream", resume=False, unit=1)
     try:
         translator = build_translator(args)
         lines = stdin_lines() if args.input == "-" else corpus.iter_lines(args.input)
