@@ -620,10 +620,12 @@ def run_stream(args) -> None:
             n_lines, n_tokens = n_lines + 1, n_tokens + t.length
         if out is not None:
             out.commit()
-    except BaseException:
+    except BaseException as e:
         if out is not None:
             out.written = 0  # nothing to resume: a stream is not read again
             out.abort()
+        if isinstance(e, KeyboardInterrupt):  # Ctrl-C is how an interactive session may end: no traceback
+            raise SystemExit(130) from None
         raise
     if not args.quiet:
         report(n_lines, n_tokens, time.perf_counter() - start)

@@ -195,7 +195,9 @@ DRIVER = textwrap.dedent("""
         if len(calls) == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
     translate.Progress.__call__ = progress
-    sys.exit(translate.main(sys.argv[2:]))
+    code = translate.main(sys.argv[2:])
+    print(f"batches={len(calls)}", file=sys.stderr)
+    sys.exit(code)
 """)
 
 
@@ -215,12 +217,14 @@ def test_resume_after_kill_equals_uninterrupted_run(ckpt, lines, tmp_path, flags
     src = write_lines(tmp_path / "in.de", lines)
     common = ["--checkpoint", ckpt, "--input", src, "--window", 10, "--batch-tokens", 40, *flags]
     full = tmp_path / "full.txt"
-    assert translate_process(0, *common, "--output", full, "--quiet").returncode == 0
+    uninterrupted = translate_process(0, *common, "--output", full, "--quiet")
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-2000:]
+    batches = int(uninterrupted.stderr.rsplit("batches=", 1)[1])  # progress reports: one per batch
     rng = random.Random()
     seed = rng.randrange(1 << 30)
     rng.seed(seed)
     out = tmp_path / "out.txt"
-    killed = translate_process(rng.randint(8, 40), *common, "--output", out, "--quiet")
+    killed = translate_process(rng.randint(batches // 4, batches - 1), *common, "--output", out, "--quiet")
     assert killed.returncode == -signal.SIGKILL, (seed, killed.stderr[-2000:])
     [partial] = tmp_path.glob(".out.txt.*.part")
     assert not out.exists() and partial.stat().st_size > 0, seed
@@ -329,11 +333,12 @@ def test_stream_through_a_pipe_answers_each_line_before_the_next_arrives(ckpt, l
         proc.wait()
 
 
-def test_terminal_input_streams_by_itself(ckpt, lines):
-    """With a terminal as standard input (a pseudo-terminal here), each line is answered as it is typed,
-    and Ctrl-D ends the session cleanly.
+@pytest.mark.parametrize("end", ["ctrl-d", "ctrl-c"])
+def test_terminal_input_streams_by_itself(ckpt, lines, end):
+    """With a terminal as standard input (a pseudo-terminal here), each line is answered as it is typed;
+    Ctrl-D ends the session cleanly, and so does an interrupt (exit 130, no traceback).
     Mutation that fails it: dropping the `sys.stdin.isatty()` switch to --stream (the whole input would be
-    awaited first, so line 1 gets no answer)."""
+    awaited first, so line 1 gets no answer), or letting KeyboardInterrupt through run_stream."""
     master, slave = pty.openpty()
     proc = stream_process(ckpt, slave)
     os.close(slave)
@@ -341,10 +346,14 @@ def test_terminal_input_streams_by_itself(ckpt, lines):
         for i, line in enumerate(lines[:2], 1):
             os.write(master, (line + "\n").encode())
             assert json.loads(read_line(proc.stdout.fileno()))["line"] == i
-        os.write(master, b"\x04")  # Ctrl-D at the start of a line: end of input
-        assert proc.wait(timeout=60) == 0
+        if end == "ctrl-d":
+            os.write(master, b"\x04")  # Ctrl-D at the start of a line: end of input
+        else:
+            proc.send_signal(signal.SIGINT)  # what Ctrl-C sends to the terminal's foreground process
+        assert proc.wait(timeout=60) == (0 if end == "ctrl-d" else 130)
         err = proc.stderr.read().decode()
-        assert "one sentence per line, Ctrl-D to end" in err and "2 lines in " in err
+        assert "one sentence per line, Ctrl-D to end" in err and "Traceback" not in err, err
+        assert ("2 lines in " in err) == (end == "ctrl-d")
     finally:
         proc.kill()
         proc.wait()
