@@ -358,3 +358,13 @@ def test_terminal_input_streams_by_itself(ckpt, lines, end):
         proc.kill()
         proc.wait()
         os.close(master)
+
+
+def test_warnings_name_lines_of_later_windows_by_their_number_in_the_file(ckpt, lines, tmp_path, caplog):
+    """A truncated line in the third window is reported as line 13 of the file, not line 3 of its window.
+    Mutation that fails it: translate_windows not passing `first_line` to the translator."""
+    long = " ".join(["Hund"] * 300)
+    src = write_lines(tmp_path / "in.de", [*lines[:12], long, *lines[12:20]])
+    assert main("--checkpoint", ckpt, "--input", src, "--output", tmp_path / "out.txt", "--window", 5,
+                "--max-src-tokens", 100) == 0
+    assert "truncated (line 13)" in caplog.text, caplog.text
