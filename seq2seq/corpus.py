@@ -23,7 +23,7 @@ import re
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Sequence
+from typing import BinaryIO, Iterator, Sequence
 
 from seq2seq.config import DataConfig, FilterConfig
 from seq2seq.temporaries import owned_prefix, remove_stale
@@ -112,16 +112,86 @@ def read_lines(path: str | os.PathLike) -> list[str]:
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        bad = data[e.start:e.end].hex(" ")
-        raise CorpusError(
-            f"{path}: line {line}: invalid UTF-8 (byte {column} of the line: {bad}); "
-            "re-encode the file as UTF-8"
-        ) from None
+        raise _utf8_error(path, line, column, data[e.start:e.end]) from None
     if not text:
         return []
     if text.endswith("\n"):
         text = text[:-1]  # a terminated last line does not start another one
     return clean_text(text).split("\n")
+
+
+def _utf8_error(name: str | os.PathLike, line: int, column: int, bad: bytes) -> CorpusError:
+    return CorpusError(f"{name}: line {line}: invalid UTF-8 (byte {column} of the line: {bad.hex(' ')}); "
+                       "re-encode the file as UTF-8")
+
+
+def _open_binary(path: Path) -> BinaryIO:
+    """`path` opened for reading bytes, decompressed when its name ends in .gz."""
+    try:
+        return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+    except FileNotFoundError:
+        raise CorpusError(f"{path}: file not found") from None
+    except OSError as e:
+        raise CorpusError(f"{path}: cannot read file ({e})") from None
+
+
+def _raw_lines(f: BinaryIO, name: str | os.PathLike) -> Iterator[bytes]:
+    """The lines of a byte stream split as `read_lines` splits them (only b"\\n" ends a line), without
+    their b"\\n" and without a leading BOM; read errors (a damaged .gz) name the file."""
+    first = True
+    try:
+        for raw in f:  # binary iteration splits on b"\n" alone, and hands a line over as soon as it is there
+            if first:
+                first = False
+                if raw.startswith(_BOM):
+                    raw = raw[len(_BOM):]
+                    if not raw:  # a file holding only a BOM is empty
+                        return
+            yield raw[:-1] if raw.endswith(b"\n") else raw
+    except (OSError, EOFError, zlib.error) as e:
+        raise CorpusError(f"{name}: cannot read file ({e})") from None
+
+
+def iter_lines(path: str | os.PathLike | None = None, stream: BinaryIO | None = None, name: str | None = None,
+               skip: int = 0) -> Iterator[str]:
+    """`read_lines` one line at a time, in constant memory: the same cleaned strings, the same errors.
+
+    Reads `path` (plain, or gzip by suffix) or an open binary `stream` (decompressed by the caller);
+    `name` stands for it in errors (default: the path). The first `skip` lines are passed over
+    without being decoded (a resumed job whose input was checked before).
+    """
+    if (path is None) == (stream is None):
+        raise ValueError("iter_lines reads either a path or a stream")
+    name = name or str(path)
+    f = _open_binary(Path(path)) if stream is None else stream
+    try:
+        for number, raw in enumerate(_raw_lines(f, name), 1):
+            if number <= skip:
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise _utf8_error(name, number, e.start + 1, raw[e.start:e.end]) from None
+            yield clean_text(text)
+    finally:
+        if stream is None:
+            f.close()
+
+
+def scan_lines(path: str | os.PathLike, name: str | None = None) -> tuple[int, str]:
+    """(line count, SHA-256 of its lines) of a file `read_lines` would accept, read in
+    constant memory; `read_lines`' `CorpusError` (naming the file and line) otherwise."""
+    name = name or str(path)
+    digest = hashlib.sha256()
+    count = 0
+    with _open_binary(Path(path)) as f:
+        for count, raw in enumerate(_raw_lines(f, name), 1):
+            digest.update(raw + b"\n")
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise _utf8_error(name, count, e.start + 1, raw[e.start:e.end]) from None
+    return count, digest.hexdigest()
 
 
 def read_parallel(src_path: str | os.PathLike, tgt_path: str | os.PathLike) -> tuple[list[str], list[str]]:

@@ -367,13 +367,13 @@ class OnnxTranslator:
         except (KeyError, TypeError) as e:
             raise ExportFolderError(f"{path}: unusable ({type(e).__name__}: {e})") from None
 
-    def _encode(self, lines: Sequence[str]) -> list[list[int]]:
+    def _encode(self, lines: Sequence[str], first_line: int = 1) -> list[list[int]]:
         ids = self.tokenizer.encode_src(list(lines))
         limit = self.cfg.max_src_tokens - 1  # room for the EOS
         long = [i for i, s in enumerate(ids) if len(s) > limit]
         if long:
             log.warning("%d input line(s) longer than max_src_tokens=%d pieces were truncated (line %s)",
-                        len(long), self.cfg.max_src_tokens, ", ".join(str(i + 1) for i in long[:10]))
+                        len(long), self.cfg.max_src_tokens, ", ".join(str(i + first_line) for i in long[:10]))
         return [s[:limit] for s in ids]
 
     def _groups(self, ids: list[list[int]], todo: list[int]) -> list[list[int]]:
@@ -381,15 +381,16 @@ class OnnxTranslator:
         return [[todo[j] for j in g] for g in groups]
 
     def translate(self, lines: Sequence[str], nbest: int = 1, with_attention: bool = False,
-                  progress: Callable[[int], None] | None = None) -> list[Translation]:
-        """Translate `lines` with the search settings in `self.cfg`; result i belongs to line i.
+                  progress: Callable[[int], None] | None = None, first_line: int = 1) -> list[Translation]:
+        """Translate `lines` with the search settings in `self.cfg`; result i belongs to line i
+        (numbered `first_line` + i in warnings).
 
         Beam search runs when beam_size > 1 or nbest > 1; an empty line gives an empty translation.
         """
         cfg = self.cfg
         if nbest > max(cfg.beam_size, 1):
             raise ValueError(f"nbest={nbest} needs a beam at least that wide (beam_size={cfg.beam_size})")
-        ids = self._encode(lines)
+        ids = self._encode(lines, first_line)
         results = [Translation(text="", score=0.0, tokens=[], nbest=[("", 0.0)]) for _ in lines]
         todo = [i for i, line in enumerate(lines) if line.strip()]
         if progress is not None and len(todo) < len(lines):
@@ -415,11 +416,12 @@ class OnnxTranslator:
                 progress(len(group))
         return results
 
-    def score_references(self, src_lines: Sequence[str], ref_lines: Sequence[str]) -> list[float]:
+    def score_references(self, src_lines: Sequence[str], ref_lines: Sequence[str],
+                         first_line: int = 1) -> list[float]:
         """The model's log-likelihood of each reference given its source (EOS included)."""
         if len(src_lines) != len(ref_lines):
             raise ValueError(f"{len(src_lines)} source lines but {len(ref_lines)} references")
-        ids, refs = self._encode(src_lines), self.tokenizer.encode_tgt(list(ref_lines))
+        ids, refs = self._encode(src_lines, first_line), self.tokenizer.encode_tgt(list(ref_lines))
         scores = [0.0] * len(src_lines)
         for group in self._groups(ids, list(range(len(src_lines)))):
             src, src_lengths = collate([ids[i] for i in group], self.model.eos_id, self.model.pad_id)

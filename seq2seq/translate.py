@@ -1,8 +1,19 @@
 """`seq2seq-translate`: translate a file (or standard input) with a checkpoint.
 
-Exactly one output line per input line, in input order. The whole input is read and checked
-(strict UTF-8) before anything is written; output goes to a temporary file that is renamed into
-place only when the job is complete, so an interrupted job never leaves a file that looks done.
+Exactly one output line per input line, in input order. The whole input is checked (strict UTF-8,
+line count) before anything is written, then read, length-sorted and translated --window lines at a
+time (default 10000): memory depends on the window, not on the input's size; standard input is
+copied to a temporary file first. Each window's output is written as soon as it is done, to a
+hidden partial file beside --output (`.NAME.JOB.part`) that is renamed into place only when the job
+is complete, so an interrupted job never leaves a file that looks done. A job that is killed or
+fails after writing lines keeps its partial file: the same command with --resume keeps its complete
+lines (cut back to whole windows) and translates only the rest; the final file is byte-identical
+to that of an uninterrupted run. JOB fingerprints the input, the models and the flags, so --resume
+refuses a partial file written with other ones.
+
+--stream (on by itself when standard input is a terminal) translates each line the moment it
+arrives and writes (flushes) its output before reading the next: for interactive use and for
+pipes. Errors in a line are then found when it is reached, after the lines before it are written.
 
 Input lines are cleaned as training text is (control characters dropped, whitespace runs collapsed);
 a line longer than search.max_src_tokens pieces (or --max-src-tokens) is truncated, with a warning
@@ -104,8 +115,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="bf16/fp16 autocast on GPU")
     p.add_argument("--quiet", action="store_true", help="no progress bar or throughput report")
+    p.add_argument("--window", type=int, default=10000,
+                   help="input lines read, length-sorted and translated at a time (memory grows with it, not "
+                        "with the input)")
+    p.add_argument("--stream", action="store_true",
+                   help="translate and write each line as soon as it arrives (interactive use, pipes); on by "
+                        "itself when standard input is a terminal")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted job: keep the complete lines of its hidden partial output "
+                        "(.OUTPUT.JOB.part) and translate the rest")
     args = p.parse_args(argv)
-    for name in ("nbest", "beam_size", "batch_tokens", "max_src_tokens"):
+    for name in ("nbest", "beam_size", "batch_tokens", "max_src_tokens", "window"):
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -121,6 +141,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("--nbest lists come from beam search; it cannot be combined with --sample")
     if args.nbest > 1 and args.alignment and args.format == "text":
         p.error("--alignment with --nbest needs --format jsonl (the n-best TSV has no alignment column)")
+    if args.resume and args.output == "-":
+        p.error("--resume continues the hidden partial file of an --output FILE; standard output has none")
+    if args.stream and (args.resume or args.score_reference):
+        p.error("--stream translates lines as they arrive; --resume and --score-reference need a whole input file")
     args.backend = args.backend or ("onnxruntime" if args.model else "torch")
     if (args.backend == "onnxruntime") != bool(args.model):
         p.error("--backend onnxruntime reads an export folder (--model DIR, from seq2seq-export); "
@@ -143,23 +167,64 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def read_input(path: str) -> list[str]:
-    """All input lines, strictly UTF-8 (errors name the line) before any output is written."""
+class Input:
+    """The input file, checked whole before any output is written (in constant memory: one line at a time).
+
+    Standard input (outside --stream) is first copied to a temporary file, gzip detected, so that
+    it is checked and read like a file; `close()` removes that copy.
+    """
+
+    def __init__(self, path: str):
+        from seq2seq.corpus import scan_lines
+
+        self.spooled = path == "-"
+        self.name = "<stdin>" if self.spooled else path  # what errors call it
+        self.path = spool_stdin() if self.spooled else Path(path)
+        try:
+            self.lines, self.sha256 = scan_lines(self.path, name=self.name)
+        except BaseException:
+            self.close()
+            raise
+
+    def read(self, skip: int = 0):
+        """Its cleaned lines, one at a time (`corpus.iter_lines`), the first `skip` passed over."""
+        from seq2seq import corpus
+
+        return corpus.iter_lines(self.path, name=self.name, skip=skip)
+
+    def close(self) -> None:
+        if self.spooled:
+            self.path.unlink(missing_ok=True)
+
+
+def spool_stdin() -> Path:
+    """Standard input copied (in blocks) to a temporary file named .gz when it is gzip data."""
+    import shutil
     import tempfile
 
-    from seq2seq.corpus import CorpusError, read_lines
+    stream = sys.stdin.buffer
+    head = stream.read(2)
+    fd, tmp = tempfile.mkstemp(prefix="seq2seq-translate-stdin.", suffix=".gz" if head == b"\x1f\x8b" else ".txt")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(head)
+            shutil.copyfileobj(stream, f, 1 << 20)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
 
-    if path != "-":
-        return read_lines(path)
-    data = sys.stdin.buffer.read()
-    suffix = ".gz" if data[:2] == b"\x1f\x8b" else ".txt"  # read_lines decompresses by suffix
-    with tempfile.NamedTemporaryFile(suffix=suffix) as tmp:  # one reader for files and stdin
-        tmp.write(data)
-        tmp.flush()
-        try:
-            return read_lines(tmp.name)
-        except CorpusError as e:
-            raise CorpusError(str(e).replace(tmp.name, "<stdin>")) from None
+
+def stdin_lines():
+    """--stream from standard input: its cleaned lines as they arrive (gzip data decompressed)."""
+    import gzip
+
+    from seq2seq import corpus
+
+    stream = sys.stdin.buffer
+    if hasattr(stream, "peek") and stream.peek(2)[:2] == b"\x1f\x8b":  # peek waits for the first line only
+        stream = gzip.GzipFile(fileobj=stream, mode="rb")
+    return corpus.iter_lines(stream=stream, name="<stdin>")
 
 
 def alignment(t: Translation) -> str:
@@ -191,27 +256,118 @@ def format_line(i: int, t: Translation, args, translator: Translator) -> str:
     return f"{t.text}\t{alignment(t)}\n" if args.alignment else t.text + "\n"
 
 
-class AtomicOutput:
-    """Write to a temporary file beside `path`; rename over `path` only on success."""
+class PartialOutput:
+    """The output file's hidden twin `.NAME.JOB.part` beside it, renamed over NAME when the job is done.
 
-    def __init__(self, path: str):
-        import tempfile
+    JOB is a fingerprint of what decides the output (input and reference contents, models, flags), so
+    `--resume` finds the partial output of the same job only, keeps its complete lines and appends
+    the rest. A job that stops after writing lines (killed, interrupted, failed) leaves its partial
+    output for `--resume`; one that wrote nothing removes it. A lock stops two runs of one job from
+    writing the same file at once.
+    """
+
+    def __init__(self, path: str, job: str, resume: bool, unit: int):
+        import glob
 
         from seq2seq.corpus import CorpusError
 
         self.path = Path(path)
         if not self.path.parent.is_dir():
             raise CorpusError(f"output folder {self.path.parent} does not exist (for --output {path})")
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part", dir=self.path.parent)
-        self.file = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
+        self.tmp = self.path.parent / f".{self.path.name}.{job}.part"
+        self.unit = unit  # output lines per input line (--nbest K in text: K)
+        others = sorted(p.name for p in self.path.parent.glob(f".{glob.escape(self.path.name)}.*.part")
+                        if p != self.tmp and not p.name.endswith(".stream.part"))  # --stream's: never resumed
+        existed = self.tmp.exists()
+        if resume and not existed and others:
+            raise CorpusError(f"--resume: no partial output of this job beside {self.path}; {', '.join(others)} "
+                              "was written with another input, reference, model or setting. Run the same "
+                              "command as before, or remove that file to start over")
+        fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            import fcntl  # POSIX; elsewhere there is no lock
+        except ImportError:
+            fcntl = None
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released by the system when the process ends
+        except BlockingIOError:
+            os.close(fd)
+            raise CorpusError(f"{self.tmp}: another seq2seq-translate is writing this output now") from None
+        self.file = os.fdopen(fd, "r+b")
+        self.kept = 0  # output lines taken over from an earlier run
+        if existed and resume:
+            self.kept = self._complete_lines()
+        elif existed and self.file.seek(0, os.SEEK_END) > 0:
+            log.warning("%s holds the output of an interrupted run of this job: starting over (--resume "
+                        "would continue it)", self.tmp)
+        self.file.truncate(self.file.seek(self._offset(self.kept)))
+        self.written = 0  # output lines this run
+
+    def resume_point(self, window: int) -> int:
+        """Input lines to skip: the kept ones, cut back to whole windows (the rest is written again), so
+        that the resumed job translates the same windows as an uninterrupted one and writes the same bytes."""
+        done = self.kept // self.unit // window * window
+        self.kept = done * self.unit
+        self.file.truncate(self.file.seek(self._offset(self.kept)))
+        return done
+
+    def _complete_lines(self) -> int:
+        self.file.seek(0)
+        return sum(block.count(b"\n") for block in iter(lambda: self.file.read(1 << 20), b""))
+
+    def _offset(self, lines: int) -> int:
+        """Byte offset just after the first `lines` lines (all of them complete)."""
+        self.file.seek(0)
+        offset = 0
+        while lines > 0:
+            block = self.file.read(1 << 20)
+            count = block.count(b"\n")
+            if not block:
+                raise ValueError(f"{self.tmp} holds fewer than {lines} more lines")
+            if count < lines:
+                offset, lines = offset + len(block), lines - count
+                continue
+            end = -1
+            for _ in range(lines):
+                end = block.index(b"\n", end + 1)
+            return offset + end + 1
+        return offset
+
+    def write(self, text: str) -> None:
+        self.file.write(text.encode("utf-8"))
+        self.file.flush()  # whole lines reach the file as soon as they are done: a killed job keeps them
+        self.written += text.count("\n")
 
     def commit(self) -> None:
         self.file.close()
         os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
+        """Keep the lines done (for --resume), or leave nothing behind when there are none."""
         self.file.close()
-        Path(self.tmp).unlink(missing_ok=True)
+        if self.kept + self.written == 0:
+            self.tmp.unlink(missing_ok=True)
+        else:
+            print(f"{self.kept + self.written} output lines kept in {self.tmp}: run the same command with "
+                  "--resume to continue", file=sys.stderr)
+
+
+def job_fingerprint(args, source: Input, refs: Input | None) -> str:
+    """What decides the output bytes: the input and reference contents, the models (path, size, time)
+    and every flag except those that only say how or where to run."""
+    import hashlib
+    import json
+
+    ignored = {"input", "output", "score_reference", "checkpoint", "ensemble", "model", "resume", "quiet",
+               "device", "plot_attention", "plot_limit", "stream"}
+    models = [Path(p) for p in checkpoint_paths(args)]
+    if args.model:
+        models = sorted(p for p in Path(args.model).iterdir() if p.is_file())
+    job = {"input": source.sha256, "reference": refs.sha256 if refs else None,
+           "models": [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in models],
+           "flags": {k: v for k, v in sorted(vars(args).items()) if k not in ignored}}
+    return hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def apply_search_overrides(args, search_cfg) -> None:
@@ -275,14 +431,17 @@ def build_translator(args) -> Translator:
 class Progress:
     """A one-line progress report on stderr, for long files."""
 
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.done, self.enabled = total, 0, enabled and total > 0
-        self.start = time.perf_counter()
+    def __init__(self, total: int, enabled: bool, done: int = 0):
+        self.total, self.done, self.enabled = total, done, enabled and total > done
+        self.start, self.started_at = time.perf_counter(), done  # (a resumed job starts at `done`)
+        self.shown = 0.0
 
     def __call__(self, n: int) -> None:
         self.done += n
-        if self.enabled:
-            rate = self.done / max(time.perf_counter() - self.start, 1e-9)
+        now = time.perf_counter()
+        if self.enabled and (now - self.shown >= 0.2 or self.done >= self.total):  # a few updates a second
+            self.shown = now
+            rate = (self.done - self.started_at) / max(now - self.start, 1e-9)
             print(f"\rtranslated {self.done}/{self.total} lines ({rate:.1f} sent/s)", end="", file=sys.stderr)
 
     def close(self) -> None:
@@ -305,16 +464,19 @@ def _labels(pieces: list[str]) -> list[str]:
     return [p.replace("$", r"\$") for p in pieces]  # a '$' would start matplotlib's math mode
 
 
-def plot_attention(translations: list[Translation], translator: Translator, folder: str, limit: int) -> None:
+def plot_attention(translations: list[Translation], first: int, translator: Translator, folder: str,
+                   limit: int) -> None:
+    """Heatmaps of the translations of input lines first + 1, ... that are among the first `limit` lines."""
     import numpy as np
 
     plt = pyplot()
-    if all(t.attention is None for t in translations[:limit] if t.tokens):
+    mine = translations[: max(limit - first, 0)]
+    if first == 0 and all(t.attention is None for t in mine if t.tokens):
         log.warning("--plot-attention: nothing to plot (the model has no attention, or the first %d lines "
                     "are empty)", limit)
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    for i, t in enumerate(translations[:limit]):
+    for i, t in enumerate(mine, first):
         if t.attention is None or not t.tokens:
             continue
         src = _labels(translator.tokenizer.src_pieces(t.src_tokens)) + ["</s>"]
@@ -343,53 +505,131 @@ def check_files(args) -> None:
 
 def run(args) -> None:
     check_files(args)
-    import json
+    if args.stream or (args.input == "-" and sys.stdin is not None and sys.stdin.isatty()):
+        return run_stream(args)
+    from seq2seq.corpus import CorpusError
 
-    from seq2seq.corpus import CorpusError, read_lines
-
-    lines = read_input(args.input)
-    refs = read_lines(args.score_reference) if args.score_reference else None
-    if refs is not None and len(refs) != len(lines):
-        raise CorpusError(f"--score-reference {args.score_reference} has {len(refs)} lines but "
-                          f"--input {args.input} has {len(lines)}")
-    if args.plot_attention:  # fail before any work: no matplotlib, or a folder that cannot be made
-        pyplot()
-        Path(args.plot_attention).mkdir(parents=True, exist_ok=True)
-    out = AtomicOutput(args.output) if args.output != "-" else None
+    source = Input(args.input)  # checked whole (UTF-8, line count) before any output
+    refs = None
     try:
-        translator = build_translator(args)
-        start = time.perf_counter()
+        if args.score_reference:
+            refs = Input(args.score_reference)
+            if refs.lines != source.lines:
+                raise CorpusError(f"--score-reference {args.score_reference} has {refs.lines} lines but "
+                                  f"--input {source.name} has {source.lines}")
+        if args.plot_attention:  # fail before any work: no matplotlib, or a folder that cannot be made
+            pyplot()
+            Path(args.plot_attention).mkdir(parents=True, exist_ok=True)
+        out = None
+        if args.output != "-":
+            unit = args.nbest if args.format == "text" and args.nbest > 1 else 1
+            out = PartialOutput(args.output, job_fingerprint(args, source, refs), args.resume, unit)
+        try:
+            translator = build_translator(args)
+            skip = out.resume_point(args.window) if out is not None else 0
+            if skip and not args.quiet:
+                print(f"resuming: {skip} of {source.lines} lines were done", file=sys.stderr)
+            translate_windows(args, translator, source, refs, skip, out.write if out is not None else write_stdout)
+            if out is not None:
+                out.commit()
+        except BaseException:
+            if out is not None:
+                out.abort()
+            raise
+    finally:
+        source.close()
         if refs is not None:
-            scores = translator.score_references(lines, refs)
+            refs.close()
+
+
+def write_stdout(text: str) -> None:
+    sys.stdout.flush()
+    sys.stdout.buffer.write(text.encode("utf-8"))  # UTF-8 whatever the locale says
+    sys.stdout.buffer.flush()
+
+
+def translate_windows(args, translator: Translator, source: Input, refs: Input | None, skip: int, write) -> None:
+    """Translate `source` after its first `skip` lines, --window lines at a time (each window length-sorted
+    into batches by the translator), writing each window's output, in input order, as it is done."""
+    import json
+    from itertools import islice
+
+    lines = source.read(skip)
+    ref_lines = refs.read(skip) if refs is not None else None
+    progress = Progress(source.lines, not args.quiet, done=skip)
+    want_attention = args.alignment or bool(args.plot_attention)
+    start, first, n_tokens = time.perf_counter(), skip, 0
+    while True:
+        window = list(islice(lines, args.window))  # the previous window is released: one in memory at a time
+        if not window:
+            break
+        if ref_lines is not None:
+            scores = translator.score_references(window, list(islice(ref_lines, len(window))), first_line=first + 1)
+            progress(len(window))
             if args.format == "jsonl":
-                text = "".join(json.dumps({"line": i + 1, "score": s}) + "\n" for i, s in enumerate(scores))
+                text = "".join(json.dumps({"line": first + i + 1, "score": s}) + "\n" for i, s in enumerate(scores))
             else:
                 text = "".join(f"{s:.6f}\n" for s in scores)
         else:
-            progress = Progress(len(lines), not args.quiet)
-            want_attention = args.alignment or bool(args.plot_attention)
-            results = translator.translate(lines, nbest=args.nbest, with_attention=want_attention,
-                                           progress=progress)
-            progress.close()
-            elapsed = max(time.perf_counter() - start, 1e-9)  # translation only: not plotting or writing
-            text = "".join(format_line(i, t, args, translator) for i, t in enumerate(results))
-            if args.plot_attention:
-                plot_attention(results, translator, args.plot_attention, args.plot_limit)
-        if out is None:
-            sys.stdout.flush()
-            sys.stdout.buffer.write(text.encode("utf-8"))  # UTF-8 whatever the locale says
-            sys.stdout.buffer.flush()
-        else:
-            out.file.write(text)
-            out.commit()
-        if not args.quiet and refs is None:
-            n_tokens = sum(t.length for t in results)
-            print(f"{len(lines)} lines in {elapsed:.2f} s: {len(lines) / elapsed:.1f} sentences/s, "
-                  f"{n_tokens / elapsed:.0f} target tokens/s", file=sys.stderr)
-    except BaseException:
+            results = translator.translate(window, nbest=args.nbest, with_attention=want_attention,
+                                           progress=progress, first_line=first + 1)
+            text = "".join(format_line(first + i, t, args, translator) for i, t in enumerate(results))
+            n_tokens += sum(t.length for t in results)
+            if args.plot_attention and first < args.plot_limit:
+                plot_attention(results, first, translator, args.plot_attention, args.plot_limit)
+        write(text)
+        first += len(window)
+        window = results = scores = text = None  # noqa: F841 (released before the next window is read)
+    progress.close()
+    if not args.quiet and refs is None:
+        report(first - skip, n_tokens, time.perf_counter() - start)
+
+
+def report(n_lines: int, n_tokens: int, elapsed: float) -> None:
+    elapsed = max(elapsed, 1e-9)
+    print(f"{n_lines} lines in {elapsed:.2f} s: {n_lines / elapsed:.1f} sentences/s, "
+          f"{n_tokens / elapsed:.0f} target tokens/s", file=sys.stderr)
+
+
+def run_stream(args) -> None:
+    """--stream: each line translated and written (flushed) as soon as it arrives; for a terminal or a pipe."""
+    from seq2seq import corpus
+
+    if args.resume or args.score_reference:
+        flag = "--resume" if args.resume else "--score-reference"
+        why = "--stream was given" if args.stream else "standard input is a terminal (which turns on --stream)"
+        raise UsageError(f"{flag} needs a whole input file, but {why}")
+    if args.plot_attention:
+        pyplot()
+        Path(args.plot_attention).mkdir(parents=True, exist_ok=True)
+    out = None
+    if args.output != "-":  # flushed line by line too; renamed into place at the end of the input
+        out = PartialOutput(args.output, f"{os.getpid()}.stream", resume=False, unit=1)
+    try:
+        translator = build_translator(args)
+        lines = stdin_lines() if args.input == "-" else corpus.iter_lines(args.input)
+        if args.input == "-" and sys.stdin.isatty() and not args.quiet:
+            print("seq2seq-translate: one sentence per line, Ctrl-D to end", file=sys.stderr)
+        write = out.write if out is not None else write_stdout
+        want_attention = args.alignment or bool(args.plot_attention)
+        start, n_lines, n_tokens = time.perf_counter(), 0, 0
+        for i, line in enumerate(lines):
+            [t] = translator.translate([line], nbest=args.nbest, with_attention=want_attention, first_line=i + 1)
+            write(format_line(i, t, args, translator))
+            if args.plot_attention and i < args.plot_limit:
+                plot_attention([t], i, translator, args.plot_attention, args.plot_limit)
+            n_lines, n_tokens = n_lines + 1, n_tokens + t.length
         if out is not None:
+            out.commit()
+    except BaseException as e:
+        if out is not None:
+            out.written = 0  # nothing to resume: a stream is not read again
             out.abort()
+        if isinstance(e, KeyboardInterrupt):  # Ctrl-C is how an interactive session may end: no traceback
+            raise SystemExit(130) from None
         raise
+    if not args.quiet:
+        report(n_lines, n_tokens, time.perf_counter() - start)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -80,13 +80,14 @@ class Translator:
         self.sampling = sampling
 
     # ------------------------------------------------------------------ encoding and batching
-    def _encode(self, lines: Sequence[str]) -> tuple[list[list[int]], list[int]]:
-        """Source ids per line, truncated to fit `max_src_tokens` (EOS included); truncated line numbers."""
+    def _encode(self, lines: Sequence[str], first_line: int = 1) -> tuple[list[list[int]], list[int]]:
+        """Source ids per line, truncated to fit `max_src_tokens` (EOS included); truncated indices.
+        Warnings number `lines[0]` as line `first_line` (a window of a longer file)."""
         limit = self.cfg.max_src_tokens - 1  # room for the EOS the data layer appends
         ids = self.tokenizer.encode_src(list(lines))
         truncated = [i for i, s in enumerate(ids) if len(s) > limit]
         if truncated:
-            shown = ", ".join(str(i + 1) for i in truncated[:10])
+            shown = ", ".join(str(i + first_line) for i in truncated[:10])
             log.warning("%d input line(s) longer than search.max_src_tokens=%d pieces were truncated "
                         "(line %s%s)", len(truncated), self.cfg.max_src_tokens, shown,
                         ", ..." if len(truncated) > 10 else "")
@@ -147,11 +148,13 @@ class Translator:
         nbest: int = 1,
         with_attention: bool = False,
         progress: Callable[[int], None] | None = None,
+        first_line: int = 1,
     ) -> list[Translation]:
-        """Translate `lines`; result i belongs to line i. `progress(n)` is told of each finished batch."""
+        """Translate `lines`; result i belongs to line i. `progress(n)` is told of each finished batch;
+        warnings number `lines[0]` as line `first_line`."""
         if nbest > max(self.cfg.beam_size, 1) and self.sampling is None:
             raise ValueError(f"nbest={nbest} needs a beam at least that wide (search.beam_size={self.cfg.beam_size})")
-        ids, _ = self._encode(lines)
+        ids, _ = self._encode(lines, first_line)
         results = [Translation(text="", score=0.0, tokens=[], nbest=[("", 0.0)]) for _ in lines]
         todo = [i for i, line in enumerate(lines) if line.strip()]
         if progress is not None and len(todo) < len(lines):
@@ -176,11 +179,12 @@ class Translator:
                 progress(len(group))
         return results
 
-    def score_references(self, src_lines: Sequence[str], ref_lines: Sequence[str]) -> list[float]:
+    def score_references(self, src_lines: Sequence[str], ref_lines: Sequence[str],
+                         first_line: int = 1) -> list[float]:
         """The model's log-likelihood of each reference given its source (EOS included)."""
         if len(src_lines) != len(ref_lines):
             raise ValueError(f"{len(src_lines)} source lines but {len(ref_lines)} references")
-        ids, _ = self._encode(src_lines)
+        ids, _ = self._encode(src_lines, first_line)
         refs = self.tokenizer.encode_tgt(list(ref_lines))
         scores = [0.0] * len(src_lines)
         for group in self._batches(ids, list(range(len(src_lines)))):
