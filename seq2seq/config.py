@@ -125,7 +125,7 @@ def _positive(key: str, value: float, allow_zero: bool = False) -> None:
 
 @dataclass
 class TokenizerConfig:
-    model_type: str = "bpe"  # bpe | unigram
+    model_type: str = "bpe"  # bpe | unigram | char (one piece per character: character-level models)
     vocab_size: int = 8000
     joint: bool = True  # one model for both languages, or one per side
     character_coverage: float = 1.0
@@ -134,7 +134,7 @@ class TokenizerConfig:
     seed: int = 1
 
     def validate(self, prefix: str) -> None:
-        _choice(f"{prefix}.model_type", self.model_type, ("bpe", "unigram"))
+        _choice(f"{prefix}.model_type", self.model_type, ("bpe", "unigram", "char"))
         if self.vocab_size < 8:
             raise ConfigError(f"config key '{prefix}.vocab_size' must be >= 8, got {self.vocab_size}")
         _positive(f"{prefix}.max_sentences", self.max_sentences, allow_zero=True)
@@ -225,6 +225,71 @@ class ModelConfig:
         for key in ("dropout", "rnn_dropout"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 raise ConfigError(f"config key '{prefix}.{key}' must be in [0, 1)")
+
+
+LM_TYPE = "rnn_lm"  # `model.type` of a language model (a translation model's section has no `type`)
+
+
+@dataclass
+class LanguageModelConfig:
+    """A decoder-only recurrent language model (`seq2seq.model.lm.RecurrentLM`)."""
+
+    type: str = LM_TYPE
+    cell: str = "lstm"
+    embedding_size: int = 256
+    hidden_size: int = 512
+    layers: int = 2
+    dropout: float = 0.3  # on embeddings and on the RNN's top-layer outputs
+    rnn_dropout: float = 0.3  # between stacked RNN layers
+    tie_embeddings: bool = True  # output projection shares the embedding matrix
+
+    def validate(self, prefix: str) -> None:
+        _choice(f"{prefix}.type", self.type, (LM_TYPE,))
+        _choice(f"{prefix}.cell", self.cell, CELLS)
+        for key in ("embedding_size", "hidden_size", "layers"):
+            _positive(f"{prefix}.{key}", getattr(self, key))
+        for key in ("dropout", "rnn_dropout"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ConfigError(f"config key '{prefix}.{key}' must be in [0, 1)")
+
+
+@dataclass
+class MonolingualDataConfig:
+    """Monolingual text for a language model: Multi30k's `{split}.{lang}` files, or files of your own."""
+
+    type: str = "monolingual"
+    corpus: str = "multi30k"  # names the cache folder; 'multi30k' also enables the download
+    lang: str = "en"  # language suffix of the Multi30k files ({split}.{lang}[.gz])
+    root: str = "data/multi30k"
+    mirrors: list[str] = field(default_factory=list)
+    download: bool = True
+    train_split: str = "train"
+    valid_split: str = "val"
+    test_split: str = "test_2016_flickr"  # '' = no test
+    train_files: list[str] = field(default_factory=list)  # text files (plain or .gz) instead of the splits
+    valid_files: list[str] = field(default_factory=list)
+    test_files: list[str] = field(default_factory=list)
+    valid_holdout: int = 500  # train_files without valid_files: the last N training lines validate
+    cache_dir: str = "data/cache"
+    max_train_lines: int = 0  # use only the first N training lines (0 = all)
+    max_valid_lines: int = 0
+    max_chars: int = 1000  # drop training lines longer than this many characters
+    max_tokens: int = 256  # ... or than this many sentencepiece pieces
+    tokenizer_from: str = ""  # a translation checkpoint (or .model file) whose target sentencepiece model to use
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+
+    def validate(self, prefix: str) -> None:
+        _choice(f"{prefix}.type", self.type, ("monolingual",))
+        for key in ("valid_holdout", "max_train_lines", "max_valid_lines"):
+            _positive(f"{prefix}.{key}", getattr(self, key), allow_zero=True)
+        for key in ("max_chars", "max_tokens"):
+            _positive(f"{prefix}.{key}", getattr(self, key))
+        if self.valid_files and not self.train_files:
+            raise ConfigError(f"config key '{prefix}.valid_files' is set but '{prefix}.train_files' is empty; "
+                              "give both, or neither (the Multi30k splits)")
+        if self.train_files and not self.valid_files and self.valid_holdout < 1:
+            raise ConfigError(f"config key '{prefix}.valid_holdout' is 0 and '{prefix}.valid_files' is empty: "
+                              "a language model needs validation text")
 
 
 @dataclass

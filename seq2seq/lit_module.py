@@ -121,9 +121,7 @@ class TranslationModule(pl.LightningModule):
         max_bad_steps: int = 10,
     ):
         super().__init__()
-        self.model = Seq2Seq.from_config(model, src_vocab_size=tokenizer.src_vocab_size,
-                                         tgt_vocab_size=tokenizer.tgt_vocab_size,
-                                         pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID)
+        self.model = self.build_model(model, tokenizer)
         self.optim_cfg = optim
         self.sched_cfg = scheduler
         self.search_cfg = search
@@ -139,6 +137,12 @@ class TranslationModule(pl.LightningModule):
         self._grad_norm: torch.Tensor | None = None  # total gradient norm of this step, computed once
         self._val_sums = torch.zeros(3)  # nll sum, smoothed-loss sum, target tokens
         self._last_step_time: float | None = None
+
+    def build_model(self, model: ModelConfig, tokenizer: Tokenizer) -> torch.nn.Module:
+        """The trained network (a language model's module overrides this, `lm_module.py`)."""
+        return Seq2Seq.from_config(model, src_vocab_size=tokenizer.src_vocab_size,
+                                   tgt_vocab_size=tokenizer.tgt_vocab_size,
+                                   pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID)
 
     # ------------------------------------------------------------------ loss
     def _losses(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -37,6 +37,11 @@ pieces across) for the non-empty lines among the first --plot-limit input lines.
 Sampling (--sample) draws each token from softmax(log-probs / --temperature), optionally from the
 --top-k best only; the same --seed, input and batching give the same samples. "score" stays the
 model's own (untempered) log-probability. --ensemble averages the members' log-probabilities per step (renormalised).
+Language models (seq2seq-train experiment=lm_quickstart data.tokenizer_from=<this checkpoint>): --lm CKPT
+--lm-weight W adds W x the LM's log-probabilities to the model's at every search step (shallow fusion,
+greedy, beam and sampling; "score" is then the fused sum); with --lm-rerank the beam's n-best list is
+rescored instead by (score + W x LM log-probability) / length ** length_penalty (needs a beam >= 2). The
+LM must share the model's target sentencepiece vocabulary; a mismatch is an error before any translation.
 --backend onnxruntime --model DIR translates with an export folder (seq2seq-export) through
 seq2seq.runtime (onnxruntime, no torch in the search; docs/deploy.md), in the same formats; --quantize
 int8 (torch backend) quantizes the linear and LSTM/GRU layers to int8 for CPU decoding.
@@ -101,6 +106,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--alignment", action="store_true", help="add src-tgt alignments from attention")
     p.add_argument("--plot-attention", metavar="DIR", help="write attention heatmaps (PNG) into DIR")
     p.add_argument("--plot-limit", type=int, default=10, help="sentences to plot with --plot-attention")
+    p.add_argument("--lm", metavar="CKPT", help="a language model checkpoint to fuse into the search (or rerank with)")
+    p.add_argument("--lm-weight", type=float, help="weight of the LM's log-probabilities (default 0.2)")
+    p.add_argument("--lm-rerank", action="store_true", help="rescore the beam's n-best list with the LM instead of fusing")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="bf16/fp16 autocast on GPU")
     p.add_argument("--quiet", action="store_true", help="no progress bar or throughput report")
@@ -121,6 +129,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("--nbest lists come from beam search; it cannot be combined with --sample")
     if args.nbest > 1 and args.alignment and args.format == "text":
         p.error("--alignment with --nbest needs --format jsonl (the n-best TSV has no alignment column)")
+    if (args.lm_rerank or args.lm_weight is not None) and not args.lm:
+        p.error("--lm-weight and --lm-rerank need a language model: --lm CKPT")
+    args.lm_weight = 0.2 if args.lm_weight is None else args.lm_weight
+    if args.lm and args.model:
+        p.error("--lm works with the torch backend (--checkpoint or --ensemble), not with --model")
+    if args.lm_rerank:
+        clash = [flag for flag, on in (("--sample", args.sample), ("--score-reference", args.score_reference),
+                                      ("--alignment", args.alignment), ("--plot-attention", args.plot_attention))
+                 if on]
+        if clash:
+            p.error(f"--lm-rerank rescores the beam's n-best list; it cannot be combined with {', '.join(clash)}")
     args.backend = args.backend or ("onnxruntime" if args.model else "torch")
     if (args.backend == "onnxruntime") != bool(args.model):
         p.error("--backend onnxruntime reads an export folder (--model DIR, from seq2seq-export); "
@@ -271,6 +290,23 @@ def build_translator(args) -> Translator:
     return Translator(model, tokenizer, search_cfg, device=device, dtype=dtype, sampling=sampling)
 
 
+def attach_lm(args, translator: Translator):
+    """Load --lm and check its vocabulary (before any translation); fusion wraps the translator's model,
+    reranking returns the LM for `rerank` after the search."""
+    from seq2seq.checkpoint import CheckpointError, load_language_model
+    from seq2seq.fusion import ShallowFusion, check_vocabularies
+
+    lm, lm_tokenizer, _ = load_language_model(args.lm, translator.device)
+    check_vocabularies(translator.tokenizer, lm_tokenizer, checkpoint_paths(args)[0], args.lm)
+    if args.lm_rerank:
+        if translator.cfg.beam_size < 2:
+            raise CheckpointError(f"--lm-rerank rescores an n-best list, but the beam size is "
+                                  f"{translator.cfg.beam_size}; give --beam-size K (K >= 2)")
+        return lm
+    translator.model = ShallowFusion(translator.model, lm, args.lm_weight)
+    return None
+
+
 class Progress:
     """A one-line progress report on stderr, for long files."""
 
@@ -335,13 +371,14 @@ def check_files(args) -> None:
     for path in (args.input, args.score_reference):
         if path not in (None, "-") and not Path(path).exists():
             raise UsageError(f"{path}: file not found")
-    for path in checkpoint_paths(args):
+    for path in checkpoint_paths(args) + ([args.lm] if args.lm else []):
         if not Path(path).is_file():
             raise UsageError(f"checkpoint {path} does not exist")
 
 
 def run(args) -> None:
     check_files(args)
+    import dataclasses
     import json
 
     from seq2seq.corpus import CorpusError, read_lines
@@ -357,6 +394,7 @@ def run(args) -> None:
     out = AtomicOutput(args.output) if args.output != "-" else None
     try:
         translator = build_translator(args)
+        reranker = attach_lm(args, translator) if args.lm else None
         start = time.perf_counter()
         if refs is not None:
             scores = translator.score_references(lines, refs)
@@ -367,8 +405,14 @@ def run(args) -> None:
         else:
             progress = Progress(len(lines), not args.quiet)
             want_attention = args.alignment or bool(args.plot_attention)
-            results = translator.translate(lines, nbest=args.nbest, with_attention=want_attention,
-                                           progress=progress)
+            nbest = translator.cfg.beam_size if reranker is not None else args.nbest
+            results = translator.translate(lines, nbest=nbest, with_attention=want_attention, progress=progress)
+            if reranker is not None:
+                from seq2seq.fusion import rerank
+
+                results = rerank(results, reranker, translator.tokenizer, args.lm_weight,
+                                 translator.cfg.length_penalty, translator.device)
+                results = [dataclasses.replace(r, nbest=r.nbest[:args.nbest]) for r in results]
             progress.close()
             elapsed = max(time.perf_counter() - start, 1e-9)  # translation only: not plotting or writing
             text = "".join(format_line(i, t, args, translator) for i, t in enumerate(results))
