@@ -4,8 +4,8 @@ Each row reads its prompt (`[BOS] + pieces`, packed, so prompts of any lengths s
 one piece at a time from `next_token_distribution` until EOS or `max_len` pieces (EOS counted).
 Temperature 0 is greedy decoding (the argmax, no randomness). Otherwise the distribution is
 softmax(log_probs / temperature), cut to the `top_k` most likely pieces, then to the smallest set of
-most likely pieces whose probability reaches `top_p` (nucleus sampling), and renormalised: pieces outside
-the set have probability exactly zero. A sample's `log_prob` is the model's own (untempered, unfiltered)
+most likely pieces whose probability reaches `top_p` (nucleus sampling; pieces tied with a set's last
+piece stay in), and renormalised: pieces outside the set have probability exactly zero. A sample's `log_prob` is the model's own (untempered, unfiltered)
 log-probability of the pieces it emitted, EOS included. All randomness comes from one `torch.Generator`
 on the model's device: the same seed, prompts, `num` and batch size give the same samples.
 """
@@ -43,23 +43,24 @@ def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
 def next_token_distribution(log_probs: Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> Tensor:
     """log_probs [N, V] -> sampling probabilities [N, V] float32 (see the module doc); temperature > 0.
 
-    top_k keeps exactly k pieces (ties at the k-th value broken by index, as `topk` does). top_p keeps,
-    in decreasing probability, every piece whose preceding mass is still below top_p: the smallest
-    prefix whose mass reaches top_p (always at least the most likely piece).
+    top_k keeps the k most likely pieces; top_p keeps, in decreasing probability, every piece whose
+    preceding mass is still below top_p: the smallest prefix whose mass reaches top_p (at least the most
+    likely piece). Both keep the pieces tied with the last one kept (as `search.sample` does), so the
+    sets do not depend on how a sort orders equal values.
     """
     logits = log_probs.float() / temperature  # [N, V]
     vocab = logits.size(-1)
     if 0 < top_k < vocab:
-        keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, logits.topk(top_k, dim=-1).indices, True)
-        logits = logits.masked_fill(~keep, float("-inf"))
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]  # [N, 1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(logits, dim=-1)  # [N, V]
     if top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)  # [N, V]
+        sorted_probs = probs.sort(dim=-1, descending=True).values  # [N, V]
         before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of the more likely pieces
-        drop_sorted = before >= top_p
-        drop_sorted[:, 0] = False
-        drop = torch.zeros_like(drop_sorted).scatter_(1, order, drop_sorted)
-        probs = probs.masked_fill(drop, 0.0)
+        inside = before < top_p
+        inside[:, 0] = True
+        smallest = torch.where(inside, sorted_probs, float("inf")).min(dim=-1, keepdim=True).values  # [N, 1]
+        probs = probs.masked_fill(probs < smallest, 0.0)
         probs = probs / probs.sum(dim=-1, keepdim=True)
     return probs
 

@@ -115,12 +115,12 @@ def test_tied_embeddings_share_one_matrix():
 def test_temperature_zero_is_greedy():
     """Temperature 0 gives exactly `search.greedy`'s tokens and scores over the same model.
     Mutation: `_generate_rows` stepping the LM with the previous token instead of the new one fails."""
-    lm = tiny_lm()
+    lm = tiny_lm(seed=5)  # a greedy path that does not just repeat one piece
     samples = generate(lm, [[]] * 3, num=2, max_len=12, temperature=0.0)
     src = torch.full((1, 1), 4)
     (ref,) = search.greedy(SourceFree(lm), src, torch.tensor([1]), torch.ones(1, 1, dtype=torch.bool),
                            max_len_a=12, max_len_b=0.0)
-    assert len(ref.tokens) >= 3  # a real sequence, not an immediate EOS
+    assert len(set(ref.tokens)) >= 4  # a real sequence, not an immediate EOS nor one piece repeated
     for row in samples:
         for s in row:
             assert s.tokens == ref.tokens and s.finished == ref.finished
@@ -148,38 +148,38 @@ def test_same_seed_same_samples_and_prompts_are_continued():
 
 
 def allowed_sets(log_probs: torch.Tensor, temperature: float, top_k: int, top_p: float) -> list[set[int]]:
-    """The pieces each row may sample, by the definition (plain Python over sorted probabilities)."""
+    """The pieces each row may sample, by the definition (plain Python over sorted probabilities; pieces
+    tied with the last one kept stay in)."""
     out = []
     for row in log_probs.tolist():
-        probs = [math.exp(x / temperature) for x in row]
-        total = sum(probs)
-        probs = [p / total for p in probs]
-        order = sorted(range(len(row)), key=lambda i: (-row[i], i))
+        logits = [x / temperature for x in row]
+        allowed = set(range(len(row)))
         if top_k:
-            order = order[:top_k]
-            mass = sum(probs[i] for i in order)
-            probs = [p / mass for p in probs]
-        kept, mass = [], 0.0
-        for i in order:
+            kth = sorted(logits, reverse=True)[top_k - 1]
+            allowed = {i for i in allowed if logits[i] >= kth}
+        total = sum(math.exp(logits[i]) for i in allowed)
+        probs = {i: math.exp(logits[i]) / total for i in allowed}
+        mass, smallest = 0.0, None
+        for i in sorted(allowed, key=lambda i: -probs[i]):
             if mass >= top_p:
                 break
-            kept.append(i)
-            mass += probs[i]
-        out.append(set(kept))
+            mass, smallest = mass + probs[i], probs[i]
+        out.append({i for i in allowed if probs[i] >= smallest})
     return out
 
 
 @pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 5, 1.0), (0.7, 0, 0.6), (1.3, 8, 0.9), (1.0, 1, 0.5),
-                                                     (2.0, 0, 0.95)])
+                                                     (2.0, 0, 0.95), (0.5, 3, 0.99)])
 def test_top_k_top_p_never_leave_their_sets(temperature, top_k, top_p):
     """The sampling distribution is zero outside the top-k / nucleus set, proportional to the tempered
     probabilities inside it, and the nucleus is the smallest prefix reaching top_p; sampled pieces of a
     real model stay in the set at every step.
     Mutation: cutting the nucleus at `cumsum >= top_p` (instead of the mass before each piece) drops the
-    piece that crosses top_p and fails; so does keeping top-k ties by value on the tied rows below."""
+    piece that crosses top_p and fails; so does a top-k cut at the (k-1)-th value."""
     g = torch.Generator().manual_seed(0)
     log_probs = torch.log_softmax(torch.randn(64, 30, generator=g) * 2.0, dim=-1)
-    log_probs[0, :4] = log_probs[0, 0]  # ties at the top: exactly k pieces, by index
+    log_probs[0, :6] = log_probs[0].max() + 0.5  # six tied at the top: a cut among them keeps all six
+    log_probs = torch.log_softmax(log_probs, dim=-1)
     probs = next_token_distribution(log_probs, temperature, top_k, top_p)
     tempered = torch.softmax(log_probs / temperature, dim=-1)
     for r, allowed in enumerate(allowed_sets(log_probs, temperature, top_k, top_p)):
