@@ -453,3 +453,32 @@ def test_lm_and_translation_sections_do_not_mix(tmp_path):
         train(compose_train(["data=monolingual"], tmp_path / "b"))
     with pytest.raises(ConfigError, match="'validation.metric' is 'bleu'.*valid options: loss, ppl"):
         train(compose_train(["experiment=lm_quickstart", "validation.metric=bleu"], tmp_path / "c"))
+
+
+@pytest.mark.slow
+def test_lm_trains_under_ddp_and_resumes_in_one_process(tmp_path):
+    """`seq2seq-train` of an LM with 2 processes (trainer=ddp_cpu): the validation perplexities, summed over
+    the ranks' shards, equal the perplexity of the whole validation text under the checkpoint written at
+    that validation; the run then resumes from last.ckpt in a single process.
+    Mutation: `LanguageModelModule.on_validation_epoch_end` skipping the reduce over ranks (one shard's
+    sums) fails the equality."""
+    from seq2seq.lm_score import score_text
+
+    from .helpers import read_metrics, series
+
+    root = tmp_path / "text"
+    write_lines(root / "train.txt.gz", counting(400, 1))
+    write_lines(root / "valid.txt", counting(41, 2))
+    write_lines(root / "test.txt", counting(20, 3))
+    run = tmp_path / "run"
+    overrides = [o for o in lm_overrides(root, 4) if not o.startswith("trainer.max_steps")]
+    run_script("train", *overrides, "trainer=ddp_cpu", "trainer.devices=2", "trainer.max_steps=4",
+               "test_after_training=false", f"hydra.run.dir={run}")
+    rows = read_metrics(run)
+    lm, tok, _ = load_language_model(run / "checkpoints" / "last.ckpt")
+    whole = score_text(lm, tok, counting(41, 2), "cpu")
+    assert series(rows, "val/ppl")[-1] == pytest.approx(whole.ppl, rel=1e-4)
+    assert series(rows, "val/word_ppl")[-1] == pytest.approx(whole.word_ppl, rel=1e-4)
+    run_script("train", *overrides, "trainer.max_steps=6", "trainer.val_check_interval=2", "ckpt_path=last",
+               "test_after_training=false", f"hydra.run.dir={run}")
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
