@@ -6,7 +6,6 @@ Model-level tests use tiny randomly initialised models (seconds); the pipeline t
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import random
