@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from seq2seq.config import ModelConfig, SearchConfig, section
+from seq2seq.config import LM_TYPE, LanguageModelConfig, ModelConfig, SearchConfig, section
 from seq2seq.model import Seq2Seq
 from seq2seq.temporaries import owned_prefix
 from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
@@ -101,6 +101,9 @@ def load_for_translation(path: str | os.PathLike, device: torch.device | str = "
     """-> (model in eval mode on `device`, tokenizer, search config of the run, full config dict)."""
     ckpt = read_checkpoint(path)
     payload = ckpt[PAYLOAD_KEY]
+    if is_language_model(payload):
+        raise CheckpointError(f"checkpoint {path} is a language model, not a translation model: generate with "
+                              f"seq2seq-generate --checkpoint {path}, or fuse it into translation with --lm {path}")
     try:
         config = payload["config"]
         tokenizer = Tokenizer.from_state_dict(payload["tokenizer"])
@@ -119,3 +122,35 @@ def load_for_translation(path: str | os.PathLike, device: torch.device | str = "
         raise CheckpointError(f"checkpoint {path}: its weights do not match its own config and vocabulary "
                               f"(src vocab {tokenizer.src_vocab_size}, tgt vocab {tokenizer.tgt_vocab_size}):\n{e}") from None
     return model.to(device).eval(), tokenizer, search_cfg, config
+
+
+def is_language_model(payload: dict[str, Any]) -> bool:
+    model = payload.get("config", {}).get("model") if isinstance(payload.get("config"), dict) else None
+    return isinstance(model, dict) and model.get("type") == LM_TYPE
+
+
+def load_language_model(path: str | os.PathLike, device: torch.device | str = "cpu"):
+    """-> (RecurrentLM in eval mode on `device`, tokenizer, full config dict) of an LM checkpoint."""
+    from seq2seq.model.lm import RecurrentLM
+
+    ckpt = read_checkpoint(path)
+    payload = ckpt[PAYLOAD_KEY]
+    if not is_language_model(payload):
+        raise CheckpointError(f"checkpoint {path} is a translation model, not a language model "
+                              f"(train one with seq2seq-train experiment=lm_quickstart)")
+    try:
+        config = payload["config"]
+        tokenizer = Tokenizer.from_state_dict(payload["tokenizer"])
+        model_cfg = section(LanguageModelConfig, config["model"], "model")
+    except (KeyError, TypeError, ValueError) as e:
+        what = f"no {e} entry" if isinstance(e, KeyError) else str(e)
+        raise CheckpointError(f"checkpoint {path}: its stored config or sentencepiece model is unusable "
+                              f"({what})") from None
+    model = RecurrentLM.from_config(model_cfg, vocab_size=tokenizer.tgt_vocab_size, pad_id=PAD_ID,
+                                    bos_id=BOS_ID, eos_id=EOS_ID)
+    try:
+        model.load_state_dict(model_state_dict(ckpt))
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {path}: its weights do not match its own config and vocabulary "
+                              f"(vocab {tokenizer.tgt_vocab_size}):\n{e}") from None
+    return model.to(device).eval(), tokenizer, config

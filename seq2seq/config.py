@@ -67,7 +67,7 @@ def _choice(name: str, *values: str) -> Any:
 
 Cell = _choice("Cell", "rnn_tanh", "rnn_relu", "gru", "lstm")
 Attention = _choice("Attention", "bahdanau", "luong_dot", "luong_general", "none")
-PieceModel = _choice("PieceModel", "bpe", "unigram")
+PieceModel = _choice("PieceModel", "bpe", "unigram", "char")  # char: one piece per character
 Optimizer = _choice("Optimizer", "adam", "adamw")
 Schedule = _choice("Schedule", "warmup_decay", "plateau", "constant")
 Decay = _choice("Decay", "inverse_sqrt", "linear", "cosine", "none")
@@ -190,6 +190,70 @@ class ModelConfig:
                 raise ConfigError(f"config key '{prefix}.{key}' must be in [0, 1)")
 
 
+LM_TYPE = "rnn_lm"  # `model.type` of a language model (a translation model's section has no `type`)
+LmType = _choice("LmType", LM_TYPE)
+MonolingualType = _choice("MonolingualType", "monolingual")
+
+
+@dataclass
+class LanguageModelConfig:
+    """A decoder-only recurrent language model (`seq2seq.model.lm.RecurrentLM`)."""
+
+    type: LmType = LM_TYPE
+    cell: Cell = Cell.lstm.value
+    embedding_size: int = 256
+    hidden_size: int = 512
+    layers: int = 2
+    dropout: float = 0.3
+    rnn_dropout: float = 0.3
+    tie_embeddings: bool = True
+
+    def check(self, prefix: str) -> None:
+        for key in ("embedding_size", "hidden_size", "layers"):
+            _positive(f"{prefix}.{key}", getattr(self, key))
+        for key in ("dropout", "rnn_dropout"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ConfigError(f"config key '{prefix}.{key}' must be in [0, 1)")
+
+
+@dataclass
+class MonolingualDataConfig:
+    """Monolingual text for a language model: Multi30k's `{split}.{lang}` files, or files of your own."""
+
+    type: MonolingualType = "monolingual"
+    corpus: str = "multi30k"
+    lang: str = "en"
+    root: str = "data/multi30k"
+    mirrors: list[str] = field(default_factory=list)
+    download: bool = True
+    train_split: str = "train"
+    valid_split: str = "val"
+    test_split: str = "test_2016_flickr"
+    train_files: list[str] = field(default_factory=list)
+    valid_files: list[str] = field(default_factory=list)
+    test_files: list[str] = field(default_factory=list)
+    valid_holdout: int = 500
+    cache_dir: str = "data/cache"
+    max_train_lines: int = 0
+    max_valid_lines: int = 0
+    max_chars: int = 1000
+    max_tokens: int = 256
+    tokenizer_from: str = ""
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+
+    def check(self, prefix: str) -> None:
+        for key in ("valid_holdout", "max_train_lines", "max_valid_lines"):
+            _positive(f"{prefix}.{key}", getattr(self, key), allow_zero=True)
+        for key in ("max_chars", "max_tokens"):
+            _positive(f"{prefix}.{key}", getattr(self, key))
+        if self.valid_files and not self.train_files:
+            raise ConfigError(f"config key '{prefix}.valid_files' is set but '{prefix}.train_files' is empty; "
+                              "give both, or neither (the Multi30k splits)")
+        if self.train_files and not self.valid_files and self.valid_holdout < 1:
+            raise ConfigError(f"config key '{prefix}.valid_holdout' is 0 and '{prefix}.valid_files' is empty: "
+                              "a language model needs validation text")
+
+
 @dataclass
 class SearchConfig:
     beam_size: int = 1
@@ -248,7 +312,8 @@ class ValidationConfig:
 
 @dataclass
 class TrainConfig:
-    """conf/train.yaml as a whole: the top-level keys and every section above. The Lightning groups
+    """conf/train.yaml as a whole: the top-level keys and the sections above. `data` and `model` are
+    typed by the schema of the chosen option (GROUP_SCHEMAS). The Lightning groups
     (trainer, callbacks, logger) and paths are `_target_` specs and Lightning's own arguments, which
     Lightning checks when it is built, so their type here is Any."""
 
@@ -264,8 +329,10 @@ class TrainConfig:
     max_oom_steps: int
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    # A translation or a language model, with its data: typed by the schema its group file names
+    # (GROUP_SCHEMAS: conf/model/rnn.yaml starts with `defaults: [rnn_schema, _self_]`).
+    data: Any = None
+    model: Any = None
     optim: OptimConfig = field(default_factory=OptimConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
@@ -273,6 +340,17 @@ class TrainConfig:
     callbacks: Any = None
     logger: Any = None
     paths: Any = None
+
+
+# (group, name, dataclass) registered with Hydra's ConfigStore: the primary config's schema, and the
+# schema of each data and model option, named first in that option's defaults list.
+GROUP_SCHEMAS = (
+    (None, "train_schema", TrainConfig),
+    ("data", "parallel_schema", DataConfig),
+    ("data", "monolingual_schema", MonolingualDataConfig),
+    ("model", "rnn_schema", ModelConfig),
+    ("model", "rnn_lm_schema", LanguageModelConfig),
+)
 
 
 def metric_key(metric: str) -> str:
@@ -346,9 +424,11 @@ def register_configs() -> None:
             elif kind is not Any:  # the Lightning groups stay open (null until their files fill them)
                 node[f.name] = "???"
 
-    schema = OmegaConf.structured(TrainConfig)
-    require_every_value(schema, TrainConfig)
-    ConfigStore.instance().store(name="train_schema", node=schema)
+    store = ConfigStore.instance()
+    for group, name, cls in GROUP_SCHEMAS:
+        schema = OmegaConf.structured(cls)
+        require_every_value(schema, cls)
+        store.store(group=group, name=name, node=schema)
 
     def metric_mode(metric: str) -> str:
         """`${metric_mode:bleu}` -> 'max': checkpoint and early-stopping direction follow validation.metric."""

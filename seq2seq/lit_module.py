@@ -84,8 +84,7 @@ class TranslationModule(pl.LightningModule):
         max_oom_steps: int = 3,
     ):
         super().__init__()
-        self.model = Seq2Seq(model, src_vocab_size=tokenizer.src_vocab_size,
-                             tgt_vocab_size=tokenizer.tgt_vocab_size, pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID)
+        self.model = self.build_model(model, tokenizer)
         self.optim_cfg = optim
         self.sched_cfg = scheduler
         self.search_cfg = search
@@ -98,6 +97,11 @@ class TranslationModule(pl.LightningModule):
 
     def configure_callbacks(self) -> list[pl.Callback]:
         return [self.step_guard]  # every run has the guard, whatever its callbacks config
+
+    def build_model(self, model: ModelConfig, tokenizer: Tokenizer) -> torch.nn.Module:
+        """The trained network (a language model's module overrides this, `lm_module.py`)."""
+        return Seq2Seq(model, src_vocab_size=tokenizer.src_vocab_size, tgt_vocab_size=tokenizer.tgt_vocab_size,
+                       pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID)
 
     # ------------------------------------------------------------------ training
     def _losses(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -18,7 +18,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from seq2seq.app_help import app_help, wants_quick_help
-from seq2seq.config import (CONF_DIR, BatchingConfig, ConfigError, DataConfig, ModelConfig, OptimConfig,
+from seq2seq.config import (CONF_DIR, LM_TYPE, BatchingConfig, ConfigError, DataConfig, ModelConfig, OptimConfig,
                             SchedulerConfig, SearchConfig, ValidationConfig, metric_key, run_hydra_app, section)
 
 # torch, Lightning and the model code are imported inside the functions that use them: Hydra answers
@@ -274,6 +274,13 @@ def quiet_third_party() -> None:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train per `cfg`; returns the final callback metrics (plus test scores when tested)."""
+    if cfg.model.get("type") == LM_TYPE:  # a language model: its own data, module and test (lm_train.py)
+        from seq2seq.lm_train import train_language_model
+
+        return train_language_model(cfg)
+    if cfg.data.get("type") == "monolingual":
+        raise ConfigError("data=monolingual is text for a language model, but the model group is a translation "
+                          "model; use model=rnn_lm (experiment=lm_quickstart sets both)")
     quiet_third_party()
     import lightning.pytorch as pl
 

@@ -48,6 +48,11 @@ pieces across) for the non-empty lines among the first --plot-limit input lines.
 Sampling (--sample) draws each token from softmax(log-probs / --temperature), optionally from the
 --top-k best only; the same --seed, input and batching give the same samples. "score" stays the
 model's own (untempered) log-probability. --ensemble averages the members' log-probabilities per step (renormalised).
+Language models (seq2seq-train experiment=lm_quickstart data.tokenizer_from=<this checkpoint>): --lm CKPT
+--lm-weight W adds W x the LM's log-probabilities to the model's at every search step (shallow fusion,
+greedy, beam and sampling; "score" is then the fused sum); with --lm-rerank the beam's n-best list is
+rescored instead by (score + W x LM log-probability) / length ** length_penalty (needs a beam >= 2). The
+LM must share the model's target sentencepiece vocabulary; a mismatch is an error before any translation.
 --backend onnxruntime --model DIR translates with an export folder (seq2seq-export) through
 seq2seq.runtime (onnxruntime, no torch in the search; docs/deploy.md), in the same formats; --quantize
 int8 (torch backend) quantizes the linear and LSTM/GRU layers to int8 for CPU decoding.
@@ -64,7 +69,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 # torch and the model code (and json, tempfile) are imported where they are used, not here: `--help`
 # and usage errors (a bad flag, a missing file) are answered without paying for them
@@ -112,6 +117,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--alignment", action="store_true", help="add src-tgt alignments from attention")
     p.add_argument("--plot-attention", metavar="DIR", help="write attention heatmaps (PNG) into DIR")
     p.add_argument("--plot-limit", type=int, default=10, help="sentences to plot with --plot-attention")
+    p.add_argument("--lm", metavar="CKPT", help="a language model checkpoint to fuse into the search (or rerank with)")
+    p.add_argument("--lm-weight", type=float, help="weight of the LM's log-probabilities (default 0.2)")
+    p.add_argument("--lm-rerank", action="store_true", help="rescore the beam's n-best list with the LM instead of fusing")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="bf16/fp16 autocast on GPU")
     p.add_argument("--quiet", action="store_true", help="no progress bar or throughput report")
@@ -145,6 +153,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("--resume continues the hidden partial file of an --output FILE; standard output has none")
     if args.stream and (args.resume or args.score_reference):
         p.error("--stream translates lines as they arrive; --resume and --score-reference need a whole input file")
+    if (args.lm_rerank or args.lm_weight is not None) and not args.lm:
+        p.error("--lm-weight and --lm-rerank need a language model: --lm CKPT")
+    args.lm_weight = 0.2 if args.lm_weight is None else args.lm_weight
+    if args.lm and args.model:
+        p.error("--lm works with the torch backend (--checkpoint or --ensemble), not with --model")
+    if args.lm_rerank:
+        clash = [flag for flag, on in (("--sample", args.sample), ("--score-reference", args.score_reference),
+                                      ("--alignment", args.alignment), ("--plot-attention", args.plot_attention))
+                 if on]
+        if clash:
+            p.error(f"--lm-rerank rescores the beam's n-best list; it cannot be combined with {', '.join(clash)}")
     args.backend = args.backend or ("onnxruntime" if args.model else "torch")
     if (args.backend == "onnxruntime") != bool(args.model):
         p.error("--backend onnxruntime reads an export folder (--model DIR, from seq2seq-export); "
@@ -360,8 +379,8 @@ def job_fingerprint(args, source: Input, refs: Input | None) -> str:
     import json
 
     ignored = {"input", "output", "score_reference", "checkpoint", "ensemble", "model", "resume", "quiet",
-               "device", "plot_attention", "plot_limit", "stream"}
-    models = [Path(p) for p in checkpoint_paths(args)]
+               "device", "plot_attention", "plot_limit", "stream", "lm"}
+    models = [Path(p) for p in checkpoint_paths(args) + ([args.lm] if args.lm else [])]
     if args.model:
         models = sorted(p for p in Path(args.model).iterdir() if p.is_file())
     job = {"input": source.sha256, "reference": refs.sha256 if refs else None,
@@ -426,6 +445,23 @@ def build_translator(args) -> Translator:
     if dtype == torch.bfloat16 and not bf16_supported(device.type):
         raise CheckpointError("--precision bf16: this GPU does not support bfloat16; use fp16 or fp32")
     return Translator(model, tokenizer, search_cfg, device=device, dtype=dtype, sampling=sampling)
+
+
+def attach_lm(args, translator: Translator):
+    """Load --lm and check its vocabulary (before any translation); fusion wraps the translator's model,
+    reranking returns the LM for `rerank` after the search."""
+    from seq2seq.checkpoint import CheckpointError, load_language_model
+    from seq2seq.fusion import ShallowFusion, check_vocabularies
+
+    lm, lm_tokenizer, _ = load_language_model(args.lm, translator.device)
+    check_vocabularies(translator.tokenizer, lm_tokenizer, checkpoint_paths(args)[0], args.lm)
+    if args.lm_rerank:
+        if translator.cfg.beam_size < 2:
+            raise CheckpointError(f"--lm-rerank rescores an n-best list, but the beam size is "
+                                  f"{translator.cfg.beam_size}; give --beam-size K (K >= 2)")
+        return lm
+    translator.model = ShallowFusion(translator.model, lm, args.lm_weight)
+    return None
 
 
 class Progress:
@@ -498,7 +534,7 @@ def check_files(args) -> None:
     for path in (args.input, args.score_reference):
         if path not in (None, "-") and not Path(path).exists():
             raise UsageError(f"{path}: file not found")
-    for path in checkpoint_paths(args):
+    for path in checkpoint_paths(args) + ([args.lm] if args.lm else []):
         if not Path(path).is_file():
             raise UsageError(f"checkpoint {path} does not exist")
 
@@ -526,10 +562,12 @@ def run(args) -> None:
             out = PartialOutput(args.output, job_fingerprint(args, source, refs), args.resume, unit)
         try:
             translator = build_translator(args)
+            reranker = attach_lm(args, translator) if args.lm else None
             skip = out.resume_point(args.window) if out is not None else 0
             if skip and not args.quiet:
                 print(f"resuming: {skip} of {source.lines} lines were done", file=sys.stderr)
-            translate_windows(args, translator, source, refs, skip, out.write if out is not None else write_stdout)
+            translate_windows(args, translator, reranker, source, refs, skip,
+                              out.write if out is not None else write_stdout)
             if out is not None:
                 out.commit()
         except BaseException:
@@ -548,7 +586,23 @@ def write_stdout(text: str) -> None:
     sys.stdout.buffer.flush()
 
 
-def translate_windows(args, translator: Translator, source: Input, refs: Input | None, skip: int, write) -> None:
+def translate_lines(args, translator: Translator, reranker, lines: list[str], **kwargs: Any) -> list:
+    """`translator.translate(lines)` with --nbest; with --lm-rerank (`reranker`, the LM) the beam's whole
+    n-best list is rescored by the LM first, and the best --nbest of it kept."""
+    if reranker is None:
+        return translator.translate(lines, nbest=args.nbest, **kwargs)
+    import dataclasses
+
+    from seq2seq.fusion import rerank
+
+    results = translator.translate(lines, nbest=translator.cfg.beam_size, **kwargs)
+    results = rerank(results, reranker, translator.tokenizer, args.lm_weight, translator.cfg.length_penalty,
+                     translator.device)
+    return [dataclasses.replace(r, nbest=r.nbest[:args.nbest]) for r in results]
+
+
+def translate_windows(args, translator: Translator, reranker, source: Input, refs: Input | None, skip: int,
+                      write) -> None:
     """Translate `source` after its first `skip` lines, --window lines at a time (each window length-sorted
     into batches by the translator), writing each window's output, in input order, as it is done."""
     import json
@@ -571,7 +625,7 @@ def translate_windows(args, translator: Translator, source: Input, refs: Input |
             else:
                 text = "".join(f"{s:.6f}\n" for s in scores)
         else:
-            results = translator.translate(window, nbest=args.nbest, with_attention=want_attention,
+            results = translate_lines(args, translator, reranker, window, with_attention=want_attention,
                                            progress=progress, first_line=first + 1)
             text = "".join(format_line(first + i, t, args, translator) for i, t in enumerate(results))
             n_tokens += sum(t.length for t in results)
@@ -607,6 +661,7 @@ def run_stream(args) -> None:
         out = PartialOutput(args.output, f"{os.getpid()}.stream", resume=False, unit=1)
     try:
         translator = build_translator(args)
+        reranker = attach_lm(args, translator) if args.lm else None
         lines = stdin_lines() if args.input == "-" else corpus.iter_lines(args.input)
         if args.input == "-" and sys.stdin.isatty() and not args.quiet:
             print("seq2seq-translate: one sentence per line, Ctrl-D to end", file=sys.stderr)
@@ -614,7 +669,7 @@ def run_stream(args) -> None:
         want_attention = args.alignment or bool(args.plot_attention)
         start, n_lines, n_tokens = time.perf_counter(), 0, 0
         for i, line in enumerate(lines):
-            [t] = translator.translate([line], nbest=args.nbest, with_attention=want_attention, first_line=i + 1)
+            [t] = translate_lines(args, translator, reranker, [line], with_attention=want_attention, first_line=i + 1)
             write(format_line(i, t, args, translator))
             if args.plot_attention and i < args.plot_limit:
                 plot_attention([t], i, translator, args.plot_attention, args.plot_limit)

@@ -7,8 +7,9 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from seq2seq.config import (CONF_DIR, BatchingConfig, ConfigError, DataConfig, ModelConfig, OptimConfig,
-                            SchedulerConfig, SearchConfig, ValidationConfig, hydra_errors, section)
+from seq2seq.config import (CONF_DIR, LM_TYPE, BatchingConfig, ConfigError, DataConfig, LanguageModelConfig,
+                            ModelConfig, MonolingualDataConfig, OptimConfig, SchedulerConfig, SearchConfig,
+                            ValidationConfig, hydra_errors, section)
 
 GROUPS = {name: sorted(p.stem for p in (CONF_DIR / name).glob("*.yaml"))
           for name in ("experiment", "trainer", "model", "optim", "scheduler", "search", "logger", "callbacks", "debug", "data")}
@@ -23,6 +24,10 @@ def compose_train(overrides=()):
 
 def check_sections(cfg):
     for key, cls in SECTIONS.items():
+        if key == "model" and cfg.model.get("type") == LM_TYPE:  # language models have their own sections
+            cls = LanguageModelConfig
+        if key == "data" and cfg.data.get("type") == "monolingual":
+            cls = MonolingualDataConfig
         section(cls, cfg[key], key)
 
 
