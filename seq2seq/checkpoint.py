@@ -146,7 +146,7 @@ def load_language_model(path: str | os.PathLike, device: torch.device | str = "c
         what = f"no {e} entry" if isinstance(e, KeyError) else str(e)
         raise CheckpointError(f"checkpoint {path}: its stored config or sentencepiece model is unusable "
                               f"({what})") from None
-    model = RecurrentLM.from_config(model_cfg, vocab_size=tokenizer.tgt_vocab_size, pad_id=PAD_ID,
+    model = RecurrentLM(model_cfg, vocab_size=tokenizer.tgt_vocab_size, pad_id=PAD_ID,
                                     bos_id=BOS_ID, eos_id=EOS_ID)
     try:
         model.load_state_dict(model_state_dict(ckpt))

@@ -72,14 +72,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def read_prompts(args) -> list[str]:
-    from seq2seq.translate import read_input
-
     if args.prompt:
         from seq2seq.corpus import clean_text
 
         return [clean_text(p.replace("\n", " ")) for p in args.prompt]
-    if args.input:
-        return read_input(args.input)
+    if args.input:  # a file or stdin, checked whole (UTF-8, the line at fault named)
+        from seq2seq.translate import Input
+
+        source = Input(args.input)
+        try:
+            return list(source.read())
+        finally:
+            source.close()
     return [""]
 
 
@@ -89,11 +93,9 @@ def write_output(text: str, path: str) -> None:
         sys.stdout.buffer.write(text.encode("utf-8"))
         sys.stdout.buffer.flush()
         return
-    from seq2seq.translate import AtomicOutput
+    from seq2seq.temporaries import atomic_write_text
 
-    out = AtomicOutput(path)
-    out.file.write(text)
-    out.commit()
+    atomic_write_text(path, text)
 
 
 def run(args) -> None:

@@ -294,5 +294,9 @@ class TextDataset(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, i: int) -> tuple[int, np.ndarray, int]:
+    def __getitem__(self, i: int | list[int]):
+        """Example i, or the list of examples of a batch of indices (the training loader's sampler yields
+        whole batches, as for `ParallelDataset`)."""
+        if isinstance(i, list):
+            return [(j, self.ids[j], int(self.words[j])) for j in i]
         return i, self.ids[i], int(self.words[i])

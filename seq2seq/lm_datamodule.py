@@ -39,7 +39,8 @@ class LMDataModule(TranslationDataModule):
             sampler = EvalShardSampler(dataset.lengths, dataset.lengths, self.batching.max_tokens,
                                        self.batching.max_sentences, self.batching.bucket_width, replicas, rank)
         generator = torch.Generator().manual_seed(self.seed + rank)
-        cls = ResumableDataLoader if shuffle else DataLoader
-        return cls(dataset, batch_sampler=sampler, collate_fn=collate_lm, generator=generator,
-                   num_workers=self.batching.num_workers, pin_memory=self.batching.pin_memory,
-                   persistent_workers=self.batching.num_workers > 0)
+        common = dict(collate_fn=collate_lm, generator=generator, num_workers=self.batching.num_workers,
+                      pin_memory=self.batching.pin_memory, persistent_workers=self.batching.num_workers > 0)
+        if shuffle:  # the sampler yields whole batches (see TranslationDataModule._loader)
+            return ResumableDataLoader(dataset, sampler=sampler, batch_size=None, **common)
+        return DataLoader(dataset, batch_sampler=sampler, **common)

@@ -23,7 +23,7 @@ LM_METRICS = ("loss", "ppl")  # what validation logs that best.ckpt / early stop
 
 class LanguageModelModule(TranslationModule):
     def build_model(self, model: LanguageModelConfig, tokenizer: Tokenizer) -> RecurrentLM:
-        return RecurrentLM.from_config(model, vocab_size=tokenizer.tgt_vocab_size, pad_id=PAD_ID,
+        return RecurrentLM(model, vocab_size=tokenizer.tgt_vocab_size, pad_id=PAD_ID,
                                        bos_id=BOS_ID, eos_id=EOS_ID)
 
     def _losses(self, batch: LMBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -59,3 +59,19 @@ def remove_stale(folder: str | os.PathLike) -> list[Path]:
         log.info("removed %s, left by process %s, which no longer runs", path, match["pid"])
         removed.append(path)
     return removed
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """`text` (UTF-8) written to an owner-named temporary beside `path`, then renamed over it: a reader
+    never sees half a file, and a killed writer leaves only a temporary that `remove_stale` removes."""
+    import tempfile
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=owned_prefix(path.name), suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -32,8 +32,9 @@ VOCAB = 24
 
 def tiny_lm(cell: str = "lstm", vocab: int = VOCAB, seed: int = 0, layers: int = 2, eos_bias: float = 0.0) -> RecurrentLM:
     torch.manual_seed(seed)
-    lm = RecurrentLM(vocab_size=vocab, pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID, cell=cell, embedding_size=16,
-                     hidden_size=24, layers=layers, dropout=0.1, rnn_dropout=0.1, tie_embeddings=True)
+    cfg = LanguageModelConfig(cell=cell, embedding_size=16, hidden_size=24, layers=layers, dropout=0.1,
+                              rnn_dropout=0.1, tie_embeddings=True)
+    lm = RecurrentLM(cfg, vocab_size=vocab, pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID)
     with torch.no_grad():  # sharper than the initial near-uniform distribution: outputs differ by choice
         lm.output.proj.weight.mul_(4.0)
         lm.output.proj.bias[EOS_ID] += eos_bias
@@ -44,7 +45,7 @@ def tiny_translator(vocab: int = VOCAB, seed: int = 1) -> Seq2Seq:
     torch.manual_seed(seed)
     cfg = ModelConfig(cell="gru", embedding_size=16, encoder_hidden_size=16, decoder_hidden_size=24,
                       encoder_layers=1, attention="luong_general", dropout=0.0, rnn_dropout=0.0)
-    return Seq2Seq.from_config(cfg, src_vocab_size=vocab, tgt_vocab_size=vocab, pad_id=PAD_ID, bos_id=BOS_ID,
+    return Seq2Seq(cfg, src_vocab_size=vocab, tgt_vocab_size=vocab, pad_id=PAD_ID, bos_id=BOS_ID,
                                eos_id=EOS_ID).eval()
 
 
@@ -105,8 +106,9 @@ def test_step_by_step_equals_teacher_forcing(cell):
 def test_tied_embeddings_share_one_matrix():
     lm = tiny_lm()
     assert lm.output.proj.weight is lm.embedding.weight
-    untied = RecurrentLM(vocab_size=VOCAB, pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID, cell="gru", embedding_size=16,
-                         hidden_size=24, layers=1, dropout=0.0, rnn_dropout=0.0, tie_embeddings=False)
+    cfg = LanguageModelConfig(cell="gru", embedding_size=16, hidden_size=24, layers=1, dropout=0.0,
+                              rnn_dropout=0.0, tie_embeddings=False)
+    untied = RecurrentLM(cfg, vocab_size=VOCAB, pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID)
     assert untied.output.proj.weight is not untied.embedding.weight
 
 

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from ..config import LanguageModelConfig
+from ..config import LanguageModelConfig, check_section
 from .decoder import OutputLayer
 from .embeddings import TokenEmbedding
 from .encoder import make_rnn, run_rnn
@@ -44,29 +44,19 @@ class LMState:
 class RecurrentLM(nn.Module):
     """Embedding -> dropout -> stacked unidirectional RNN -> dropout -> output layer."""
 
-    def __init__(self, *, vocab_size: int, pad_id: int, bos_id: int, eos_id: int, cell: str,
-                 embedding_size: int, hidden_size: int, layers: int, dropout: float, rnn_dropout: float,
-                 tie_embeddings: bool) -> None:
+    def __init__(self, cfg: LanguageModelConfig, vocab_size: int, pad_id: int, bos_id: int, eos_id: int) -> None:
         super().__init__()
-        LanguageModelConfig(cell=cell, embedding_size=embedding_size, hidden_size=hidden_size, layers=layers,
-                            dropout=dropout, rnn_dropout=rnn_dropout,
-                            tie_embeddings=tie_embeddings).validate("model")
+        check_section(cfg, "model")  # a hand-built config gets the same errors as a composed one
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
         self.tgt_vocab_size = vocab_size  # the name fusion and ensembles compare
-        self.layers, self.hidden_size = layers, hidden_size
-        self.is_lstm = cell == "lstm"
-        self.embedding = TokenEmbedding(vocab_size, embedding_size, pad_id)
-        self.dropout = nn.Dropout(dropout)
-        self.rnn = make_rnn(cell, embedding_size, hidden_size, layers, rnn_dropout, bidirectional=False)
-        self.output = OutputLayer(hidden_size, vocab_size, self.embedding if tie_embeddings else None)
+        self.layers, self.hidden_size = cfg.layers, cfg.hidden_size
+        self.is_lstm = cfg.cell == "lstm"
+        self.embedding = TokenEmbedding(vocab_size, cfg.embedding_size, pad_id)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.rnn = make_rnn(cfg.cell, cfg.embedding_size, cfg.hidden_size, cfg.layers, cfg.rnn_dropout,
+                            bidirectional=False)
+        self.output = OutputLayer(cfg.hidden_size, vocab_size, self.embedding if cfg.tie_embeddings else None)
         self.reset_parameters()
-
-    @classmethod
-    def from_config(cls, cfg: LanguageModelConfig, vocab_size: int, pad_id: int, bos_id: int,
-                    eos_id: int) -> RecurrentLM:
-        return cls(vocab_size=vocab_size, pad_id=pad_id, bos_id=bos_id, eos_id=eos_id, cell=cfg.cell,
-                   embedding_size=cfg.embedding_size, hidden_size=cfg.hidden_size, layers=cfg.layers,
-                   dropout=cfg.dropout, rnn_dropout=cfg.rnn_dropout, tie_embeddings=cfg.tie_embeddings)
 
     def reset_parameters(self) -> None:
         """As `Seq2Seq.reset_parameters`: PyTorch defaults, then the embedding (it may be the tied output
