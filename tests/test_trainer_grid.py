@@ -68,7 +68,7 @@ def test_max_steps_between_validations_every_second_epoch_then_resume_with_sever
         assert cells[:2] == [row["split"], str(row["sentences"])]
         assert [float(c) for c in cells[2:6]] == pytest.approx(
             [row[k] for k in ("bleu", "chrf", "ter", "bleu_lc")], abs=0.006)
-        assert cells[6] == row["signature"]["bleu"]
+        assert cells[-1] == row["signature"]["bleu"]  # after BLEU(moses) when sacremoses is installed
     assert (run_dir / "checkpoints" / "test_b.de-en.hyp").read_text().count("\n") == 10
 
 
