@@ -1,7 +1,8 @@
 """The config schema: one dataclass per section of the training config, and what checks them.
 
 `TrainConfig` is registered with Hydra's ConfigStore as `train_schema`, the first entry of train.yaml's
-defaults list, so every composed config is typed: Hydra itself rejects an unknown key (on the command
+defaults list, and each `data` and `model` option names its own schema first (GROUP_SCHEMAS), so every
+composed config is typed: Hydra itself rejects an unknown key (on the command
 line or in a YAML file), a value of the wrong type and a choice outside its enum, before anything runs.
 The schema Hydra sees has every value `???`: the YAML files under conf/ hold the values (each with its
 comment), and a key they leave out is an error, not a silent default. The dataclass defaults below
