@@ -13,9 +13,8 @@ from omegaconf import DictConfig
 
 from seq2seq.config import (BatchingConfig, ConfigError, LanguageModelConfig, MonolingualDataConfig, OptimConfig,
                             SchedulerConfig, SearchConfig, ValidationConfig, section)
-from seq2seq.train import (check_hardware, check_launch, continue_csv_logs, hydra_logging_config, instantiate_all,
-                           instantiate_trainer, quiet_third_party, resolve_ckpt_path, run_config, step_limit,
-                           write_run_curves)
+from seq2seq.train import (build_trainer, check_hardware, quiet_third_party, resolve_ckpt_path, resume_in_place,
+                           run_config, step_limit, write_run_curves)
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +46,8 @@ def train_language_model(cfg: DictConfig) -> dict[str, float]:
     quiet_third_party()
     import lightning.pytorch as pl
 
-    from seq2seq.callbacks import WorkerLogging
-    from seq2seq.checkpoint_io import AtomicCheckpointIO
     from seq2seq.lm_datamodule import LMDataModule
     from seq2seq.lm_module import LM_METRICS, LanguageModelModule
-    from seq2seq.temporaries import remove_stale
 
     check_sections(cfg)
     data = section(MonolingualDataConfig, cfg.data, "data")
@@ -81,19 +77,9 @@ def train_language_model(cfg: DictConfig) -> dict[str, float]:
     log.info("language model: %s cell, %d layers, %.2fM parameters, vocabulary %d", model_cfg.cell,
              model_cfg.layers, n_params / 1e6, datamodule.tokenizer.tgt_vocab_size)
 
-    callbacks = instantiate_all(cfg.get("callbacks"))
-    loggers = instantiate_all(cfg.get("logger"))
-    logging_config = hydra_logging_config()
-    extra = [WorkerLogging(logging_config)] if logging_config else []
-    checkpointing = any(isinstance(cb, pl.callbacks.ModelCheckpoint) for cb in callbacks)
-    trainer = instantiate_trainer(cfg, callbacks=callbacks + extra, logger=loggers or False,
-                                  plugins=[AtomicCheckpointIO()], enable_checkpointing=checkpointing)
-    check_launch(trainer)
-    for folder in {run_dir / "checkpoints", *(Path(cb.dirpath) for cb in trainer.checkpoint_callbacks
-                                              if getattr(cb, "dirpath", None))}:
-        remove_stale(folder)  # saves cut short by a killed run
+    trainer = build_trainer(cfg, run_dir)
     if ckpt_path is not None:
-        continue_csv_logs(loggers, ckpt_path)
+        resume_in_place(trainer, ckpt_path)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 

@@ -272,6 +272,38 @@ def quiet_third_party() -> None:
         lambda record: "litlogger" not in record.getMessage())
 
 
+def build_trainer(cfg: DictConfig, run_dir: Path) -> pl.Trainer:
+    """The configured Trainer with its callbacks and loggers (translation and language models alike);
+    temporaries left in its checkpoint folders by a killed run are removed first."""
+    import lightning.pytorch as pl
+
+    from seq2seq.callbacks import WorkerLogging
+    from seq2seq.checkpoint_io import AtomicCheckpointIO
+    from seq2seq.temporaries import remove_stale
+
+    callbacks = instantiate_all(cfg.get("callbacks"))
+    loggers = instantiate_all(cfg.get("logger"))
+    logging_config = hydra_logging_config()
+    extra = [WorkerLogging(logging_config)] if logging_config else []
+    # Checkpoints are what conf/callbacks/ configures: with none there (callbacks=none), Lightning must not
+    # add its own (epoch=N-step=M.ckpt files in the logger's folder).
+    checkpointing = any(isinstance(cb, pl.callbacks.ModelCheckpoint) for cb in callbacks)
+    trainer = instantiate_trainer(cfg, callbacks=callbacks + extra, logger=loggers or False,
+                                  plugins=[AtomicCheckpointIO()], enable_checkpointing=checkpointing)
+    check_launch(trainer)
+    checkpoint_dirs = {run_dir / "checkpoints", *(Path(cb.dirpath) for cb in trainer.checkpoint_callbacks
+                                                  if getattr(cb, "dirpath", None))}
+    for folder in checkpoint_dirs:
+        remove_stale(folder)  # saves cut short by a killed run (a save in progress elsewhere stays)
+    return trainer
+
+
+def resume_in_place(trainer: pl.Trainer, ckpt_path: str) -> None:
+    """Before resuming in the run's own folder: its CSV log continues, and its checkpoints are meant to be there."""
+    continue_csv_logs(trainer.loggers, ckpt_path)
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train per `cfg`; returns the final callback metrics (plus test scores when tested)."""
     if cfg.model.get("type") == LM_TYPE:  # a language model: its own data, module and test (lm_train.py)
@@ -284,11 +316,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     quiet_third_party()
     import lightning.pytorch as pl
 
-    from seq2seq.callbacks import WorkerLogging
-    from seq2seq.checkpoint_io import AtomicCheckpointIO
     from seq2seq.datamodule import TranslationDataModule
     from seq2seq.lit_module import TranslationModule
-    from seq2seq.temporaries import remove_stale
 
     data = section(DataConfig, cfg.data, "data")
     batching = section(BatchingConfig, cfg.batching, "batching")
@@ -334,25 +363,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     n_params = sum(p.numel() for p in module.parameters())
     log.info("model: %s cell, %s attention, %.2fM parameters", model_cfg.cell, model_cfg.attention, n_params / 1e6)
 
-    callbacks = instantiate_all(cfg.get("callbacks"))
-    loggers = instantiate_all(cfg.get("logger"))
-    logging_config = hydra_logging_config()
-    extra = [WorkerLogging(logging_config)] if logging_config else []
-    # Checkpoints are what conf/callbacks/ configures: with none there (callbacks=none), Lightning must not
-    # add its own (epoch=N-step=M.ckpt files in the logger's folder).
-    checkpointing = any(isinstance(cb, pl.callbacks.ModelCheckpoint) for cb in callbacks)
-    trainer = instantiate_trainer(cfg, callbacks=callbacks + extra, logger=loggers or False,
-                                  plugins=[AtomicCheckpointIO()], enable_checkpointing=checkpointing)
-    check_launch(trainer)
-    checkpoint_dirs = {run_dir / "checkpoints", *(Path(cb.dirpath) for cb in trainer.checkpoint_callbacks
-                                                  if getattr(cb, "dirpath", None))}
-    for folder in checkpoint_dirs:
-        remove_stale(folder)  # saves cut short by a killed run (a save in progress elsewhere stays)
+    trainer = build_trainer(cfg, run_dir)
     check_schedule(trainer, train_batches_per_epoch(datamodule, trainer.world_size))
     if ckpt_path is not None:
-        continue_csv_logs(loggers, ckpt_path)
-        # Resuming in the run's own folder: its checkpoints are meant to be there.
-        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        resume_in_place(trainer, ckpt_path)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
