@@ -175,7 +175,9 @@ class ModelConfig:
     bridge: bool = True
     dropout: float = 0.3
     rnn_dropout: float = 0.3
+    word_dropout: float = 0.0
     tie_embeddings: bool = True
+    share_embeddings: bool = False
 
     def check(self, prefix: str) -> None:
         if self.input_feed and self.attention == "none":
@@ -186,7 +188,7 @@ class ModelConfig:
         for key in ("embedding_size", "encoder_hidden_size", "decoder_hidden_size",
                     "encoder_layers", "decoder_layers", "attention_size"):
             _positive(f"{prefix}.{key}", getattr(self, key))
-        for key in ("dropout", "rnn_dropout"):
+        for key in ("dropout", "rnn_dropout", "word_dropout"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 raise ConfigError(f"config key '{prefix}.{key}' must be in [0, 1)")
 
@@ -279,6 +281,7 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     weight_decay: float = 0.0
     label_smoothing: float = 0.1
+    smooth_real_tokens_only: bool = False
 
     def check(self, prefix: str) -> None:
         _positive(f"{prefix}.lr", self.lr)
@@ -326,6 +329,7 @@ class TrainConfig:
     test_after_training: bool
     test_moses_bleu: bool
     plot_curves: bool
+    average_last: int
     max_bad_steps: int
     max_oom_steps: int
     batching: BatchingConfig = field(default_factory=BatchingConfig)

@@ -107,7 +107,12 @@ class TranslationModule(pl.LightningModule):
     def _losses(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (label-smoothed loss sum, NLL sum, target token count), padding ignored."""
         logits = self.model(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in)  # [B, T, V]
-        return label_smoothed_nll(logits, batch.tgt_out, batch.tgt_mask, self.optim_cfg.label_smoothing)
+        return label_smoothed_nll(logits, batch.tgt_out, batch.tgt_mask, self.optim_cfg.label_smoothing,
+                                  self.smoothing_excluded())
+
+    def smoothing_excluded(self) -> tuple[int, ...]:
+        """Ids that label smoothing gives no mass (PAD and BOS are never a next token), or none."""
+        return (PAD_ID, BOS_ID) if self.optim_cfg.smooth_real_tokens_only else ()
 
     def _out_of_memory(self, where: str) -> torch.Tensor:
         """After this rank's step ran out of memory: report it, release the allocator's cache, and return a

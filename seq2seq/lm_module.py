@@ -29,7 +29,8 @@ class LanguageModelModule(TranslationModule):
     def _losses(self, batch: LMBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (label-smoothed loss sum, NLL sum, token count) over real positions (EOS included)."""
         logits = self.model(batch.tokens_in)  # [B, T, V]
-        return label_smoothed_nll(logits, batch.tokens_out, batch.mask, self.optim_cfg.label_smoothing)
+        return label_smoothed_nll(logits, batch.tokens_out, batch.mask, self.optim_cfg.label_smoothing,
+                                  self.smoothing_excluded())
 
     def on_validation_epoch_start(self) -> None:
         self._val_sums = torch.zeros(4, device=self.device)  # nll, smoothed loss, tokens, words

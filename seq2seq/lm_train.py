@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from seq2seq.config import (BatchingConfig, ConfigError, LanguageModelConfig, MonolingualDataConfig, OptimConfig,
                             SchedulerConfig, SearchConfig, ValidationConfig, section)
+from seq2seq.averaging import average_last_validated, best_checkpoint_callback
 from seq2seq.train import (build_trainer, check_hardware, quiet_third_party, resolve_ckpt_path, resume_in_place,
                            run_config, step_limit, write_run_curves)
 
@@ -82,8 +83,10 @@ def train_language_model(cfg: DictConfig) -> dict[str, float]:
         resume_in_place(trainer, ckpt_path)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    metrics.update(average_last_validated(trainer, module, datamodule))
 
-    best = next((cb.best_model_path for cb in trainer.checkpoint_callbacks if cb.monitor), "")
+    best_cb = best_checkpoint_callback(trainer)
+    best = best_cb.best_model_path if best_cb is not None else ""
     test = datamodule.corpus.splits.get("test")
     if cfg.test_after_training and trainer.is_global_zero and test is not None:
         if not best:

@@ -1,22 +1,35 @@
-"""The training objective: label-smoothed cross-entropy over the target tokens, padding ignored."""
+"""The training objective: label-smoothed cross-entropy over the target tokens, padding ignored.
+
+Label smoothing moves `epsilon` of the target distribution onto a uniform one. Uniform over the whole
+vocabulary puts some of that mass on PAD and BOS, which are never a correct next token: the model
+then learns to give them probability that search must take back. `excluded` names such ids; the
+uniform part then covers the other V - len(excluded) pieces only ("real tokens": EOS and UNK included).
+"""
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 
 
-def label_smoothed_nll(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
-                       epsilon: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def label_smoothed_nll(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, epsilon: float,
+                       excluded: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> (label-smoothed loss sum, NLL sum (detached), target token count), over the positions of `mask`.
 
-    logits [B, T, V], target [B, T] ids, mask [B, T] bool (True at real target tokens). The smoothed
-    loss is the one of `F.cross_entropy(label_smoothing=epsilon)`: (1 - eps) * NLL + eps * the
-    cross-entropy against the uniform distribution. Sums, not means: the caller normalises by the
-    token count it chooses (the global one under DDP).
+    logits [B, T, V], target [B, T] ids, mask [B, T] bool (True at real target tokens), excluded: ids
+    that get no smoothing mass. With nothing excluded the smoothed loss is the one of
+    `F.cross_entropy(label_smoothing=epsilon)`: (1 - eps) * NLL + eps * the cross-entropy against the
+    uniform distribution. Sums, not means: the caller normalises by the token count it chooses (the
+    global one under DDP).
     """
     log_probs = torch.log_softmax(logits.float(), dim=-1)  # [B, T, V], one pass for both losses
     nll_t = -log_probs.gather(2, target.unsqueeze(2)).squeeze(2)  # [B, T]
-    uniform_t = -log_probs.mean(dim=-1)  # [B, T]
+    if excluded:
+        total = log_probs.sum(dim=-1) - log_probs[..., list(excluded)].sum(dim=-1)  # [B, T]
+        uniform_t = -total / (log_probs.size(-1) - len(excluded))
+    else:
+        uniform_t = -log_probs.mean(dim=-1)  # [B, T]
     smoothed = torch.where(mask, (1.0 - epsilon) * nll_t + epsilon * uniform_t, 0.0).sum()
     nll = torch.where(mask, nll_t, 0.0).sum().detach()
     return smoothed, nll, mask.sum()

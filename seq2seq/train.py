@@ -281,6 +281,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> pl.Trainer:
     from seq2seq.checkpoint_io import AtomicCheckpointIO
     from seq2seq.temporaries import remove_stale
 
+    if not isinstance(cfg.average_last, int) or cfg.average_last < 0:
+        raise ConfigError(f"config key 'average_last' must be an integer >= 0 (0 or 1 = off), got {cfg.average_last!r}")
     callbacks = instantiate_all(cfg.get("callbacks"))
     loggers = instantiate_all(cfg.get("logger"))
     logging_config = hydra_logging_config()
@@ -288,6 +290,14 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> pl.Trainer:
     # Checkpoints are what conf/callbacks/ configures: with none there (callbacks=none), Lightning must not
     # add its own (epoch=N-step=M.ckpt files in the logger's folder).
     checkpointing = any(isinstance(cb, pl.callbacks.ModelCheckpoint) for cb in callbacks)
+    best = next((cb for cb in callbacks if isinstance(cb, pl.callbacks.ModelCheckpoint) and cb.monitor), None)
+    if cfg.average_last >= 2 and best is not None:
+        from seq2seq.averaging import ValidatedCheckpoints
+
+        extra.append(ValidatedCheckpoints(best.dirpath, keep=cfg.average_last))
+    elif cfg.average_last >= 2:
+        log.warning("average_last=%d: no best-checkpoint callback (callbacks=none?), so nothing is averaged",
+                    cfg.average_last)
     trainer = instantiate_trainer(cfg, callbacks=callbacks + extra, logger=loggers or False,
                                   plugins=[AtomicCheckpointIO()], enable_checkpointing=checkpointing)
     check_launch(trainer)
@@ -316,6 +326,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     quiet_third_party()
     import lightning.pytorch as pl
 
+    from seq2seq.averaging import average_last_validated
     from seq2seq.datamodule import TranslationDataModule
     from seq2seq.lit_module import TranslationModule
 
@@ -369,6 +380,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         resume_in_place(trainer, ckpt_path)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    metrics.update(average_last_validated(trainer, module, datamodule))
 
     if cfg.test_after_training and trainer.is_global_zero:
         test = datamodule.corpus.splits["test"]
@@ -384,11 +396,13 @@ def score_test_sets(trainer: pl.Trainer, sets: dict[str, tuple[list[str], list[s
     """Score the best checkpoint (by validation.metric) on every test set, print the table, write
     checkpoints/test_scores.json; -> the first set's cased scores as `test/*` metrics. Without a best
     checkpoint (no validation ran) the last one is scored, and without any checkpoint nothing is."""
+    from seq2seq.averaging import best_checkpoint_callback
     from seq2seq.callbacks import LastCheckpoint
     from seq2seq.evaluation import table_lines
     from seq2seq.precision import precision_dtype
 
-    best = next((cb.best_model_path for cb in trainer.checkpoint_callbacks if cb.monitor), "")
+    best_cb = best_checkpoint_callback(trainer)
+    best = best_cb.best_model_path if best_cb is not None else ""
     ckpt = best if best and Path(best).is_file() else ""
     if not ckpt:
         lasts = [Path(cb.dirpath) / f"{cb.filename}{cb.FILE_EXTENSION}" for cb in trainer.checkpoint_callbacks

@@ -109,7 +109,7 @@ def test_the_schema_checks_yaml_files_while_hydra_composes(tmp_path):
                           ("batching:\n  max_tokens: lots\n", r"'batching\.max_tokens' must be an integer, got 'lots'"),
                           ("validation:\n  metric: accuracy\n", r"'validation\.metric' is 'accuracy'; valid options: "
                                                                 r"bleu, chrf, ter, ppl, loss"),
-                          ("seeed: 3\n", r"unknown config key 'seeed'; valid keys at the top level: batching,")]:
+                          ("seeed: 3\n", r"unknown config key 'seeed'; valid keys at the top level: average_last, batching,")]:
         with pytest.raises(ConfigError, match=message):
             with hydra_errors():
                 _compose_with_experiment(tmp_path, text)

@@ -21,6 +21,7 @@ from seq2seq.config import (BatchingConfig, DataConfig, ModelConfig, OptimConfig
 from seq2seq.datamodule import TranslationDataModule
 from seq2seq.lit_module import TranslationModule
 from seq2seq.train import run_config, train
+from seq2seq.tokenizer import BOS_ID, PAD_ID
 
 from .helpers import TINY, compose_train, learn, read_metrics, require, run_script, series
 
@@ -97,12 +98,16 @@ def test_plateau_scheduler_reduces_the_lr_and_resumes_its_state(learnable_corpus
 
 
 # ------------------------------------------------------------------------------ label smoothing
-def test_label_smoothing_value_is_applied(learnable_corpus, data_dir, tmp_path):
+@pytest.mark.parametrize("real_only", [False, True])
+def test_label_smoothing_value_is_applied(learnable_corpus, data_dir, tmp_path, real_only):
     """val/loss is the label-smoothed cross-entropy with optim.label_smoothing's value (computed here
-    with F.cross_entropy on the model's own logits), and val/ppl the plain one.
-    Mutation that makes it fail: TranslationModule._losses using eps = 0.0 instead of the config value."""
+    on the model's own logits: F.cross_entropy's, or with smooth_real_tokens_only the uniform part over
+    the vocabulary less PAD and BOS), and val/ppl the plain one.
+    Mutations that make it fail: TranslationModule._losses using eps = 0.0 instead of the config value;
+    `smoothing_excluded` ignoring the key (either way)."""
     eps = 0.3
     cfg = compose_train(overrides(learnable_corpus, data_dir, 2, 2, f"optim.label_smoothing={eps}",
+                                  f"optim.smooth_real_tokens_only={real_only}",
                                   "validation.max_sentences=2"), tmp_path)
     module, datamodule = build(cfg)
     # far from uniform output: smoothing changes the loss a lot
@@ -116,12 +121,39 @@ def test_label_smoothing_value_is_applied(learnable_corpus, data_dir, tmp_path):
             logits = module.model(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in)  # [B, T, V]
             mask = batch.tgt_mask.flatten()
             flat, gold = logits.flatten(0, 1)[mask].float(), batch.tgt_out.flatten()[mask]
-            smoothed += float(F.cross_entropy(flat, gold, label_smoothing=eps, reduction="sum"))
-            nll += float(F.cross_entropy(flat, gold, reduction="sum"))
+            token_nll = F.cross_entropy(flat, gold, reduction="sum")
+            if real_only:
+                log_probs = flat.log_softmax(-1)
+                real = torch.ones(flat.size(-1), dtype=torch.bool)
+                real[[PAD_ID, BOS_ID]] = False
+                uniform = -log_probs[:, real].mean(-1).sum()
+                smoothed += float((1 - eps) * token_nll + eps * uniform)
+            else:
+                smoothed += float(F.cross_entropy(flat, gold, label_smoothing=eps, reduction="sum"))
+            nll += float(token_nll)
             tokens += int(mask.sum())
     assert metrics["val/loss"] == pytest.approx(smoothed / tokens, rel=1e-5)
     assert metrics["val/ppl"] == pytest.approx(math.exp(nll / tokens), rel=1e-5)
     assert abs(smoothed - nll) / tokens > 0.05  # the smoothing makes a difference the check can see
+
+
+def test_smoothing_over_real_tokens_puts_no_target_mass_on_pad_or_bos():
+    """The smoothed loss's gradient w.r.t. the logits is softmax - q, q the target distribution it pulls
+    towards: q(PAD) = q(BOS) = 0 and every other wrong piece eps / (V - 2). Mutation: dropping the
+    exclusion in `label_smoothed_nll` gives q(PAD) = eps / V."""
+    from seq2seq.loss import label_smoothed_nll
+
+    V, eps, gold = 12, 0.2, 7
+    logits = torch.randn(1, 1, V, requires_grad=True)
+    target, mask = torch.tensor([[gold]]), torch.tensor([[True]])
+    loss, _, _ = label_smoothed_nll(logits, target, mask, eps, excluded=(PAD_ID, BOS_ID))
+    loss.backward()
+    q = (logits.softmax(-1) - logits.grad)[0, 0].detach()  # [V]
+    assert q[PAD_ID] == pytest.approx(0.0, abs=1e-6) and q[BOS_ID] == pytest.approx(0.0, abs=1e-6)
+    assert q[gold] == pytest.approx(1 - eps + eps / (V - 2), abs=1e-6)
+    others = [i for i in range(V) if i not in (PAD_ID, BOS_ID, gold)]
+    assert torch.allclose(q[others], torch.full((len(others),), eps / (V - 2)), atol=1e-6)
+    assert float(q.sum()) == pytest.approx(1.0, abs=1e-6)
 
 
 # ------------------------------------------------------------------------------------- AdamW

@@ -143,8 +143,8 @@ class Decoder(nn.Module):
 
     def __init__(self, vocab_size: int, embedding_size: int, hidden_size: int, num_layers: int,
                  cell: str, attention: str, memory_size: int, attention_size: int,
-                 input_feed: bool, dropout: float, rnn_dropout: float, tie_embeddings: bool,
-                 pad_id: int) -> None:
+                 input_feed: bool, dropout: float, rnn_dropout: float, word_dropout: float,
+                 tie_embeddings: bool, pad_id: int) -> None:
         super().__init__()
         self.is_lstm = cell == "lstm"
         self.is_bahdanau = attention == "bahdanau"
@@ -155,7 +155,7 @@ class Decoder(nn.Module):
         # The whole target goes through the RNN in one call unless step t needs step t-1's attention.
         self.parallel = not self.is_bahdanau and not input_feed
 
-        self.embedding = TokenEmbedding(vocab_size, embedding_size, pad_id)
+        self.embedding = TokenEmbedding(vocab_size, embedding_size, pad_id, word_dropout)
         self.dropout = nn.Dropout(dropout)
         self.attention = build_attention(attention, hidden_size, memory_size, attention_size)
         context_size = self.attention.context_size if self.attention is not None else 0

@@ -70,13 +70,13 @@ class Encoder(nn.Module):
     """
 
     def __init__(self, vocab_size: int, embedding_size: int, hidden_size: int, num_layers: int,
-                 cell: str, bidirectional: bool, dropout: float, rnn_dropout: float,
+                 cell: str, bidirectional: bool, dropout: float, rnn_dropout: float, word_dropout: float,
                  pad_id: int) -> None:
         super().__init__()
         self.is_lstm = cell == "lstm"
         self.num_directions = 2 if bidirectional else 1
         self.output_size = hidden_size * self.num_directions  # D*H: memory width for attention
-        self.embedding = TokenEmbedding(vocab_size, embedding_size, pad_id)
+        self.embedding = TokenEmbedding(vocab_size, embedding_size, pad_id, word_dropout)
         self.dropout = nn.Dropout(dropout)
         self.rnn = make_rnn(cell, embedding_size, hidden_size, num_layers, rnn_dropout, bidirectional)
 

@@ -51,7 +51,7 @@ class RecurrentLM(nn.Module):
         self.tgt_vocab_size = vocab_size  # the name fusion and ensembles compare
         self.layers, self.hidden_size = cfg.layers, cfg.hidden_size
         self.is_lstm = cfg.cell == "lstm"
-        self.embedding = TokenEmbedding(vocab_size, cfg.embedding_size, pad_id)
+        self.embedding = TokenEmbedding(vocab_size, cfg.embedding_size, pad_id, word_dropout=0.0)
         self.dropout = nn.Dropout(cfg.dropout)
         self.rnn = make_rnn(cfg.cell, cfg.embedding_size, cfg.hidden_size, cfg.layers, cfg.rnn_dropout,
                             bidirectional=False)

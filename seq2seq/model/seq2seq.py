@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..config import ModelConfig, check_section
+from ..config import ConfigError, ModelConfig, check_section
 from .decoder import Bridge, Decoder, DecoderState
 from .embeddings import TokenEmbedding
 from .encoder import Encoder
@@ -40,7 +40,7 @@ class Seq2Seq(nn.Module):
         self.encoder = Encoder(vocab_size=src_vocab_size, embedding_size=cfg.embedding_size,
                                hidden_size=cfg.encoder_hidden_size, num_layers=cfg.encoder_layers, cell=cfg.cell,
                                bidirectional=cfg.bidirectional, dropout=cfg.dropout, rnn_dropout=cfg.rnn_dropout,
-                               pad_id=pad_id)
+                               word_dropout=cfg.word_dropout, pad_id=pad_id)
         self.bridge = (Bridge(encoder_size=self.encoder.output_size, hidden_size=cfg.decoder_hidden_size,
                               num_layers=cfg.decoder_layers, is_lstm=self.is_lstm)
                        if cfg.bridge else None)
@@ -48,7 +48,17 @@ class Seq2Seq(nn.Module):
                                hidden_size=cfg.decoder_hidden_size, num_layers=cfg.decoder_layers, cell=cfg.cell,
                                attention=cfg.attention, memory_size=self.encoder.output_size,
                                attention_size=cfg.attention_size, input_feed=cfg.input_feed, dropout=cfg.dropout,
-                               rnn_dropout=cfg.rnn_dropout, tie_embeddings=cfg.tie_embeddings, pad_id=pad_id)
+                               rnn_dropout=cfg.rnn_dropout, word_dropout=cfg.word_dropout,
+                               tie_embeddings=cfg.tie_embeddings, pad_id=pad_id)
+        if cfg.share_embeddings:
+            if src_vocab_size != tgt_vocab_size:
+                raise ConfigError(f"config key 'model.share_embeddings' is true but the source and target "
+                                  f"vocabularies differ ({src_vocab_size} vs {tgt_vocab_size} pieces); it needs "
+                                  "a joint vocabulary (data.tokenizer.joint=true)")
+            # One module, so one Parameter: the source embedding IS the target embedding (and, with
+            # tie_embeddings, the output projection too). A joint vocabulary gives a piece one id on
+            # both sides, so a word seen only as a source learns something for the target side.
+            self.encoder.embedding = self.decoder.embedding
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
