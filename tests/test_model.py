@@ -357,3 +357,53 @@ def test_reorder_within_source_keeps_the_memory_with_identical_results(attention
             model.reorder_state(grouped, within[:4], sources=None)
         with pytest.raises(ValueError, match="reorder index"):
             model.reorder_state(grouped, within.view(1, 3, 3), sources=None)
+
+
+# ------------------------------------------------------------------ quality levers (issue 13)
+def joint_model(share: bool) -> Seq2Seq:
+    """A model over one vocabulary on both sides (a joint sentencepiece model's)."""
+    cfg = section(ModelConfig, dict(embedding_size=8, encoder_hidden_size=5, decoder_hidden_size=8,
+                                    encoder_layers=1, share_embeddings=share), "model")
+    return Seq2Seq(cfg, src_vocab_size=TGT_V, tgt_vocab_size=TGT_V, pad_id=PAD, bos_id=BOS, eos_id=EOS)
+
+
+def test_shared_embeddings_are_one_parameter_for_source_target_and_output():
+    """model.share_embeddings: the encoder's embedding IS the decoder's (and, tied, the output
+    projection's): one Parameter, V*E fewer weights, one gradient from all three uses, and a state dict
+    that loads back into a fresh model. Mutation: dropping the `self.encoder.embedding = ...` line."""
+    shared, apart = joint_model(True), joint_model(False)
+    assert shared.encoder.embedding.weight is shared.decoder.embedding.weight is shared.decoder.output.proj.weight
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(apart) - count(shared) == TGT_V * 8
+    src, tgt_in = torch.tensor([[4, 5, 6]]), torch.tensor([[BOS, 7]])
+    shared(src, torch.tensor([3]), src != PAD, tgt_in).sum().backward()
+    grad = shared.encoder.embedding.weight.grad
+    assert grad[4].abs().sum() > 0 and grad[7].abs().sum() > 0  # a source row and a target row both learn
+    again = joint_model(True)
+    again.load_state_dict(shared.state_dict())
+    assert again.encoder.embedding.weight is again.decoder.embedding.weight
+    assert torch.equal(again.encoder.embedding.weight, shared.encoder.embedding.weight)
+
+
+def test_shared_embeddings_need_a_joint_vocabulary():
+    with pytest.raises(ConfigError, match=r"'model\.share_embeddings'.*joint vocabulary.*data\.tokenizer\.joint"):
+        make_model(share_embeddings=True)  # SRC_V != TGT_V
+
+
+def test_word_dropout_drops_whole_tokens_in_training_only():
+    """model.word_dropout: in training each position's vector is either all zeros or the embedding
+    scaled by 1/(1-p), about p of them zero; in eval the embedding is untouched. Mutation: applying
+    ordinary per-unit dropout (F.dropout on the vectors) instead: rows mix zeros and kept units."""
+    from seq2seq.model.embeddings import TokenEmbedding
+
+    torch.manual_seed(0)
+    emb = TokenEmbedding(50, 16, pad_id=PAD, word_dropout=0.25)
+    tokens = torch.randint(4, 50, (64, 30))
+    plain = torch.nn.functional.embedding(tokens, emb.weight)  # [64, 30, 16]
+    emb.train()
+    out = emb(tokens)
+    dropped = (out == 0).all(-1)  # [64, 30]
+    assert torch.allclose(out[~dropped], plain[~dropped] / 0.75)
+    assert 0.2 < dropped.float().mean() < 0.3
+    emb.eval()
+    assert torch.equal(emb(tokens), plain)
