@@ -298,3 +298,34 @@ def test_max_bad_steps_ends_the_console_script_with_status_3(learnable_corpus, t
     assert "error: training stopped at step" in proc.stderr and "max_bad_steps=2" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+# ------------------------------------------------------------------------- averaging (average_last)
+@pytest.mark.parametrize("outcome", ["real", "better", "worse"])
+def test_average_of_the_last_validated_checkpoints_replaces_best_only_if_it_validates_better(
+        learnable_corpus, data_dir, tmp_path, monkeypatch, outcome):
+    """average_last=2 with validations at steps 2, 4, 6: only the last two validated checkpoints are
+    kept; their average is validated after training and becomes best.ckpt (weights = their mean,
+    `averaged_from` naming them) exactly when its score beats the best single checkpoint's.
+    "better"/"worse" stub the validation of the average to force each branch; "real" validates it.
+    Mutations that make it fail: comparing with the wrong sign (mode ignored); writing best.ckpt
+    whatever the score; ValidatedCheckpoints keeping every validation (save_top_k=-1)."""
+    forced = {"better": 1e-3, "worse": 1e9}.get(outcome)  # val/ppl: lower is better
+    if forced is not None:
+        monkeypatch.setattr(pl.Trainer, "validate", lambda self, *a, **k: [{"val/ppl": forced}])
+    run_dir = tmp_path / "run"
+    metrics = train(compose_train(overrides(learnable_corpus, data_dir, 6, 2, "average_last=2",
+                                            "validation.metric=ppl", "test_after_training=false"), run_dir))
+    ckpts = run_dir / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("validated-*.ckpt")) == ["validated-step4.ckpt", "validated-step6.ckpt"]
+    chosen = metrics["average/chosen"] == 1.0
+    assert chosen == (metrics["average/ppl"] < metrics["average/best_single"])
+    if forced is not None:
+        assert chosen == (outcome == "better")
+    best = torch.load(ckpts / "best.ckpt", weights_only=True)
+    assert ("averaged_from" in best) == chosen
+    if chosen:
+        a, b = (torch.load(ckpts / f"validated-step{s}.ckpt", weights_only=True)["state_dict"] for s in (4, 6))
+        for key, value in best["state_dict"].items():
+            if value.is_floating_point():
+                assert torch.allclose(value, (a[key] + b[key]) / 2, atol=1e-6), key
