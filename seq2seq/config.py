@@ -263,15 +263,40 @@ class SearchConfig:
     length_penalty: float = 1.0
     max_len_a: int = 10
     max_len_b: float = 1.5
+    min_len: int = 0
     batch_tokens: int = 8192
     max_src_tokens: int = 250
+    tune_beam_sizes: list[int] = field(default_factory=lambda: [1, 5, 10])
+    tune_length_penalties: list[float] = field(default_factory=lambda: [0.6, 0.8, 1.0, 1.2, 1.4])
 
     def check(self, prefix: str) -> None:
         _positive(f"{prefix}.beam_size", self.beam_size)
         _positive(f"{prefix}.batch_tokens", self.batch_tokens)
         _positive(f"{prefix}.max_src_tokens", self.max_src_tokens)
-        for key in ("length_penalty", "max_len_a", "max_len_b"):
+        for key in ("length_penalty", "max_len_a", "max_len_b", "min_len"):
             _positive(f"{prefix}.{key}", getattr(self, key), allow_zero=True)
+        check_search_grid(self.tune_beam_sizes, self.tune_length_penalties,
+                          f"config key '{prefix}.tune_beam_sizes'", f"config key '{prefix}.tune_length_penalties'")
+
+
+def check_search_grid(beam_sizes: Any, length_penalties: Any, beam_key: str, lp_key: str) -> None:
+    """The grid of seq2seq-tune-search; errors begin with `beam_key` or `lp_key` (what names the list:
+    a config key, a command-line option)."""
+    check_grid_values(beam_sizes, beam_key, integers=True)
+    check_grid_values(length_penalties, lp_key, integers=False)
+
+
+def check_grid_values(values: Any, key: str, integers: bool) -> None:
+    """A non-empty list of distinct integers >= 1 (beam sizes) or numbers >= 0 (length penalties)."""
+    what = "integers >= 1" if integers else "numbers >= 0"
+    if not isinstance(values, (list, tuple)) or not values:
+        raise ConfigError(f"{key} must be a non-empty list of {what}, got {values!r}")
+    for v in values:
+        if isinstance(v, bool) or not (isinstance(v, int) and v >= 1 if integers
+                                       else isinstance(v, (int, float)) and v >= 0):
+            raise ConfigError(f"{key} must hold {what}; {v!r} is not")
+    if len(set(values)) != len(values):
+        raise ConfigError(f"{key} lists a value twice: {list(values)}")
 
 
 @dataclass
@@ -328,6 +353,7 @@ class TrainConfig:
     init_from: Optional[str]
     test_after_training: bool
     test_moses_bleu: bool
+    test_tune_search: bool
     plot_curves: bool
     average_last: int
     max_bad_steps: int

@@ -19,7 +19,8 @@ A hypothesis's score is the float32 sum of its tokens' log-probabilities, EOS in
 the arg-max. Beam search (width K) takes, per sentence, the top 2K continuations of its K beams: EOS
 candidates ranked within the first K are finalized, the first K others become the next beams; a
 sentence stops once K hypotheses are finalized or at its maximum length (its live beams are then
-finalized unfinished). Hypotheses are ranked by score / length ** length_penalty.
+finalized unfinished). Hypotheses are ranked by score / length ** length_penalty. PAD and BOS are
+never emitted, nor EOS before `min_len` tokens (their log-probabilities count as -inf).
 
     from seq2seq.runtime import OnnxTranslator
     translator = OnnxTranslator("model-onnx/")
@@ -66,8 +67,15 @@ class SearchSettings:
     length_penalty: float = 1.0
     max_len_a: float = 10
     max_len_b: float = 1.5
+    min_len: int = 0
     batch_tokens: int = 8192
     max_src_tokens: int = 250
+
+    @classmethod
+    def from_config(cls, search: dict) -> SearchSettings:
+        """The settings this runtime applies out of config.json's "search" (which may hold more, such as
+        the tuning grid of seq2seq-tune-search)."""
+        return cls(**{k: v for k, v in search.items() if k in cls.__dataclass_fields__})
 
 
 @dataclass
@@ -185,8 +193,13 @@ def max_lengths(src_lengths: np.ndarray, max_len_a: float, max_len_b: float) -> 
     return np.maximum(np.floor(max_len_a + max_len_b * src_lengths.astype(np.float64)), 1).astype(np.int64)
 
 
+def forbidden(model: OnnxModel, t: int, min_len: int) -> list[int]:
+    """The tokens step t must not emit: PAD and BOS, and EOS while t < min_len."""
+    return [model.pad_id, model.bos_id] + ([model.eos_id] if t < min_len else [])
+
+
 def greedy(model: OnnxModel, src: np.ndarray, src_lengths: np.ndarray, max_len_a: float,
-           max_len_b: float, attention: bool = False) -> list[Hypothesis]:
+           max_len_b: float, attention: bool = False, min_len: int = 0) -> list[Hypothesis]:
     """One hypothesis per sentence: the most likely token at every step."""
     batch = src.shape[0]
     limits = max_lengths(src_lengths, max_len_a, max_len_b)
@@ -200,6 +213,7 @@ def greedy(model: OnnxModel, src: np.ndarray, src_lengths: np.ndarray, max_len_a
     for t in range(int(limits.max())):
         log_probs, _, _, attn, state = model.step(prev, state)
         cand = scores[:, None] + log_probs  # [n, V]: picked as beam search with one beam would
+        cand[:, forbidden(model, t, min_len)] = -np.inf
         prev = cand.argmax(axis=1).astype(np.int64)  # [n]
         scores = cand[np.arange(len(rows)), prev]
         for j, b in enumerate(rows):
@@ -222,7 +236,7 @@ def greedy(model: OnnxModel, src: np.ndarray, src_lengths: np.ndarray, max_len_a
 
 def beam_search(model: OnnxModel, src: np.ndarray, src_lengths: np.ndarray, beam_size: int,
                 length_penalty: float, max_len_a: float, max_len_b: float, nbest: int = 1,
-                attention: bool = False) -> list[list[Hypothesis]]:
+                attention: bool = False, min_len: int = 0) -> list[list[Hypothesis]]:
     """Up to `nbest` hypotheses per sentence, best first (the rules are in the module doc)."""
     k, batch = beam_size, src.shape[0]
     limits = max_lengths(src_lengths, max_len_a, max_len_b)
@@ -239,8 +253,10 @@ def beam_search(model: OnnxModel, src: np.ndarray, src_lengths: np.ndarray, beam
     for t in range(int(limits.max())):
         n = len(sent)
         # A sentence's 2K best continuations are among the 2K best of each of its beams: the graph
-        # returns those (TopK), so the search sorts K * 2K candidates per sentence, not K * V.
-        _, row_lp, row_ids, attn, state = model.step(prev, state, 2 * k)
+        # returns those (TopK), so the search sorts K * 2K candidates per sentence, not K * V. Three
+        # more per row, since up to three of them (PAD, BOS, EOS before min_len) are forbidden.
+        _, row_lp, row_ids, attn, state = model.step(prev, state, 2 * k + 3)
+        row_lp = np.where(np.isin(row_ids, forbidden(model, t, min_len)), np.float32(-np.inf), row_lp)
         per_row = row_lp.shape[1]
         cand = (scores[:, :, None] + row_lp.reshape(n, k, per_row)).reshape(n, k * per_row)
         top = np.argsort(-cand, axis=1, kind="stable")[:, : 2 * k]  # best first; ties: lower beam first
@@ -360,7 +376,7 @@ class OnnxTranslator:
                 raise ExportFolderError(f"{folder / name} is missing (named in {path})")
         self.config = config
         try:
-            self.cfg = SearchSettings(**config["search"])
+            self.cfg = SearchSettings.from_config(config["search"])
             self.model = OnnxModel(folder, config, threads)
             self.tokenizer = Pieces(folder / config["sentencepiece"]["source"],
                                     folder / config["sentencepiece"]["target"])
@@ -399,10 +415,10 @@ class OnnxTranslator:
             src, src_lengths = collate([ids[i] for i in group], self.model.eos_id, self.model.pad_id)
             if cfg.beam_size == 1 and nbest == 1:
                 hyps = [[h] for h in greedy(self.model, src, src_lengths, cfg.max_len_a, cfg.max_len_b,
-                                             with_attention)]
+                                             with_attention, cfg.min_len)]
             else:
                 hyps = beam_search(self.model, src, src_lengths, cfg.beam_size, cfg.length_penalty,
-                                   cfg.max_len_a, cfg.max_len_b, nbest, with_attention)
+                                   cfg.max_len_a, cfg.max_len_b, nbest, with_attention, cfg.min_len)
             texts = [one_line(t) for t in self.tokenizer.decode_tgt([h.tokens for row in hyps for h in row])]
             k = 0
             for i, row in zip(group, hyps):

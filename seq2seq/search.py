@@ -31,6 +31,13 @@ tokens (at least 1; the source length counts the EOS the data layer appends). EO
 emitted token. A sentence that emits `max_len_i` tokens without EOS ends there, unfinished
 (`Hypothesis.finished` is False).
 
+Forbidden tokens. PAD and BOS are never emitted: their log-probabilities are set to -inf at every
+step of every search (greedy, sampling, beam; with an `Ensemble` or LM fusion alike, since those are
+models behind the same contract), whatever the model gives them. UNK stays allowed. With `min_len`
+> 0, EOS is forbidden too at the first `min_len` steps, so a finished hypothesis has at least
+`min_len` tokens before its EOS (a sentence whose maximum length is <= min_len ends unfinished there).
+The masked values are not renormalised: scores stay the model's own log-probabilities.
+
 Scores. `Hypothesis.score` is the sum, accumulated in float32, of the model's log-probabilities
 of every emitted token including EOS (for sampling: the untempered, unfiltered model distribution).
 Beam search ranks hypotheses by `score / n ** length_penalty` where n = len(tokens) + (1 if EOS).
@@ -148,6 +155,22 @@ def _prepare(model: Any, src: Tensor, src_lengths: Tensor, src_mask: Tensor, max
     return lengths, every, limits, int(limits.max())
 
 
+class _Forbidden:
+    """Masks the tokens a search must not emit: PAD and BOS always, EOS before `min_len` tokens."""
+
+    def __init__(self, model: Any, device: torch.device, min_len: int):
+        if min_len < 0:
+            raise ValueError(f"min_len must be >= 0 (0 = no minimum), got {min_len}")
+        self.min_len = min_len
+        self.always = torch.tensor([model.pad_id, model.bos_id], dtype=torch.long, device=device)
+        self.early = torch.tensor([model.pad_id, model.bos_id, model.eos_id], dtype=torch.long, device=device)
+
+    def __call__(self, log_probs: Tensor, t: int) -> Tensor:
+        """log_probs [N, V] float32 at step t -> a copy with the forbidden columns at -inf (never in
+        place: the tensor may be the model's own)."""
+        return log_probs.index_fill(1, self.early if t < self.min_len else self.always, NEG_INF)
+
+
 def _unfinished(done: Tensor, t: int, every: int, horizon: int) -> Tensor | None:
     """After step t: which sentences go on, read on the host every `every` steps (the loop's one
     host-device sync). done [n] bool -> positions [n'] of the unfinished ones on done's device (empty:
@@ -191,7 +214,7 @@ def _greedy_choice(log_probs: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
 def _decode_rows(model: Any, src: Tensor, src_lengths: Tensor, src_mask: Tensor,
                  max_len_a: float, max_len_b: float,
                  choose: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
-                 return_attention: bool, sync_every: int | None) -> list[Hypothesis]:
+                 return_attention: bool, sync_every: int | None, min_len: int) -> list[Hypothesis]:
     """One row per sentence; `choose(log_probs [n,V] f32, scores [n]) -> (tokens [n], new scores [n])`."""
     batch = src.size(0)
     if batch == 0:
@@ -200,6 +223,7 @@ def _decode_rows(model: Any, src: Tensor, src_lengths: Tensor, src_mask: Tensor,
                                                    sync_every)
     device = src.device
     pad, bos, eos = model.pad_id, model.bos_id, model.eos_id
+    forbid = _Forbidden(model, device, min_len)
 
     # Output buffers for every sentence, indexed by original row.
     out_tok = torch.full((batch, horizon), pad, dtype=torch.long, device=device)
@@ -226,7 +250,7 @@ def _decode_rows(model: Any, src: Tensor, src_lengths: Tensor, src_mask: Tensor,
 
     for t in range(horizon):
         log_probs, state, attn = model.step(prev, state)
-        log_probs = log_probs.float()
+        log_probs = forbid(log_probs.float(), t)
         tokens, new_scores = choose(log_probs, scores)
         live = ~done  # rows already done ride along until the next sync; nothing of theirs changes
         scores = torch.where(live, new_scores, scores)
@@ -260,17 +284,17 @@ def _decode_rows(model: Any, src: Tensor, src_lengths: Tensor, src_mask: Tensor,
 
 @torch.inference_mode()
 def greedy(model: Any, src: Tensor, src_lengths: Tensor, src_mask: Tensor, max_len_a: float,
-           max_len_b: float, *, return_attention: bool = True,
+           max_len_b: float, *, min_len: int = 0, return_attention: bool = True,
            sync_every: int | None = None) -> list[Hypothesis]:
     """Greedy decoding: one hypothesis per input row, in input order."""
     return _decode_rows(model, src, src_lengths, src_mask, max_len_a, max_len_b, _greedy_choice,
-                        return_attention, sync_every)
+                        return_attention, sync_every, min_len)
 
 
 @torch.inference_mode()
 def sample(model: Any, src: Tensor, src_lengths: Tensor, src_mask: Tensor, max_len_a: float,
            max_len_b: float, temperature: float = 1.0, top_k: int = 0,
-           generator: torch.Generator | None = None, *, return_attention: bool = True,
+           generator: torch.Generator | None = None, *, min_len: int = 0, return_attention: bool = True,
            sync_every: int | None = None) -> list[Hypothesis]:
     """Ancestral sampling from softmax(log_probs / temperature), restricted to the top_k tokens if top_k > 0.
 
@@ -294,7 +318,7 @@ def sample(model: Any, src: Tensor, src_lengths: Tensor, src_mask: Tensor, max_l
         return tokens, scores + log_probs.gather(1, tokens.unsqueeze(1)).squeeze(1)
 
     return _decode_rows(model, src, src_lengths, src_mask, max_len_a, max_len_b, choose,
-                        return_attention, sync_every)
+                        return_attention, sync_every, min_len)
 
 
 # ------------------------------------------------------------------------------------ beam search
@@ -464,7 +488,7 @@ def _backtrack(back: _Backpointers, end: Tensor, rank: Tensor,
 @torch.inference_mode()
 def beam_search(model: Any, src: Tensor, src_lengths: Tensor, src_mask: Tensor, beam_size: int,
                 length_penalty: float, max_len_a: float, max_len_b: float, nbest: int = 1, *,
-                return_attention: bool = True,
+                min_len: int = 0, return_attention: bool = True,
                 sync_every: int | None = None) -> list[list[Hypothesis]]:
     """Batched beam search; returns, per input row, up to `nbest` hypotheses, best first.
 
@@ -493,6 +517,7 @@ def beam_search(model: Any, src: Tensor, src_lengths: Tensor, src_mask: Tensor, 
                                                    sync_every)
     device = src.device
     pad, bos, eos = model.pad_id, model.bos_id, model.eos_id
+    forbid = _Forbidden(model, device, min_len)
     k = beam_size
     rank = torch.arange(2 * k, device=device)  # candidate ranks, best first
 
@@ -517,7 +542,7 @@ def beam_search(model: Any, src: Tensor, src_lengths: Tensor, src_mask: Tensor, 
     state = model.reorder_state(state, expand, sources=None)
     for t in range(horizon):
         log_probs, state, attn = model.step(beams.prev, state)  # [n*K, V], _, [n*K, S]
-        log_probs = log_probs.float().view(beams.sent.numel(), k, -1)  # [n, K, V]
+        log_probs = forbid(log_probs.float(), t).view(beams.sent.numel(), k, -1)  # [n, K, V]
         cands = _select(_expand(beams.scores, log_probs), k, log_probs.size(-1), eos, rank)  # [n, 2K]
         _record(back, t, beams.sent, cands, log_probs, attn if return_attention else None)
         _finish(pool, beams, cands, t, rank)

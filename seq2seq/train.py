@@ -382,6 +382,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics.update(average_last_validated(trainer, module, datamodule))
 
+    if cfg.test_tune_search and trainer.is_global_zero:  # before the test, which then uses the tuned search
+        from seq2seq.tune_search import tune_after_training
+
+        tune_after_training(trainer, datamodule, search_cfg)
     if cfg.test_after_training and trainer.is_global_zero:
         test = datamodule.corpus.splits["test"]
         test_sets = {data.test_split: (test.src_text, test.tgt_text), **test_sets}

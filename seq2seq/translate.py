@@ -102,11 +102,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="input file, plain or .gz by name (default: standard input, gzip detected)")
     p.add_argument("--output", default="-", help="output file (default: standard output)")
     p.add_argument("--format", choices=("text", "jsonl"), default="text")
-    p.add_argument("--beam-size", type=int, help="beam width (1 = greedy; default: the run's search config)")
+    p.add_argument("--beam-size", type=int, help="beam width (1 = greedy; default: the checkpoint's search defaults, "
+                                                 "tuned on validation if seq2seq-tune-search stored some)")
     p.add_argument("--nbest", type=int, default=1, help="write the K best hypotheses per line")
     p.add_argument("--length-penalty", type=float, help="rank by score / length ** this")
     p.add_argument("--max-len-a", type=int, help="maximum output length = a + b * source length")
     p.add_argument("--max-len-b", type=float, help="see --max-len-a")
+    p.add_argument("--min-len", type=int, help="no EOS before this many output pieces (0 = no minimum)")
     p.add_argument("--batch-tokens", type=int, help="source tokens per batch")
     p.add_argument("--max-src-tokens", type=int, help="longer inputs are truncated (with a warning)")
     p.add_argument("--sample", action="store_true", help="sample instead of searching")
@@ -139,6 +141,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if args.max_len_a is not None and args.max_len_a < 0 or args.max_len_b is not None and args.max_len_b < 0:
         p.error("--max-len-a and --max-len-b must be >= 0")
+    if args.min_len is not None and args.min_len < 0:
+        p.error(f"--min-len must be >= 0 (0 = no minimum), got {args.min_len}")
     if not args.temperature > 0:
         p.error(f"--temperature must be > 0, got {args.temperature}")
     if args.top_k < 0:
@@ -391,7 +395,7 @@ def job_fingerprint(args, source: Input, refs: Input | None) -> str:
 
 def apply_search_overrides(args, search_cfg) -> None:
     overrides = {"beam_size": args.beam_size, "length_penalty": args.length_penalty,
-                 "max_len_a": args.max_len_a, "max_len_b": args.max_len_b,
+                 "max_len_a": args.max_len_a, "max_len_b": args.max_len_b, "min_len": args.min_len,
                  "batch_tokens": args.batch_tokens, "max_src_tokens": args.max_src_tokens}
     for key, value in overrides.items():
         if value is not None:

@@ -109,7 +109,8 @@ class Translator:
     def _search(self, seqs: list[list[int]], nbest: int, generator, attention: bool) -> list[list[search.Hypothesis]]:
         src, src_lengths, src_mask = collate_source(seqs)  # [B, S], [B] CPU, [B, S]
         src, src_mask = src.to(self.device), src_mask.to(self.device)
-        common = dict(max_len_a=self.cfg.max_len_a, max_len_b=self.cfg.max_len_b, return_attention=attention)
+        common = dict(max_len_a=self.cfg.max_len_a, max_len_b=self.cfg.max_len_b, min_len=self.cfg.min_len,
+                      return_attention=attention)
         with torch.inference_mode(), self._autocast():
             if self.sampling is not None:
                 hyps = search.sample(self.model, src, src_lengths, src_mask,

@@ -125,6 +125,20 @@ def test_beam5_gives_the_same_best_hypotheses(trained_ckpt, folder, sentences):
     assert any(a.text != g.text for a, g in zip(theirs, greedy))  # beam search did something
 
 
+@pytest.mark.parametrize("beam", [1, 2])
+def test_min_len_agrees_with_torch(trained_ckpt, folder, sentences, beam):
+    """min_len holds EOS back alike in both searches (PAD and BOS masked in both too). Mutation caught:
+    the runtime's `forbidden` leaving EOS out."""
+    search = dict(beam_size=beam, length_penalty=1.0, min_len=12)
+    ours = onnx_translator(folder, **search).translate(sentences)
+    theirs = torch_translator(trained_ckpt, **search).translate(sentences)
+    free = torch_translator(trained_ckpt, beam_size=beam).translate(sentences)
+    assert any(len(t.tokens) < 12 and t.finished for t in free)  # min_len changes something
+    assert all(len(t.tokens) >= 12 for t in theirs if t.finished)
+    assert [t.text for t in ours] == [t.text for t in theirs]
+    assert max(abs(a.score - b.score) for a, b in zip(ours, theirs)) < 1e-4
+
+
 @pytest.mark.slow
 def test_translate_cli_onnxruntime_backend_writes_the_torch_formats(trained_ckpt, folder, sentences, tmp_path):
     """text, jsonl with alignments, n-best TSV and reference scores: the same lines as the torch

@@ -186,8 +186,9 @@ def test_beam_one_is_greedy_exactly(a, b, sync_every):
         assert_same(h, hb, exact=True)
 
 
-def reference_beam_search(model, source, beam_size, length_penalty, a, b):
-    """The beam-search rules written out plainly for one sentence (Python lists, one row per beam)."""
+def reference_beam_search(model, source, beam_size, length_penalty, a, b, min_len=0):
+    """The beam-search rules written out plainly for one sentence (Python lists, one row per beam).
+    PAD and BOS are never continuations, nor EOS before `min_len` tokens."""
     k = beam_size
     src, lengths, mask = make_batch([source])
     limit = int(max_lengths(lengths, a, b)[0])
@@ -199,7 +200,9 @@ def reference_beam_search(model, source, beam_size, length_penalty, a, b):
         for i, (toks, score, state) in enumerate(beams):
             with torch.inference_mode():
                 lp, new_state, _ = model.step(torch.tensor([toks[-1] if toks else BOS]), state)
-            cands += [(score + x, i, v, new_state) for v, x in enumerate(lp[0].tolist())]
+            forbidden = {PAD, BOS} | ({EOS} if t < min_len else set())
+            cands += [(score + (-math.inf if v in forbidden else x), i, v, new_state)
+                      for v, x in enumerate(lp[0].tolist())]
         if t == 0:  # only beam 0 is live at the first step
             cands += [(-math.inf, 1, 0, None)] * (2 * k)
         top = sorted(cands, key=lambda c: -c[0])[: 2 * k]
@@ -580,3 +583,100 @@ def test_real_seq2seq(cell, attention, input_feed):
     ens = Ensemble([model, tiny_seq2seq(cell, attention, input_feed, seed=1)])
     out = beam_search(ens, src, lengths, mask, 3, 1.0, 3, 1.0)
     assert all(math.isfinite(h[0].score) for h in out)
+
+
+# ------------------------------------------------------------------- forbidden tokens and min_len
+class FavoursForbidden:
+    """A stub decoder whose every step puts nearly all mass on PAD and BOS, then UNK, and after step 3
+    prefers EOS to UNK: a search that let PAD or BOS through would emit nothing else."""
+
+    pad_id, bos_id, eos_id = PAD, BOS, EOS
+    training = False
+    tgt_vocab_size = 8
+
+    def init_state(self, src, src_lengths, src_mask):
+        return {"t": torch.zeros(src.size(0), dtype=torch.long)}
+
+    def step(self, prev_tokens, state):
+        n = prev_tokens.numel()
+        logits = torch.full((n, self.tgt_vocab_size), -10.0)
+        logits[:, PAD] = logits[:, BOS] = 10.0
+        logits[:, UNK] = 2.0
+        logits[:, EOS] = torch.where(state["t"] >= 3, 3.0, -5.0)
+        return torch.log_softmax(logits, dim=-1), {"t": state["t"] + 1}, None
+
+    def reorder_state(self, state, rows, *, sources):
+        return {"t": state["t"].index_select(0, rows)}
+
+
+FORBIDDEN_DECODERS = {
+    "greedy": lambda m, s, l, k: [[h] for h in greedy(m, s, l, k, 10, 1.0)],
+    "beam1": lambda m, s, l, k: beam_search(m, s, l, k, 1, 1.0, 10, 1.0),
+    "beam4": lambda m, s, l, k: beam_search(m, s, l, k, 4, 1.0, 10, 1.0, nbest=4),
+    "sample": lambda m, s, l, k: [[h] for h in sample(m, s, l, k, 10, 1.0, generator=torch.Generator().manual_seed(0))],
+}
+
+
+@pytest.mark.parametrize("ensemble", [False, True])
+@pytest.mark.parametrize("name", list(FORBIDDEN_DECODERS))
+def test_pad_and_bos_are_never_emitted(name, ensemble):
+    """Even when the model puts almost all its mass on them, no search emits PAD or BOS; UNK stays
+    allowed. Mutations: dropping BOS from `_Forbidden.always` fails every case; skipping the mask in
+    `_decode_rows` fails greedy and sample, in `beam_search` the beams."""
+    model = Ensemble([FavoursForbidden(), FavoursForbidden()]) if ensemble else FavoursForbidden()
+    out = decode_all(model, SOURCES[:6], FORBIDDEN_DECODERS[name])
+    tokens = [t for hyps in out for h in hyps for t in h.tokens]
+    assert tokens and PAD not in tokens and BOS not in tokens
+    assert UNK in tokens
+    assert all(h.finished and math.isfinite(h.score) for hyps in out for h in hyps)
+
+
+def finished_lengths(out):
+    return [len(h.tokens) for hyps in out for h in hyps if h.finished]
+
+
+MIN_LEN_DECODERS = {
+    "greedy": lambda min_len: lambda m, s, l, k: [[h] for h in greedy(m, s, l, k, 10, 1.5, min_len=min_len)],
+    "beam3": lambda min_len: lambda m, s, l, k: beam_search(m, s, l, k, 3, 1.0, 10, 1.5, nbest=3, min_len=min_len),
+    "sample": lambda min_len: lambda m, s, l, k: [[h] for h in sample(
+        m, s, l, k, 10, 1.5, generator=torch.Generator().manual_seed(0), min_len=min_len)],
+}
+
+
+@pytest.mark.parametrize("name", list(MIN_LEN_DECODERS))
+def test_min_len_holds_back_eos(name):
+    """With an EOS-happy model (most outputs end after a token or two), min_len=4 makes every finished
+    hypothesis at least 4 tokens long, batched as one sentence at a time. Mutation: masking EOS only
+    while t < min_len - 1 lets 3-token hypotheses through."""
+    model = FakeModel(eos_bias=4.0)
+    free = decode_all(model, SOURCES, MIN_LEN_DECODERS[name](0))
+    assert min(finished_lengths(free)) < 4  # not vacuous: without min_len they are shorter
+    held = decode_all(model, SOURCES, MIN_LEN_DECODERS[name](4))
+    assert finished_lengths(held) and min(finished_lengths(held)) >= 4
+    for i, s in enumerate(SOURCES[:5] if name != "sample" else []):  # sampling draws per batch
+        (single,) = decode_all(model, [s], MIN_LEN_DECODERS[name](4))
+        assert [h.tokens for h in single] == [h.tokens for h in held[i]]
+
+
+def test_min_len_beam_matches_reference_and_beam_one_is_greedy():
+    model = FakeModel(eos_bias=4.0, seed=3)
+    src, lengths, mask = make_batch(SOURCES)
+    out = beam_search(model, src, lengths, mask, 3, 1.0, 10, 1.5, nbest=3, min_len=5)
+    for source, hyps in zip(SOURCES, out):
+        ref = reference_beam_search(model, source, 3, 1.0, 10, 1.5, min_len=5)
+        assert [(h.tokens, h.finished) for h in hyps] == [(r[0], r[2]) for r in ref]
+    g = greedy(model, src, lengths, mask, 10, 1.5, min_len=5)
+    (b1,) = zip(*beam_search(model, src, lengths, mask, 1, 1.0, 10, 1.5, min_len=5))
+    for x, y in zip(g, b1):
+        assert_same(x, y, exact=True)
+
+
+def test_min_len_beyond_the_maximum_length_ends_unfinished():
+    """A sentence allowed fewer tokens than min_len cannot end with EOS: it is cut at its maximum."""
+    model = FakeModel(eos_bias=4.0)
+    src, lengths, mask = make_batch(SOURCES[:4])
+    for hyps in (greedy(model, src, lengths, mask, 3, 0.0, min_len=5),
+                 [h[0] for h in beam_search(model, src, lengths, mask, 2, 1.0, 3, 0.0, min_len=5)]):
+        assert [(len(h.tokens), h.finished) for h in hyps] == [(3, False)] * 4
+    with pytest.raises(ValueError, match="min_len must be >= 0"):
+        greedy(model, src, lengths, mask, 3, 0.0, min_len=-1)
