@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Sampler
 from seq2seq.config import BatchingConfig, ConfigError, DataConfig
 from seq2seq.data import Batch, ParallelDataset, TokenBucketBatchSampler, collate, token_budget_batches
 from seq2seq.prepare import PreparedCorpus, prepare_corpus
+from seq2seq.subword_sampling import SampledParallelDataset
 from seq2seq.tokenizer import Tokenizer
 
 
@@ -96,13 +97,20 @@ class TranslationDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         data = self.corpus.splits[split]
-        dataset = ParallelDataset(data.src, data.tgt)
+        tok = self.data_cfg.tokenizer
+        if shuffle and tok.sampling:  # training with subword sampling: a fresh segmentation per epoch
+            dataset = SampledParallelDataset(
+                data.src, data.tgt, data.src_text, data.tgt_text, self.corpus.tokenizer, tok.sampling_alpha,
+                tok.sampling_nbest, self.seed, self.data_cfg.filter.max_tokens)
+        else:
+            dataset = ParallelDataset(data.src, data.tgt)
         replicas, rank = self._rank()
         if shuffle:
             sampler = TokenBucketBatchSampler(
                 dataset.src_lengths, dataset.tgt_lengths, max_tokens=self.batching.max_tokens,
                 max_sentences=self.batching.max_sentences, bucket_width=self.batching.bucket_width,
-                shuffle=True, seed=self.seed, num_replicas=replicas, rank=rank)
+                shuffle=True, seed=self.seed, num_replicas=replicas, rank=rank,
+                resegment=dataset.set_epoch if isinstance(dataset, SampledParallelDataset) else None)
         else:  # evaluation: shard examples, not batches (see EvalShardSampler)
             sampler = EvalShardSampler(dataset.src_lengths, dataset.tgt_lengths, self.batching.max_tokens,
                                        self.batching.max_sentences, self.batching.bucket_width, replicas, rank)

@@ -1,0 +1,248 @@
+"""Subword regularisation (data.tokenizer.sampling_alpha): a fresh segmentation of the training split every
+epoch, reproducible from (seed, epoch) under resume, DDP and DataLoader workers; never at validation."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from seq2seq.config import BatchingConfig, ConfigError, DataConfig, MonolingualDataConfig, TokenizerConfig, section
+from seq2seq.datamodule import TranslationDataModule
+from seq2seq.prepare import prepare_corpus
+from seq2seq.tokenizer import Tokenizer, train_sentencepiece
+
+from .conftest import synthetic_pairs
+
+MAX_TOKENS = 40  # filter.max_tokens of these tests
+
+
+def data_config(root: Path, cache: Path, alpha: float = 0.2, model_type: str = "bpe", joint: bool = True,
+                nbest: int = -1) -> DataConfig:
+    return section(DataConfig, dict(
+        corpus="toy", root=str(root), mirrors=[], download=False, cache_dir=str(cache),
+        tokenizer=dict(model_type=model_type, vocab_size=100 if joint else 50, joint=joint, byte_fallback=False,
+                       sampling_alpha=alpha, sampling_nbest=nbest),
+        filter=dict(max_tokens=MAX_TOKENS)), "data")
+
+
+def datamodule(cfg: DataConfig, seed: int = 7, workers: int = 0) -> TranslationDataModule:
+    dm = TranslationDataModule(cfg, BatchingConfig(max_tokens=300, num_workers=workers), seed=seed)
+    dm.setup()
+    return dm
+
+
+def epoch_batches(loader, epoch: int) -> list[tuple]:
+    """What training sees in `epoch`: (example indices, source ids, target ids) of every batch."""
+    loader.sampler.set_epoch(epoch)  # as Lightning does before each epoch
+    return [(b.indices.tolist(), b.src.tolist(), b.tgt_out.tolist()) for b in loader]
+
+
+def by_example(batches: list[tuple]) -> dict[int, tuple]:
+    """example index -> (source ids, target ids) without padding and EOS."""
+    out = {}
+    for indices, src, tgt in batches:
+        for i, s, t in zip(indices, src, tgt):
+            out[i] = (tuple(x for x in s if x > 3), tuple(x for x in t if x > 3))
+    return out
+
+
+@pytest.fixture
+def corpus(toy_corpus, tmp_path):
+    return toy_corpus(n_train=200, n_valid=20, n_test=10), tmp_path / "cache"
+
+
+# ------------------------------------------------------------------------------------ the tokenizer
+def test_sampling_is_a_function_of_lines_and_seed_in_any_thread():
+    """Mutation: encoding with num_threads=8 in Tokenizer._sample (threads share the sentences out
+    nondeterministically) fails the equality across calls."""
+    src, tgt = synthetic_pairs(20000, 0)
+    tok = Tokenizer(*[train_sentencepiece(src[:300] + tgt[:300], TokenizerConfig(vocab_size=100, byte_fallback=False))] * 2)
+    first = tok.sample_src(src, 0.3, -1, seed=5)
+    other_thread: list = []
+    thread = threading.Thread(target=lambda: other_thread.append(tok.sample_src(src, 0.3, -1, seed=5)))
+    tok.sample_src(src, 0.3, -1, seed=6)  # drawing in between changes nothing
+    thread.start()
+    thread.join()
+    assert tok.sample_src(src, 0.3, -1, seed=5) == first == other_thread[0]
+    assert tok.sample_src(src, 0.3, -1, seed=6) != first
+    assert first != tok.encode_src(src)  # it samples: some words are split differently
+    assert tok.decode_src(first) == tok.decode_src(tok.encode_src(src))  # ... into pieces of the same text
+
+
+# ------------------------------------------------------------------- training split vs validation
+@pytest.mark.parametrize("model_type,joint,nbest", [("bpe", True, -1), ("unigram", False, 4)])
+def test_training_segmentation_changes_every_epoch_but_validation_never(corpus, model_type, joint, nbest):
+    """Mutations: sampling the seed from `seed` alone (not the epoch) in sample_split fails `!= epoch 0`;
+    building SampledParallelDataset for validation too (dropping `shuffle and` in datamodule._loader) fails
+    the validation comparison (with `dataset.set_epoch(0)`, as training would); dropping the max_tokens fallback fails the length bound (max_tokens=6 run)."""
+    root, cache = corpus
+    dm = datamodule(data_config(root, cache, model_type=model_type, joint=joint, nbest=nbest))
+    tok, train, valid = dm.tokenizer, dm.corpus.splits["train"], dm.corpus.splits["valid"]
+    loader = dm.train_dataloader()
+    epochs = [by_example(epoch_batches(loader, e)) for e in (0, 1)]
+    fixed = {i: (tuple(train.src[i].tolist()), tuple(train.tgt[i].tolist())) for i in range(len(train))}
+    for seen in epochs:
+        assert sorted(seen) == list(range(len(train)))  # every pair once
+        assert seen != fixed  # sampled, not the cached segmentation
+        for i, (s, t) in seen.items():  # pieces of the very same text, each side with its own model
+            assert tok.decode_src([s]) == [train.src_text[i]] and tok.decode_tgt([t]) == [train.tgt_text[i]]
+    assert epochs[1] != epochs[0]
+    assert sum(epochs[1][i] != epochs[0][i] for i in fixed) > len(fixed) // 4
+
+    val = dm.val_dataloader()
+    for _ in range(2):  # validation, before and after training epochs: always the cached ids
+        for b in val:
+            for i, s in zip(b.indices.tolist(), b.src.tolist()):
+                assert [x for x in s if x > 3] == valid.src[i].tolist()
+
+    tight = datamodule(data_config(root, cache, model_type=model_type, joint=joint, nbest=nbest))
+    tight.data_cfg.filter.max_tokens = 6  # what the cache was filtered with stays; only the bound is checked
+    seen = by_example(epoch_batches(tight.train_dataloader(), 0))
+    for i, (s, t) in seen.items():
+        assert len(s) <= max(6, len(train.src[i])) and len(t) <= max(6, len(train.tgt[i]))
+    assert any(len(s) == len(train.src[i]) and len(train.src[i]) > 6 for i, (s, _) in seen.items())
+
+
+def test_sampling_off_trains_on_the_cache_exactly_as_before(corpus):
+    """Mutations: keying the cache on the sampling keys (removing SAMPLING_KEYS from cache_settings) fails the
+    same-folder check; sampling when sampling_alpha == 0 (`tok.sampling` -> True in the datamodule) fails the
+    identity with the cached ids."""
+    root, cache = corpus
+    off = datamodule(data_config(root, cache, alpha=0.0))
+    on = datamodule(data_config(root, cache, alpha=0.2))
+    assert on.corpus.directory == off.corpus.directory  # one cache: switching sampling rebuilds nothing
+    assert off.corpus.splits["train"].src_text == []  # ... and reads no training text when off
+    loader = off.train_dataloader()
+    assert loader.sampler.resegment is None
+    train = off.corpus.splits["train"]
+    fixed = {i: (tuple(train.src[i].tolist()), tuple(train.tgt[i].tolist())) for i in range(len(train))}
+    for epoch in (0, 1):
+        assert by_example(epoch_batches(loader, epoch)) == fixed
+
+
+# -------------------------------------------------------------------- resume, DDP ranks, workers
+def test_resume_mid_epoch_with_sampling_continues_with_the_same_batches(corpus):
+    """A new process (a fresh datamodule) restored to (epoch 1, 3 batches done) yields exactly the rest of
+    epoch 1 of an uninterrupted run. Mutation: seeding the segmentation from a counter of draws instead of
+    (seed, epoch) (the restored process has drawn once, the straight one twice) fails it."""
+    root, cache = corpus
+    cfg = data_config(root, cache)
+    straight = datamodule(cfg).train_dataloader()
+    epoch_batches(straight, 0)
+    reference = epoch_batches(straight, 1)
+    state = {**straight.state_dict(), "batches_done": 3}
+
+    resumed = datamodule(cfg).train_dataloader()
+    resumed.load_state_dict(state)
+    rest = [(b.indices.tolist(), b.src.tolist(), b.tgt_out.tolist()) for b in resumed]  # as Lightning resumes
+    assert len(reference) > 5 and rest == reference[3:]
+    assert epoch_batches(datamodule(cfg, seed=8).train_dataloader(), 1) != reference  # the seed matters
+
+
+def test_ddp_ranks_and_dataloader_workers_agree_on_the_batches(corpus, monkeypatch):
+    """Two ranks (separate datamodules) take disjoint shards of one batch list; persistent DataLoader workers
+    re-segment their copies when a new epoch's batches arrive. Mutation: yielding plain lists instead of
+    EpochBatch (no epoch tag) leaves the workers on epoch 0's segmentation and fails the worker comparison."""
+    root, cache = corpus
+    cfg = data_config(root, cache)
+    single = datamodule(cfg).train_dataloader()
+    whole = [epoch_batches(single, e) for e in (0, 1)]
+
+    ranks = []
+    for rank in (0, 1):
+        dm = datamodule(cfg)
+        monkeypatch.setattr(dm, "_rank", lambda rank=rank: (2, rank))
+        ranks.append(dm.train_dataloader())
+    for epoch in (0, 1):
+        shards = [by_example(epoch_batches(loader, epoch)) for loader in ranks]
+        everything = by_example(whole[epoch])
+        union = {**shards[0], **shards[1]}
+        assert union == everything  # same segmentation on both ranks, every pair covered
+        assert len(shards[0]) + len(shards[1]) >= len(everything)
+
+    workers = datamodule(cfg, workers=2).train_dataloader()
+    assert workers.persistent_workers
+    assert [epoch_batches(workers, e) for e in (0, 1)] == whole
+
+
+# --------------------------------------------------------------------------------------- config
+@pytest.mark.parametrize("tokenizer,key", [
+    (dict(sampling_alpha=-0.1), "sampling_alpha"),
+    (dict(sampling_alpha=1.0), "sampling_alpha"),  # bpe: a dropout probability
+    (dict(sampling_alpha=0.1, model_type="char"), "sampling_alpha"),
+    (dict(sampling_alpha=0.1, model_type="unigram", sampling_nbest=1), "sampling_nbest"),
+    (dict(sampling_alpha=0.1, model_type="unigram", sampling_nbest=513), "sampling_nbest"),
+])
+def test_bad_sampling_values_name_their_key(tokenizer, key):
+    """Mutation: dropping the bpe range check in TokenizerConfig.check_sampling fails the alpha=1.0 case."""
+    with pytest.raises(ConfigError, match=rf"'data\.tokenizer\.{key}'"):
+        section(DataConfig, {"tokenizer": tokenizer}, "data")
+    section(DataConfig, {"tokenizer": dict(model_type="unigram", sampling_alpha=2.0, sampling_nbest=64)}, "data")
+
+
+def test_a_language_model_refuses_subword_sampling():
+    """Mutation: dropping the check in MonolingualDataConfig.check fails it (the LM would train unsampled)."""
+    with pytest.raises(ConfigError, match=r"'data\.tokenizer\.sampling_alpha'.*language model"):
+        section(MonolingualDataConfig, {"tokenizer": {"sampling_alpha": 0.1}}, "data")
+
+
+# ------------------------------------------------------------------------------- through Lightning
+class _Crash(Exception):
+    pass
+
+
+def _record(monkeypatch, crash_at: int | None = None) -> list:
+    """Patch training_step to record (epoch, step, example indices, source ids) of every batch."""
+    from seq2seq.lit_module import TranslationModule
+
+    seen: list = []
+    original = TranslationModule.training_step
+
+    def training_step(module, batch, batch_idx):
+        if crash_at is not None and module.global_step == crash_at:
+            raise _Crash()
+        seen.append((module.current_epoch, module.global_step, batch.indices.tolist(), batch.src.tolist()))
+        return original(module, batch, batch_idx)
+
+    monkeypatch.setattr(TranslationModule, "training_step", training_step)
+    return seen
+
+
+def test_training_resumed_mid_epoch_with_sampling_sees_the_batches_of_an_uninterrupted_run(
+        tmp_path, learnable_corpus, monkeypatch):
+    """seq2seq's train(): Lightning saves the loader's position in last.ckpt; the resumed run draws the same
+    segmentation of that epoch and continues its batches. Mutations: drawing from a per-process counter of
+    draws instead of (seed, epoch) in SampledParallelDataset._sample fails the resumed batches; seeding
+    sample_split from the seed alone (not the epoch) fails `sampled`."""
+    from seq2seq.train import train
+
+    from .helpers import TINY, compose_train, learn
+
+    args = [*TINY, *learn(learnable_corpus), "trainer.max_steps=-1", "trainer.max_epochs=2",
+            "trainer.val_check_interval=3", "data.max_train_pairs=60", "data.max_valid_pairs=4",
+            "batching.max_tokens=150", "search.max_len_a=2", "search.max_len_b=0.5", "test_after_training=false",
+            "plot_curves=false", "deterministic=true", "data.tokenizer.sampling_alpha=0.3",
+            f"paths.data_dir={tmp_path / 'data'}"]
+    with monkeypatch.context() as mp:
+        straight = _record(mp)
+        train(compose_train(args, tmp_path / "straight"))
+    steps_in_epoch0 = sum(1 for s in straight if s[0] == 0)
+    saved = 3 * (steps_in_epoch0 // 3 + 1)  # the first validation (and last.ckpt) inside epoch 1
+    assert steps_in_epoch0 < saved < len(straight) - 2
+    with monkeypatch.context() as mp:
+        _record(mp, crash_at=saved + 2)
+        with pytest.raises(_Crash):
+            train(compose_train(args, tmp_path / "run"))
+    with monkeypatch.context() as mp:
+        resumed = _record(mp)
+        train(compose_train([*args, "ckpt_path=last"], tmp_path / "run"))
+    assert resumed == [s for s in straight if s[1] >= saved]  # same epoch, step, examples and pieces
+
+    def pieces(epoch: int) -> dict:
+        return {i: [x for x in row if x > 3] for e, _, indices, src in straight if e == epoch
+                for i, row in zip(indices, src)}
+    sampled = pieces(0) != pieces(1)
+    assert sampled
