@@ -6,12 +6,10 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from seq2seq.config import BatchingConfig, ConfigError, DataConfig, MonolingualDataConfig, TokenizerConfig, section
 from seq2seq.datamodule import TranslationDataModule
-from seq2seq.prepare import prepare_corpus
 from seq2seq.tokenizer import Tokenizer, train_sentencepiece
 
 from .conftest import synthetic_pairs
