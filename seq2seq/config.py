@@ -80,7 +80,7 @@ CELLS = tuple(c.value for c in Cell)
 ATTENTIONS = tuple(a.value for a in Attention)
 
 
-SAMPLING_KEYS = ("sampling_alpha", "sampling_nbest")  # TokenizerConfig keys that change no prepared output
+SAMPLING_KEYS = ("sampling_alpha", "sampling_nbest", "sampling_draws")  # TokenizerConfig keys that change no prepared output
 
 
 def _positive(key: str, value: float, allow_zero: bool = False) -> None:
@@ -105,6 +105,7 @@ class TokenizerConfig:
     # output, so the cache key leaves them out (SAMPLING_KEYS).
     sampling_alpha: float = 0.0
     sampling_nbest: int = -1
+    sampling_draws: int = 8
 
     def check(self, prefix: str) -> None:
         if self.vocab_size < 8:
@@ -121,6 +122,7 @@ class TokenizerConfig:
 
     def check_sampling(self, prefix: str) -> None:
         alpha, nbest = self.sampling_alpha, self.sampling_nbest
+        _positive(f"{prefix}.sampling_draws", self.sampling_draws)
         if alpha < 0.0 or alpha != alpha:
             raise ConfigError(f"config key '{prefix}.sampling_alpha' must be >= 0 (0 = no sampling), got {alpha}")
         if not self.sampling:

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Sampler
 from seq2seq.config import BatchingConfig, ConfigError, DataConfig
 from seq2seq.data import Batch, ParallelDataset, TokenBucketBatchSampler, collate, token_budget_batches
 from seq2seq.prepare import PreparedCorpus, prepare_corpus
-from seq2seq.subword_sampling import SampledParallelDataset
+from seq2seq.subword_sampling import SampledParallelDataset, sampled_dataset
 from seq2seq.tokenizer import Tokenizer
 
 
@@ -79,7 +79,9 @@ class TranslationDataModule(pl.LightningDataModule):
 
     def prepare_data(self) -> None:
         if self.corpus is None:  # train() already loaded it in this process
-            prepare_corpus(self.data_cfg, self.given_tokenizer)
+            corpus = prepare_corpus(self.data_cfg, self.given_tokenizer)
+            if self.data_cfg.tokenizer.sampling:  # draw the segmentations once per node, not in every rank
+                self._sampled_train(corpus)
 
     def setup(self, stage: str | None = None) -> None:
         if self.corpus is None:
@@ -88,6 +90,12 @@ class TranslationDataModule(pl.LightningDataModule):
     @property
     def tokenizer(self):
         return self.corpus.tokenizer
+
+    def _sampled_train(self, corpus: PreparedCorpus) -> SampledParallelDataset:
+        data, tok = corpus.splits["train"], self.data_cfg.tokenizer
+        return sampled_dataset(corpus.directory, corpus.tokenizer, data.src, data.tgt, data.src_text, data.tgt_text,
+                               tok.sampling_alpha, tok.sampling_nbest, tok.sampling_draws,
+                               self.data_cfg.filter.max_tokens, self.seed)
 
     def _rank(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -99,9 +107,7 @@ class TranslationDataModule(pl.LightningDataModule):
         data = self.corpus.splits[split]
         tok = self.data_cfg.tokenizer
         if shuffle and tok.sampling:  # training with subword sampling: a fresh segmentation per epoch
-            dataset = SampledParallelDataset(
-                data.src, data.tgt, data.src_text, data.tgt_text, self.corpus.tokenizer, tok.sampling_alpha,
-                tok.sampling_nbest, self.seed, self.data_cfg.filter.max_tokens)
+            dataset = self._sampled_train(self.corpus)
         else:
             dataset = ParallelDataset(data.src, data.tgt)
         replicas, rank = self._rank()

@@ -30,10 +30,11 @@ BYTE_PIECES = 256  # byte_fallback adds one piece per byte value
 ENCODE_THREADS = max(1, min(8, os.cpu_count() or 1))
 TRAIN_THREADS = 2
 
-# sentencepiece's sampling RNG is a thread-local generator seeded, in each new thread, from one global
-# seed: `sample_*` set that seed and encode with num_threads=1 (one fresh thread, every sentence in
-# order), which makes a sample a function of (lines, seed) alone. More threads would share the work
-# out nondeterministically; the lock keeps two samplers from changing the global seed under each other.
+# sentencepiece's sampling RNG is seeded from one global seed: `sample_*` set it and encode with
+# num_threads=1 (more threads would share the sentences out nondeterministically and start from the same
+# state), so within a process a sample is a function of (lines, seed). Not across processes: sentencepiece
+# 0.2.x gives other draws for the same seed in another process (see seq2seq/subword_sampling.py). The lock
+# keeps two samplers from changing the global seed under each other.
 _SAMPLING_LOCK = threading.Lock()
 
 
@@ -199,7 +200,7 @@ class Tokenizer:
 
     def sample_src(self, lines: Sequence[str], alpha: float, nbest: int, seed: int) -> list[list[int]]:
         """One sampled segmentation per line (bpe: BPE-dropout with probability `alpha`; unigram: from
-        the `nbest` best, or all when -1, with smoothing `alpha`); the same (lines, seed) give the same ids."""
+        the `nbest` best, or all when -1, with smoothing `alpha`); other seeds give other draws."""
         return self._sample(self._src, lines, alpha, nbest, seed)
 
     def sample_tgt(self, lines: Sequence[str], alpha: float, nbest: int, seed: int) -> list[list[int]]:
