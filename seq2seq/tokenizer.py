@@ -38,15 +38,6 @@ TRAIN_THREADS = 2
 _SAMPLING_LOCK = threading.Lock()
 
 
-
-def _new_sampling_lock() -> None:
-    # A DataLoader worker forked while another thread held the lock would otherwise wait forever.
-    global _SAMPLING_LOCK
-    _SAMPLING_LOCK = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_new_sampling_lock)
-
 _TOO_HIGH = re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)")
 _TOO_SMALL = re.compile(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)")
 

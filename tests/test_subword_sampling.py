@@ -4,13 +4,15 @@ epoch, reproducible from (seed, epoch) under resume, DDP and DataLoader workers;
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
+
+import numpy as np
 
 import pytest
 
 from seq2seq.config import BatchingConfig, ConfigError, DataConfig, MonolingualDataConfig, TokenizerConfig, section
 from seq2seq.datamodule import TranslationDataModule
+from seq2seq.subword_sampling import draw
 from seq2seq.tokenizer import Tokenizer, train_sentencepiece
 
 from .conftest import synthetic_pairs
@@ -54,21 +56,20 @@ def corpus(toy_corpus, tmp_path):
 
 
 # ------------------------------------------------------------------------------------ the tokenizer
-def test_sampling_is_a_function_of_lines_and_seed_in_any_thread():
-    """Mutation: encoding with num_threads=8 in Tokenizer._sample (threads share the sentences out
-    nondeterministically) fails the equality across calls."""
-    src, tgt = synthetic_pairs(20000, 0)
-    tok = Tokenizer(*[train_sentencepiece(src[:300] + tgt[:300], TokenizerConfig(vocab_size=100, byte_fallback=False))] * 2)
-    first = tok.sample_src(src, 0.3, -1, seed=5)
-    other_thread: list = []
-    thread = threading.Thread(target=lambda: other_thread.append(tok.sample_src(src, 0.3, -1, seed=5)))
-    tok.sample_src(src, 0.3, -1, seed=6)  # drawing in between changes nothing
-    thread.start()
-    thread.join()
-    assert tok.sample_src(src, 0.3, -1, seed=5) == first == other_thread[0]
-    assert tok.sample_src(src, 0.3, -1, seed=6) != first
-    assert first != tok.encode_src(src)  # it samples: some words are split differently
-    assert tok.decode_src(first) == tok.decode_src(tok.encode_src(src))  # ... into pieces of the same text
+def test_the_stored_draws_differ_from_each_other_and_spell_the_same_text():
+    """Mutation: one seed for every draw in subword_sampling.draw (`sample(text, alpha, nbest, 0)`: within a
+    process sentencepiece then repeats itself) fails `differ`."""
+    src, tgt = synthetic_pairs(300, 0)
+    tok = Tokenizer(*[train_sentencepiece(src + tgt, TokenizerConfig(vocab_size=100, byte_fallback=False))] * 2)
+    fixed_src, fixed_tgt = [np.array(s) for s in tok.encode_src(src)], [np.array(t) for t in tok.encode_tgt(tgt)]
+    arrays = draw(tok, src, tgt, fixed_src, fixed_tgt, alpha=0.3, nbest=-1, count=3, max_tokens=1000)
+    draws = [[a[o[i]:o[i + 1]] for i in range(len(src))]
+             for a, o in ((arrays[f"src_ids_{k}"], arrays["src_offsets"][k]) for k in range(3))]
+    differ = [sum(not np.array_equal(a, b) for a, b in zip(draws[k], draws[k + 1])) for k in range(2)]
+    assert min(differ) > len(src) // 4
+    assert any(not np.array_equal(a, b) for a, b in zip(draws[0], fixed_src))  # sampled, not the fixed one
+    for k in range(3):  # pieces of the very same text
+        assert tok.decode_src(draws[k]) == tok.decode_src(fixed_src)
 
 
 # ------------------------------------------------------------------- training split vs validation
@@ -171,6 +172,7 @@ _EPOCH_IN_A_NEW_PROCESS = """
 import hashlib, sys
 from seq2seq.config import BatchingConfig, DataConfig, section
 from seq2seq.datamodule import TranslationDataModule
+from seq2seq.subword_sampling import draw
 cfg = section(DataConfig, dict(corpus="toy", root=sys.argv[1], mirrors=[], download=False, cache_dir=sys.argv[2],
               tokenizer=dict(vocab_size=100, byte_fallback=False, sampling_alpha=0.2)), "data")
 dm = TranslationDataModule(cfg, BatchingConfig(max_tokens=300), seed=7)
