@@ -1,5 +1,6 @@
-"""Subword regularisation (data.tokenizer.sampling_alpha): a fresh segmentation of the training split every
-epoch, reproducible from (seed, epoch) under resume, DDP and DataLoader workers; never at validation."""
+"""Subword regularisation (data.tokenizer.sampling_alpha): a sampled segmentation of the training split every
+epoch, reproducible from (seed, epoch) under resume, DDP, DataLoader workers and in another process; never at
+validation."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-
 import pytest
 
 from seq2seq.config import BatchingConfig, ConfigError, DataConfig, MonolingualDataConfig, TokenizerConfig, section
@@ -55,7 +55,7 @@ def corpus(toy_corpus, tmp_path):
     return toy_corpus(n_train=200, n_valid=20, n_test=10), tmp_path / "cache"
 
 
-# ------------------------------------------------------------------------------------ the tokenizer
+# ------------------------------------------------------------------------------------- the draws
 def test_the_stored_draws_differ_from_each_other_and_spell_the_same_text():
     """Mutation: one seed for every draw in subword_sampling.draw (`sample(text, alpha, nbest, 0)`: within a
     process sentencepiece then repeats itself) fails `differ`."""
