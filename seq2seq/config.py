@@ -80,6 +80,9 @@ CELLS = tuple(c.value for c in Cell)
 ATTENTIONS = tuple(a.value for a in Attention)
 
 
+SAMPLING_KEYS = ("sampling_alpha", "sampling_nbest", "sampling_draws")  # TokenizerConfig keys that change no prepared output
+
+
 def _positive(key: str, value: float, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"config key '{key}' must be {'>= 0' if allow_zero else '> 0'}, got {value}")
@@ -98,6 +101,11 @@ class TokenizerConfig:
     byte_fallback: bool = True
     max_sentences: int = 0
     seed: int = 1
+    # Subword regularisation of the training split (seq2seq/subword_sampling.py); they change no cached
+    # output, so the cache key leaves them out (SAMPLING_KEYS).
+    sampling_alpha: float = 0.0
+    sampling_nbest: int = -1
+    sampling_draws: int = 8
 
     def check(self, prefix: str) -> None:
         if self.vocab_size < 8:
@@ -105,6 +113,29 @@ class TokenizerConfig:
         _positive(f"{prefix}.max_sentences", self.max_sentences, allow_zero=True)
         if not 0.0 < self.character_coverage <= 1.0:
             raise ConfigError(f"config key '{prefix}.character_coverage' must be in (0, 1]")
+        self.check_sampling(prefix)
+
+    @property
+    def sampling(self) -> bool:
+        """Whether the training split is re-segmented by sampling every epoch."""
+        return self.sampling_alpha > 0.0
+
+    def check_sampling(self, prefix: str) -> None:
+        alpha, nbest = self.sampling_alpha, self.sampling_nbest
+        _positive(f"{prefix}.sampling_draws", self.sampling_draws)
+        if alpha < 0.0 or alpha != alpha:
+            raise ConfigError(f"config key '{prefix}.sampling_alpha' must be >= 0 (0 = no sampling), got {alpha}")
+        if not self.sampling:
+            return
+        if self.model_type == PieceModel.char.value:
+            raise ConfigError(f"config key '{prefix}.sampling_alpha' is {alpha}, but '{prefix}.model_type' is char, "
+                              "which has one segmentation only; use bpe or unigram, or sampling_alpha=0")
+        if self.model_type == PieceModel.bpe.value and alpha >= 1.0:
+            raise ConfigError(f"config key '{prefix}.sampling_alpha' is {alpha}: for bpe it is the probability of "
+                              "dropping each merge (BPE-dropout) and must be in [0, 1); 0.1 is usual")
+        if nbest != -1 and not 2 <= nbest <= 512:
+            raise ConfigError(f"config key '{prefix}.sampling_nbest' is {nbest}; valid: -1 (sample from every "
+                              "segmentation) or 2..512 (from the n best; unigram only, bpe ignores it)")
 
 
 @dataclass
@@ -245,6 +276,9 @@ class MonolingualDataConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
 
     def check(self, prefix: str) -> None:
+        if self.tokenizer.sampling:
+            raise ConfigError(f"config key '{prefix}.tokenizer.sampling_alpha' is {self.tokenizer.sampling_alpha}, "
+                              "but a language model trains on one fixed segmentation; set it to 0")
         for key in ("valid_holdout", "max_train_lines", "max_valid_lines"):
             _positive(f"{prefix}.{key}", getattr(self, key), allow_zero=True)
         for key in ("max_chars", "max_tokens"):

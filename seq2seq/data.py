@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -94,6 +94,15 @@ def collate(examples: Sequence[tuple[int, Sequence[int], Sequence[int]]]) -> Bat
     return Batch(src, src_lengths, src_mask, tgt_in, tgt_out, tgt_mask, indices)
 
 
+class EpochBatch(list):
+    """A batch of example indices tagged with the epoch whose segmentation it indexes (subword sampling:
+    see `seq2seq.subword_sampling`); pickled with its tag to DataLoader workers."""
+
+    def __init__(self, indices: Sequence[int], epoch: int):
+        super().__init__(indices)
+        self.epoch = epoch
+
+
 class ParallelDataset(Dataset):
     """Encoded sentence pairs held in memory; item i is (i, source ids, target ids)."""
 
@@ -173,6 +182,11 @@ class TokenBucketBatchSampler(Sampler[list[int]]):
     reached training (`ResumableDataLoader` counts them at its output, so batches that workers have
     prefetched are not counted); an iteration starts after them, so a restored position resumes
     mid-epoch; a new epoch, or a complete one iterated again, starts from its first batch.
+
+    `resegment` (subword sampling): called with an epoch before its batches are built, it switches the
+    dataset to that epoch's segmentation and returns its (source, target) lengths; batches are then
+    yielded as `EpochBatch`es. The segmentation depends on (seed, epoch) only, so the position above
+    still says everything.
     """
 
     def __init__(
@@ -186,6 +200,7 @@ class TokenBucketBatchSampler(Sampler[list[int]]):
         seed: int = 0,
         num_replicas: int = 1,
         rank: int = 0,
+        resegment: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None,
     ):
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is outside 0..{num_replicas - 1}")
@@ -200,6 +215,7 @@ class TokenBucketBatchSampler(Sampler[list[int]]):
         self.rank = rank
         self.epoch = 0
         self.batches_done = 0
+        self.resegment = resegment
         self._cache: tuple[int, list[list[int]]] | None = None
 
     def set_epoch(self, epoch: int) -> None:
@@ -207,6 +223,10 @@ class TokenBucketBatchSampler(Sampler[list[int]]):
         if epoch != self.epoch:
             self.batches_done = 0
         self.epoch = epoch
+        if self.resegment is not None:
+            # Now rather than when iteration starts: worker processes started for this epoch copy the
+            # dataset before the first batch is asked for.
+            self.epoch_batches()
 
     def state_dict(self) -> dict:
         """Position in the data order: epoch and batches of this rank's shard already consumed."""
@@ -221,11 +241,15 @@ class TokenBucketBatchSampler(Sampler[list[int]]):
         if replicas != self.num_replicas:  # another world size: same global position, rounded down
             done = done * replicas // self.num_replicas
         self.batches_done = done
+        if self.resegment is not None:
+            self.epoch_batches()
 
     def epoch_batches(self) -> list[list[int]]:
         """All ranks' batches of the current epoch, in order (padded to a multiple of num_replicas)."""
         if self._cache is not None and self._cache[0] == self.epoch:
             return self._cache[1]
+        if self.resegment is not None:
+            self.src_lengths, self.tgt_lengths = self.resegment(self.epoch)
         rng = np.random.default_rng([self.seed, self.epoch]) if self.shuffle else None
         batches = token_budget_batches(self.src_lengths, self.tgt_lengths, self.max_tokens,
                                        self.max_sentences, self.bucket_width, rng)
@@ -242,7 +266,11 @@ class TokenBucketBatchSampler(Sampler[list[int]]):
         if self.batches_done >= len(shard):  # the epoch was complete: iterating it again starts it over
             self.batches_done = 0
         # The start is read once, as iteration begins; counting is the loader's (see the class docstring).
-        yield from shard[self.batches_done:]
+        if self.resegment is None:
+            yield from shard[self.batches_done:]
+        else:
+            epoch = self.epoch
+            yield from (EpochBatch(batch, epoch) for batch in shard[self.batches_done:])
 
     def __len__(self) -> int:
         return len(self.epoch_batches()[self.rank::self.num_replicas])

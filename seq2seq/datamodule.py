@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Sampler
 from seq2seq.config import BatchingConfig, ConfigError, DataConfig
 from seq2seq.data import Batch, ParallelDataset, TokenBucketBatchSampler, collate, token_budget_batches
 from seq2seq.prepare import PreparedCorpus, prepare_corpus
+from seq2seq.subword_sampling import SampledParallelDataset, sampled_dataset
 from seq2seq.tokenizer import Tokenizer
 
 
@@ -78,7 +79,9 @@ class TranslationDataModule(pl.LightningDataModule):
 
     def prepare_data(self) -> None:
         if self.corpus is None:  # train() already loaded it in this process
-            prepare_corpus(self.data_cfg, self.given_tokenizer)
+            corpus = prepare_corpus(self.data_cfg, self.given_tokenizer)
+            if self.data_cfg.tokenizer.sampling:  # draw the segmentations once per node, not in every rank
+                self._sampled_train(corpus)
 
     def setup(self, stage: str | None = None) -> None:
         if self.corpus is None:
@@ -88,6 +91,12 @@ class TranslationDataModule(pl.LightningDataModule):
     def tokenizer(self):
         return self.corpus.tokenizer
 
+    def _sampled_train(self, corpus: PreparedCorpus) -> SampledParallelDataset:
+        data, tok = corpus.splits["train"], self.data_cfg.tokenizer
+        return sampled_dataset(corpus.directory, corpus.tokenizer, data.src, data.tgt, data.src_text, data.tgt_text,
+                               tok.sampling_alpha, tok.sampling_nbest, tok.sampling_draws,
+                               self.data_cfg.filter.max_tokens, self.seed)
+
     def _rank(self) -> tuple[int, int]:
         trainer = self.trainer
         if trainer is None:
@@ -96,13 +105,18 @@ class TranslationDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         data = self.corpus.splits[split]
-        dataset = ParallelDataset(data.src, data.tgt)
+        tok = self.data_cfg.tokenizer
+        if shuffle and tok.sampling:  # training with subword sampling: a fresh segmentation per epoch
+            dataset = self._sampled_train(self.corpus)
+        else:
+            dataset = ParallelDataset(data.src, data.tgt)
         replicas, rank = self._rank()
         if shuffle:
             sampler = TokenBucketBatchSampler(
                 dataset.src_lengths, dataset.tgt_lengths, max_tokens=self.batching.max_tokens,
                 max_sentences=self.batching.max_sentences, bucket_width=self.batching.bucket_width,
-                shuffle=True, seed=self.seed, num_replicas=replicas, rank=rank)
+                shuffle=True, seed=self.seed, num_replicas=replicas, rank=rank,
+                resegment=dataset.set_epoch if isinstance(dataset, SampledParallelDataset) else None)
         else:  # evaluation: shard examples, not batches (see EvalShardSampler)
             sampler = EvalShardSampler(dataset.src_lengths, dataset.tgt_lengths, self.batching.max_tokens,
                                        self.batching.max_sentences, self.batching.bucket_width, replicas, rank)

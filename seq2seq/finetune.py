@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from seq2seq.checkpoint import PAYLOAD_KEY, CheckpointError, model_state_dict, read_checkpoint
-from seq2seq.config import ConfigError, DataConfig, ModelConfig, TokenizerConfig, section
+from seq2seq.config import SAMPLING_KEYS, ConfigError, DataConfig, ModelConfig, TokenizerConfig, section
 from seq2seq.tokenizer import Tokenizer
 
 # Model settings that do not change the weights' shapes or meaning.
@@ -59,7 +59,8 @@ def load_initial_weights(path: str | os.PathLike, data: DataConfig,
     for key in ("src_lang", "tgt_lang"):
         if getattr(data, key) != theirs_data.get(key):
             mismatches.append(f"data.{key} is {getattr(data, key)!r} here but {theirs_data.get(key)!r} in the checkpoint")
-    mismatches += _differences("data.tokenizer", data.tokenizer, theirs_tok)
+    # Subword sampling changes how the training text is segmented, not the vocabulary: free to differ.
+    mismatches += _differences("data.tokenizer", data.tokenizer, theirs_tok, skip=SAMPLING_KEYS)
     if mismatches:
         raise ConfigError(f"config key 'init_from': {path} cannot start this run: " + "; ".join(mismatches)
                           + ". Fine-tuning keeps the checkpoint's model and sentencepiece vocabulary: set these "

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from seq2seq.config import ConfigError, MonolingualDataConfig
+from seq2seq.config import SAMPLING_KEYS, ConfigError, MonolingualDataConfig
 from seq2seq.corpus import CorpusError, _candidates, _find_in, _search_folders, download_multi30k, file_sha256, read_lines
 from seq2seq.data import _pad, lengths_to_mask
 from seq2seq.tokenizer import BOS_ID, EOS_ID, Tokenizer, train_sentencepiece
@@ -130,6 +130,8 @@ def prepare_monolingual(cfg: MonolingualDataConfig) -> MonolingualCorpus:
     for key in ("root", "mirrors", "download", "cache_dir", "train_files", "valid_files", "test_files",
                 "tokenizer_from"):
         settings.pop(key)  # where things are found is not what they are: the hashes below say that
+    for key in SAMPLING_KEYS:  # translation-only keys (0 here): existing caches keep their key
+        settings["tokenizer"].pop(key)
     inputs = {split: [file_sha256(p) for p in paths] for split, paths in files.items()}
     if given_model is not None:
         inputs["tokenizer"] = [hashlib.sha256(given_model).hexdigest()]

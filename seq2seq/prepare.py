@@ -36,7 +36,7 @@ from omegaconf import DictConfig
 
 from seq2seq import __version__
 from seq2seq.app_help import app_help, wants_quick_help
-from seq2seq.config import CONF_DIR, ConfigError, DataConfig, run_hydra_app, section
+from seq2seq.config import CONF_DIR, SAMPLING_KEYS, ConfigError, DataConfig, run_hydra_app, section
 from seq2seq.corpus import CorpusError, file_sha256, filter_pairs, find_corpus_files, read_parallel
 from seq2seq.temporaries import owned_prefix, remove_stale
 from seq2seq.tokenizer import UNK_ID, Tokenizer, TokenizerError, train_sentencepiece
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("seq2seq.prepare")
 
-FORMAT_VERSION = 1  # bump whenever the cache layout or the preparation steps change
+FORMAT_VERSION = 2  # bump whenever the cache layout or the preparation steps change
 SPLITS = ("train", "valid", "test")
 META = "meta.json"
 
@@ -56,7 +56,8 @@ class EncodedSplit:
     """One split as bare sentencepiece ids (no BOS/EOS); N sentences.
 
     src, tgt: N int32 arrays of shape [len_i] (views into one flat array when loaded from the cache).
-    src_text, tgt_text: N cleaned raw lines for valid/test (every line, unfiltered); [] for train.
+    src_text, tgt_text: N cleaned raw lines for valid/test (every line, unfiltered); for train, the kept
+    lines when the config samples its segmentation every epoch (`data.tokenizer.sampling_alpha` > 0), else [].
     """
 
     src: list[np.ndarray]
@@ -90,8 +91,8 @@ def cache_settings(cfg: DataConfig, tokenizer: Tokenizer | None = None) -> dict[
     if tokenizer is not None:
         models = tokenizer.state_dict()
         spm = {"reused_sha256": hashlib.sha256(models["src_model"] + b"\0" + models["tgt_model"]).hexdigest()}
-    else:
-        spm = dataclasses.asdict(cfg.tokenizer)
+    else:  # sampling draws from the cached models at training time: it changes nothing cached
+        spm = {k: v for k, v in dataclasses.asdict(cfg.tokenizer).items() if k not in SAMPLING_KEYS}
     return {
         "corpus": cfg.corpus,
         "src_lang": cfg.src_lang,
@@ -129,9 +130,10 @@ def prepare_corpus(cfg: DataConfig, tokenizer: Tokenizer | None = None) -> Prepa
     directory = cache_dir / f"{cfg.corpus}.{cfg.src_lang}-{cfg.tgt_lang}.{key[:12]}"
     remove_stale(cache_dir)  # builds and deletions of killed runs (one in progress, here or elsewhere, stays)
 
+    train_text = cfg.tokenizer.sampling
     if (directory / META).is_file():
         try:
-            corpus = load_prepared(directory, key)
+            corpus = load_prepared(directory, key, train_text)
         except Exception as e:  # damaged by hand or by a disk problem: rebuild rather than fail
             log.warning("cache %s is unreadable (%s): rebuilding it", directory, e)
             _remove_dir(directory)
@@ -157,11 +159,13 @@ def prepare_corpus(cfg: DataConfig, tokenizer: Tokenizer | None = None) -> Prepa
             # Another process (another node, a parallel run) finished the same cache first: use theirs.
             log.info("cache %s was completed by another process; using it", directory)
             shutil.rmtree(tmp, ignore_errors=True)
-            return load_prepared(directory, key)
+            return load_prepared(directory, key, train_text)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     corpus.directory = directory
+    if not train_text:  # as a cache hit gives it
+        corpus.splits["train"].src_text, corpus.splits["train"].tgt_text = [], []
     log.info("wrote cache %s", directory)
     return corpus
 
@@ -220,6 +224,7 @@ def _build(cfg: DataConfig, files: dict, hashes: dict, settings: dict, key: str,
     kept2, dropped2 = filter_pairs(train_src, train_tgt, cfg.filter, [len(s) for s in src_ids],
                                    [len(t) for t in tgt_ids], names=names)
     encoded = {"train": ([src_ids[i] for i in kept2], [tgt_ids[i] for i in kept2])}
+    text["train"] = ([train_src[i] for i in kept2], [train_tgt[i] for i in kept2])  # aligned with the ids
     report["train"]["dropped"] = {r: dropped[r] + dropped2[r] for r in dropped}
     for split in ("valid", "test"):
         src, tgt = text[split]
@@ -236,7 +241,7 @@ def _build(cfg: DataConfig, files: dict, hashes: dict, settings: dict, key: str,
         )
         _log_split(split, report[split], files[split])
 
-    # Write. Text files exist for valid/test only: training text is not needed after encoding.
+    # Write. The training text (the kept pairs) is read back only to sample segmentations from it.
     if tokenizer.joint:
         model_files = {"src": "spm.model", "tgt": "spm.model"}
     else:
@@ -248,11 +253,10 @@ def _build(cfg: DataConfig, files: dict, hashes: dict, settings: dict, key: str,
     for split in SPLITS:
         src_ids, tgt_ids = encoded[split]
         src_arrays, tgt_arrays = _save_npz(out / f"{split}.npz", src_ids, tgt_ids)
-        src_text, tgt_text = ([], []) if split == "train" else text[split]
-        if split != "train":
-            text_files[split] = {"src": f"{split}.{src_lang}.txt", "tgt": f"{split}.{tgt_lang}.txt"}
-            _write_lines(out / text_files[split]["src"], src_text)
-            _write_lines(out / text_files[split]["tgt"], tgt_text)
+        src_text, tgt_text = text[split]
+        text_files[split] = {"src": f"{split}.{src_lang}.txt", "tgt": f"{split}.{tgt_lang}.txt"}
+        _write_lines(out / text_files[split]["src"], src_text)
+        _write_lines(out / text_files[split]["tgt"], tgt_text)
         splits[split] = EncodedSplit(src_arrays, tgt_arrays, list(src_text), list(tgt_text))
 
     meta = {
@@ -328,8 +332,9 @@ def _read_lines(path: Path) -> list[str]:
     return text.split("\n")[:-1] if text else []
 
 
-def load_prepared(directory: str | os.PathLike, key: str | None = None) -> PreparedCorpus:
-    """Load a cache folder written by `prepare_corpus` (checking its key when given)."""
+def load_prepared(directory: str | os.PathLike, key: str | None = None, train_text: bool = False) -> PreparedCorpus:
+    """Load a cache folder written by `prepare_corpus` (checking its key when given); the training
+    split's text only with `train_text` (what subword sampling needs)."""
     directory = Path(directory)
     meta = json.loads((directory / META).read_text(encoding="utf-8"))
     if meta.get("format_version") != FORMAT_VERSION:
@@ -341,7 +346,7 @@ def load_prepared(directory: str | os.PathLike, key: str | None = None) -> Prepa
     splits = {}
     for split in SPLITS:
         src, tgt = _load_npz(directory / f"{split}.npz")
-        names = meta["texts"].get(split)
+        names = meta["texts"].get(split) if split != "train" or train_text else None
         src_text = _read_lines(directory / names["src"]) if names else []
         tgt_text = _read_lines(directory / names["tgt"]) if names else []
         if names and not (len(src_text) == len(tgt_text) == len(src) == len(tgt)):

@@ -14,6 +14,7 @@ import io
 import os
 import random
 import re
+import threading
 from typing import Any, Iterable, Sequence
 
 import sentencepiece as spm
@@ -28,6 +29,14 @@ BYTE_PIECES = 256  # byte_fallback adds one piece per byte value
 # Batch encoding runs in sentencepiece's own thread pool (the GIL is released).
 ENCODE_THREADS = max(1, min(8, os.cpu_count() or 1))
 TRAIN_THREADS = 2
+
+# sentencepiece's sampling RNG is seeded from one global seed: `sample_*` set it and encode with
+# num_threads=1 (more threads would share the sentences out nondeterministically and start from the same
+# state), so within a process a sample is a function of (lines, seed). Not across processes: sentencepiece
+# 0.2.x gives other draws for the same seed in another process (see seq2seq/subword_sampling.py). The lock
+# keeps two samplers from changing the global seed under each other.
+_SAMPLING_LOCK = threading.Lock()
+
 
 _TOO_HIGH = re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)")
 _TOO_SMALL = re.compile(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)")
@@ -164,6 +173,29 @@ class Tokenizer:
         if not lines:
             return []
         return sp.encode(lines, out_type=int, num_threads=ENCODE_THREADS)
+
+    @staticmethod
+    def _sample(sp: spm.SentencePieceProcessor, lines: Sequence[str], alpha: float, nbest: int,
+                seed: int) -> list[list[int]]:
+        if isinstance(lines, str):
+            raise TypeError("sample expects a list of lines, not one string")
+        lines = list(lines)
+        if not lines:
+            return []
+        if not 0 <= seed < 2**32 - 1:  # 2**32 - 1 is sentencepiece's "no seed: use the OS entropy"
+            raise ValueError(f"sampling seed must be in [0, 2**32 - 1), got {seed}")
+        with _SAMPLING_LOCK:
+            spm.set_random_generator_seed(seed)
+            return sp.encode(lines, out_type=int, num_threads=1, enable_sampling=True, alpha=alpha,
+                             nbest_size=nbest)
+
+    def sample_src(self, lines: Sequence[str], alpha: float, nbest: int, seed: int) -> list[list[int]]:
+        """One sampled segmentation per line (bpe: BPE-dropout with probability `alpha`; unigram: from
+        the `nbest` best, or all when -1, with smoothing `alpha`); other seeds give other draws."""
+        return self._sample(self._src, lines, alpha, nbest, seed)
+
+    def sample_tgt(self, lines: Sequence[str], alpha: float, nbest: int, seed: int) -> list[list[int]]:
+        return self._sample(self._tgt, lines, alpha, nbest, seed)
 
     def encode_src(self, lines: Sequence[str]) -> list[list[int]]:
         return self._encode(self._src, lines)

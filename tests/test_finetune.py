@@ -69,12 +69,13 @@ def test_weights_only_on_another_corpus_with_the_checkpoints_vocabulary_then_res
 
 
 def test_a_differing_model_or_vocabulary_is_refused_naming_every_key(parent, tmp_path):
-    """Refused before any data is prepared (no cache folder). Dropout may differ: not part of the weights.
-    Mutation that makes it fail: `finetune.load_initial_weights` skipping the tokenizer comparison."""
+    """Refused before any data is prepared (no cache folder). Dropout may differ: not part of the weights;
+    so may subword sampling: not part of the vocabulary. Mutations that make it fail:
+    `finetune.load_initial_weights` skipping the tokenizer comparison, or comparing the sampling keys."""
     ckpt, corpus_b, _ = parent
     cfg = compose_train([*overrides(corpus_b, tmp_path / "data"), f"init_from={ckpt}", "model.cell=gru",
                          "model.encoder_layers=2", "model.dropout=0.1", "data.tgt_lang=fr",
-                         "data.tokenizer.vocab_size=80"], tmp_path / "run")
+                         "data.tokenizer.vocab_size=80", "data.tokenizer.sampling_alpha=0.1"], tmp_path / "run")
     with pytest.raises(ConfigError) as e:
         train(cfg)
     message = str(e.value)
@@ -84,7 +85,7 @@ def test_a_differing_model_or_vocabulary_is_refused_naming_every_key(parent, tmp
                  "data.tgt_lang is 'fr' here but 'en' in the checkpoint",
                  "data.tokenizer.vocab_size is 80 here but 60 in the checkpoint"):
         assert part in message
-    assert "dropout" not in message and "\n" not in message
+    assert "dropout" not in message and "sampling" not in message and "\n" not in message
     assert not (tmp_path / "data").exists()
 
 
