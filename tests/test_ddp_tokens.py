@@ -4,6 +4,7 @@ and a rank whose validation decoding fails does not leave the other waiting in a
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import time
 from datetime import timedelta
@@ -68,6 +69,9 @@ class EchoTranslator:
 
 def ddp_worker(rank: int, world: int, store: str, out: str) -> None:
     torch.set_num_threads(1)
+    # Should a rank hang, its stacks land in a file the test prints when its deadline passes.
+    stacks = open(f"{out}.rank{rank}.stacks", "w")  # noqa: SIM115 -- open until the process ends
+    faulthandler.dump_traceback_later(120, exit=False, file=stacks)
     # Ranks meet through a file, not a TCP port picked in advance (another process may take a port
     # between picking and binding it). A short collective timeout: a rank left waiting fails the test
     # in seconds instead of 30 minutes.
@@ -94,8 +98,12 @@ def ddp_worker(rank: int, world: int, store: str, out: str) -> None:
             outcome = f"{type(e).__name__}: {e}"
         with open(f"{out}.rank{rank}.json", "w") as f:
             json.dump(outcome, f)
+        # Neither rank tears gloo down while the other may still be in a collective: a rank that exits
+        # under a peer's pending operation can abort ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
+        faulthandler.cancel_dump_traceback_later()
 
 
 @pytest.mark.slow  # two spawned processes: ~30 s on a shared 2-core machine
@@ -109,7 +117,9 @@ def test_ddp_weighs_tokens_globally_and_ranks_agree_on_validation_failures(tmp_p
         if time.monotonic() > deadline:  # a rank stuck in a collective: fail instead of hanging
             for process in context.processes:
                 process.kill()
-            pytest.fail("a DDP rank did not finish within 150 s (waiting in a collective?)")
+            stacks = "\n".join(f"rank {r}:\n" + p.read_text() for r in range(2)
+                               if (p := tmp_path / f"grads.pt.rank{r}.stacks").is_file())
+            pytest.fail(f"a DDP rank did not finish within 150 s (waiting in a collective?); stacks:\n{stacks}")
     ddp_grads = torch.load(out, weights_only=True)
 
     single = make_module(1)
