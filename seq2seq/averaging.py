@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -46,11 +46,17 @@ class ValidatedCheckpoints(ModelCheckpoint):
         return [Path(path) for path, _ in ranked if Path(path).is_file()]
 
 
-def best_checkpoint_callback(trainer: pl.Trainer) -> ModelCheckpoint | None:
+def best_checkpoint_callback(callbacks: Iterable[Any]) -> ModelCheckpoint | None:
     """The callback that writes best.ckpt: the first checkpoint callback ranking by a validation metric."""
-    return next((cb for cb in trainer.checkpoint_callbacks
+    return next((cb for cb in callbacks
                  if isinstance(cb, ModelCheckpoint) and cb.monitor and not isinstance(cb, ValidatedCheckpoints)),
                 None)
+
+
+def best_checkpoint_path(trainer: pl.Trainer) -> str:
+    """best.ckpt's path as its callback knows it ("" without such a callback or before it saved)."""
+    best_cb = best_checkpoint_callback(trainer.checkpoint_callbacks)
+    return best_cb.best_model_path if best_cb is not None else ""
 
 
 def validated_checkpoints(trainer: pl.Trainer) -> ValidatedCheckpoints | None:
@@ -69,7 +75,7 @@ def average_last_validated(trainer: pl.Trainer, module: pl.LightningModule, data
     from seq2seq.average import average
     from seq2seq.checkpoint import atomic_torch_save
 
-    keeper, best_cb = validated_checkpoints(trainer), best_checkpoint_callback(trainer)
+    keeper, best_cb = validated_checkpoints(trainer), best_checkpoint_callback(trainer.checkpoint_callbacks)
     if keeper is None or best_cb is None or best_cb.best_model_score is None:
         return {}
     paths = keeper.paths()

@@ -88,6 +88,12 @@ def _positive(key: str, value: float, allow_zero: bool = False) -> None:
         raise ConfigError(f"config key '{key}' must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
 
+def _fraction(key: str, value: float) -> None:
+    """A probability-like setting (dropout, smoothing): 0 <= value < 1."""
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(f"config key '{key}' must be in [0, 1)")
+
+
 # Choice fields hold plain strings at run time (checkpoints store them as such); the enum in the
 # annotation is the list of valid values that Hydra and `check_section` enforce.
 
@@ -220,8 +226,7 @@ class ModelConfig:
                     "encoder_layers", "decoder_layers", "attention_size"):
             _positive(f"{prefix}.{key}", getattr(self, key))
         for key in ("dropout", "rnn_dropout", "word_dropout"):
-            if not 0.0 <= getattr(self, key) < 1.0:
-                raise ConfigError(f"config key '{prefix}.{key}' must be in [0, 1)")
+            _fraction(f"{prefix}.{key}", getattr(self, key))
 
 
 LM_TYPE = "rnn_lm"  # `model.type` of a language model (a translation model's section has no `type`)
@@ -246,8 +251,7 @@ class LanguageModelConfig:
         for key in ("embedding_size", "hidden_size", "layers"):
             _positive(f"{prefix}.{key}", getattr(self, key))
         for key in ("dropout", "rnn_dropout"):
-            if not 0.0 <= getattr(self, key) < 1.0:
-                raise ConfigError(f"config key '{prefix}.{key}' must be in [0, 1)")
+            _fraction(f"{prefix}.{key}", getattr(self, key))
 
 
 @dataclass
@@ -346,8 +350,7 @@ class OptimConfig:
         _positive(f"{prefix}.lr", self.lr)
         if len(self.betas) != 2:
             raise ConfigError(f"config key '{prefix}.betas' must hold two numbers")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError(f"config key '{prefix}.label_smoothing' must be in [0, 1)")
+        _fraction(f"{prefix}.label_smoothing", self.label_smoothing)
 
 
 @dataclass

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from seq2seq.config import (BatchingConfig, ConfigError, LanguageModelConfig, MonolingualDataConfig, OptimConfig,
                             SchedulerConfig, SearchConfig, ValidationConfig, section)
-from seq2seq.averaging import average_last_validated, best_checkpoint_callback
+from seq2seq.averaging import average_last_validated, best_checkpoint_path
 from seq2seq.train import (build_trainer, check_hardware, quiet_third_party, resolve_ckpt_path, resume_in_place,
                            run_config, step_limit, write_run_curves)
 
@@ -85,8 +85,7 @@ def train_language_model(cfg: DictConfig) -> dict[str, float]:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics.update(average_last_validated(trainer, module, datamodule))
 
-    best_cb = best_checkpoint_callback(trainer)
-    best = best_cb.best_model_path if best_cb is not None else ""
+    best = best_checkpoint_path(trainer)
     test = datamodule.corpus.splits.get("test")
     if cfg.test_after_training and trainer.is_global_zero and test is not None:
         if not best:

@@ -277,6 +277,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> pl.Trainer:
     temporaries left in its checkpoint folders by a killed run are removed first."""
     import lightning.pytorch as pl
 
+    from seq2seq.averaging import ValidatedCheckpoints, best_checkpoint_callback
     from seq2seq.callbacks import WorkerLogging
     from seq2seq.checkpoint_io import AtomicCheckpointIO
     from seq2seq.temporaries import remove_stale
@@ -290,10 +291,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> pl.Trainer:
     # Checkpoints are what conf/callbacks/ configures: with none there (callbacks=none), Lightning must not
     # add its own (epoch=N-step=M.ckpt files in the logger's folder).
     checkpointing = any(isinstance(cb, pl.callbacks.ModelCheckpoint) for cb in callbacks)
-    best = next((cb for cb in callbacks if isinstance(cb, pl.callbacks.ModelCheckpoint) and cb.monitor), None)
+    best = best_checkpoint_callback(callbacks)
     if cfg.average_last >= 2 and best is not None:
-        from seq2seq.averaging import ValidatedCheckpoints
-
         extra.append(ValidatedCheckpoints(best.dirpath, keep=cfg.average_last))
     elif cfg.average_last >= 2:
         log.warning("average_last=%d: no best-checkpoint callback (callbacks=none?), so nothing is averaged",
@@ -400,13 +399,12 @@ def score_test_sets(trainer: pl.Trainer, sets: dict[str, tuple[list[str], list[s
     """Score the best checkpoint (by validation.metric) on every test set, print the table, write
     checkpoints/test_scores.json; -> the first set's cased scores as `test/*` metrics. Without a best
     checkpoint (no validation ran) the last one is scored, and without any checkpoint nothing is."""
-    from seq2seq.averaging import best_checkpoint_callback
+    from seq2seq.averaging import best_checkpoint_path
     from seq2seq.callbacks import LastCheckpoint
     from seq2seq.evaluation import table_lines
     from seq2seq.precision import precision_dtype
 
-    best_cb = best_checkpoint_callback(trainer)
-    best = best_cb.best_model_path if best_cb is not None else ""
+    best = best_checkpoint_path(trainer)
     ckpt = best if best and Path(best).is_file() else ""
     if not ckpt:
         lasts = [Path(cb.dirpath) / f"{cb.filename}{cb.FILE_EXTENSION}" for cb in trainer.checkpoint_callbacks

@@ -175,11 +175,10 @@ def tune_checkpoint(path: str | Path, sources: Sequence[str], references: Sequen
 def tune_after_training(trainer: Any, datamodule: Any, search_cfg: Any) -> None:
     """`test_tune_search`: the grid of `search_cfg` on the prepared validation split, with best.ckpt,
     stored into best.ckpt (on rank 0, before the test reads it). Without a best checkpoint: a warning."""
-    from seq2seq.averaging import best_checkpoint_callback
+    from seq2seq.averaging import best_checkpoint_path
     from seq2seq.precision import precision_dtype
 
-    best_cb = best_checkpoint_callback(trainer)
-    best = best_cb.best_model_path if best_cb is not None else ""
+    best = best_checkpoint_path(trainer)
     if not best or not Path(best).is_file():
         log.warning("test_tune_search: no best checkpoint (no validation ran, or callbacks=none): search not tuned")
         return
