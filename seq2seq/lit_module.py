@@ -273,6 +273,18 @@ class TranslationModule(pl.LightningModule):
         scheduler = WarmupDecayPlateau(optimizer, self.sched_cfg, total, self.val_cfg.metric)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        # Lightning's mixed-precision plugin refuses to clip for any optimiser that "unscales internally"
+        # (a fused Adam), even under bf16-mixed where there is no GradScaler and so nothing to unscale.
+        # The Adam is fused only without a scaler (configure_optimizers), so its gradients are the real
+        # ones here and the clip is the plain one Lightning would do: sync-free, on the device.
+        if not gradient_clip_val or not getattr(optimizer, "defaults", {}).get("fused"):
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        if gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(self.parameters(), gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
+
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[PAYLOAD_KEY] = make_payload(self.run_config, self.tokenizer)
