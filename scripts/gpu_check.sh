@@ -27,6 +27,8 @@ if [ "$mode" = stage ]; then
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
     --platform manylinux2014_x86_64 -d .whl pytest==9.0.3 pluggy==1.6.0 iniconfig==2.3.0 pygments==2.20.0
   rm -rf .gpu/multi30k && cp -r "$shared"/data/multi30k .gpu/multi30k
+  # The report names the commit from here: the device machine's .git may be an older copy.
+  echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- seq2seq conf scripts tests || echo +uncommitted)" > .gpu/commit
   du -sh .whl .gpu
   exit 0
 fi

@@ -180,10 +180,14 @@ def test_adamw_decays_weights_decoupled_from_the_gradient(learnable_corpus, data
 
 
 # ----------------------------------------------------------------------------- gradient clipping
-def test_gradient_clipping_bounds_the_norm_the_optimizer_sees(learnable_corpus, data_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_gradient_clipping_bounds_the_norm_the_optimizer_sees(learnable_corpus, data_dir, tmp_path, monkeypatch,
+                                                             precision):
     """trainer.gradient_clip_val=0.01: every update uses gradients of total norm <= 0.01, while the
-    logged (pre-clipping) norm is larger. Clipping is Lightning's own; the norm is logged by StepGuard.
-    Mutation that makes it fail: a TranslationModule.configure_gradient_clipping override that only logs."""
+    logged (pre-clipping) norm is larger; the norm is logged by StepGuard. Under bf16-mixed the Adam is
+    fused (no GradScaler), which Lightning's mixed-precision plugin refuses to clip for: the module clips
+    itself (the first GPU check failed here). Mutations that make it fail: a
+    TranslationModule.configure_gradient_clipping that only logs; one that defers to Lightning always."""
     seen: list[float] = []
     original = torch.optim.Adam.step
 
@@ -196,7 +200,8 @@ def test_gradient_clipping_bounds_the_norm_the_optimizer_sees(learnable_corpus, 
         return original(self, recorded if closure is not None else None)
 
     monkeypatch.setattr(torch.optim.Adam, "step", step)
-    train(compose_train(overrides(learnable_corpus, data_dir, 3, 3, "trainer.gradient_clip_val=0.01"), tmp_path))
+    train(compose_train(overrides(learnable_corpus, data_dir, 3, 3, "trainer.gradient_clip_val=0.01",
+                                           f"trainer.precision={precision}"), tmp_path))
     logged = series(read_metrics(tmp_path), "train/grad_norm")
     assert len(seen) == 3 and len(logged) == 3
     assert min(logged) > 0.05  # clipping had work to do
