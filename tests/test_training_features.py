@@ -156,6 +156,36 @@ def test_smoothing_over_real_tokens_puts_no_target_mass_on_pad_or_bos():
     assert float(q.sum()) == pytest.approx(1.0, abs=1e-6)
 
 
+@pytest.mark.parametrize("excluded", [(), (PAD_ID, BOS_ID)], ids=["all", "real-only"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_written_out_loss_gradient_is_autograds(excluded, dtype):
+    """`label_smoothed_nll` writes its backward out (softmax - q, one fused pass per step): it must equal
+    autograd's gradient of the plain formula, padding positions included (zero), under an outer scale,
+    and come back in the logits' dtype. Mutations that make it fail: dropping the mask from the
+    backward; scattering +(1 - eps) at the gold id; ignoring the incoming gradient."""
+    from seq2seq.loss import label_smoothed_nll
+
+    def plain(logits, target, mask, eps):
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        nll_t = -log_probs.gather(2, target.unsqueeze(2)).squeeze(2)
+        kept = [i for i in range(logits.size(-1)) if i not in excluded]
+        uniform_t = -log_probs[..., kept].mean(dim=-1)
+        return torch.where(mask, (1 - eps) * nll_t + eps * uniform_t, 0.0).sum()
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 13).to(dtype).requires_grad_()
+    target = torch.randint(2, 13, (3, 5))
+    mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2, [True] + [False] * 4])
+    loss, nll, count = label_smoothed_nll(logits, target, mask, 0.1, excluded)
+    (2.5 * loss).backward()
+    ours, logits.grad = logits.grad, None
+    (2.5 * plain(logits, target, mask, 0.1)).backward()
+    assert ours.dtype == dtype and not nll.requires_grad and int(count) == 9
+    assert float(loss) == pytest.approx(float(plain(logits, target, mask, 0.1)), rel=1e-6)
+    assert torch.allclose(ours.float(), logits.grad.float(), atol=1e-6)
+    assert ours[1, 3:].abs().sum() == 0 and ours[2, 1:].abs().sum() == 0
+
+
 # ------------------------------------------------------------------------------------- AdamW
 def test_adamw_decays_weights_decoupled_from_the_gradient(learnable_corpus, data_dir, tmp_path):
     """optim=adamw: with zero gradients a step only shrinks each weight by lr * weight_decay
