@@ -245,11 +245,8 @@ def markdown(data: dict[str, Any]) -> str:
                   "| run (design/precision/batch tokens) | target tok/s | step ms | peak MiB | outside kernels | note |",
                   "|---|---|---|---|---|---|"]
         for r in stages["throughput"]["rows"]:
-            note = "" if "error" not in r else f"timed out after {r.get('seconds')} s (the stage's cap)" \
-                if r.get("exit") == "timeout" else f"exit {r.get('exit')}: " + r["error"].strip().splitlines()[-1][:120] \
-                if r["error"].strip() else "error"
             lines.append(f"| {r['run']} | {fmt(r.get('tgt_tok_per_s'))} | {fmt(r.get('step_ms'))} | "
-                         f"{fmt(r.get('peak_mem_mib'))} | {fmt(r.get('outside_kernels_share'))} | {note} |")
+                         f"{fmt(r.get('peak_mem_mib'))} | {fmt(r.get('outside_kernels_share'))} | {row_note(r)} |")
         cmds = [r["command"] for r in stages["throughput"]["rows"] if "command" in r]
         if cmds:
             lines += ["", "Commands (`python ...`):", "", *[f"- `{c}`" for c in cmds]]
@@ -274,6 +271,16 @@ def markdown(data: dict[str, Any]) -> str:
             lines += ["", "```", s["error"], "```"]
         lines.append("")
     return "\n".join(lines)
+
+
+def row_note(row: dict[str, Any]) -> str:
+    """A throughput row's note: empty when it ran, else why it did not."""
+    if "error" not in row:
+        return ""
+    if row.get("exit") == "timeout":
+        return f"timed out after {row.get('seconds')} s (the stage's cap)"
+    error = row["error"].strip()
+    return f"exit {row.get('exit')}: " + error.splitlines()[-1][:120] if error else "error"
 
 
 def fmt(value, digits: int | None = None) -> str:
