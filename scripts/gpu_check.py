@@ -42,7 +42,7 @@ FULL = {
     "prepare": {"overrides": ["experiment=multi30k_gpu"], "cap": 60},
     "cuda_tests_cap": 110,  # ~90 s on an H100, 62 of them the one-GPU DDP run
     "throughput": {"overrides": ["experiment=multi30k_gpu", "test_after_training=false"],
-                   "batch_tokens": [8192, 16384], "precisions": ["bf16-mixed", "32-true"], "train_steps": 40,
+                   "batch_tokens": [8192, 16384], "precisions": ["32-true", "bf16-mixed"], "train_steps": 40,
                    "warmup_steps": 8, "profile_steps": 5, "device": "cuda", "cap": 110, "cap_each": 30},
     "quality": {"overrides": ["experiment=multi30k_gpu", "data.src_lang=de", "data.tgt_lang=en",
                               "trainer.max_epochs=100", "test_after_training=false",
@@ -146,7 +146,7 @@ def stage_throughput(report: Report, cfg: dict, workdir: Path) -> None:
     t = cfg["throughput"]
     deadline = report.elapsed() + t["cap"]
     rows = []
-    # The preset's batch first, and each design in both precisions before the next batch size.
+    # The preset's batch and precision first, and each design in both precisions before the next batch size.
     for tokens in t["batch_tokens"]:
         for design, design_overrides in DESIGNS.items():
             for precision in t["precisions"]:

@@ -1,0 +1,159 @@
+#!/usr/bin/env python
+"""Train several presets/directions at once on one machine, test each, and collect one table.
+
+    python scripts/concurrent_runs.py --out OUT --deadline-s 300 cpu_hour:en-de multi30k_gpu:en-fr:2 \\
+        -- trainer=gpu trainer.precision=32-true
+
+A RUN is PRESET:SRC-TGT[:SEED] (`experiment=PRESET data.src_lang=SRC data.tgt_lang=TGT seed=SEED`);
+the overrides after `--` go to every run. Why at once: the recurrent models here leave an H100 mostly
+idle (two thirds of a step is launch overhead, docs/gpu_report.md), so five runs side by side take
+far less than five runs in a row; that is how a 15-minute device lease measures the presets' BLEU in
+all three directions. Wall times measured so are *shared-GPU* times, not the preset's budget.
+
+Steps: the corpus cache of each distinct (preset, pair) is built first, all at once; then every run
+starts (`seq2seq.train`, the preset's own `test_after_training`), each in its own folder under
+`--work`; at the deadline the runs still going are stopped (their rows say so). Written to OUT:
+  runs.md     scripts/collect_runs.py's table (validation, test BLEU cased/lowercased/Moses) and, per
+              run, exit status, wall seconds and the tuned search defaults
+  runs.json   the same rows with every run's validation history
+Used by scripts/gpu_check.sh's callers on a device machine (docs/gpu_report.md); on a CPU it runs
+the same way (tests/test_gpu_check.py runs it tiny).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+RUN_SPEC = re.compile(r"^(?P<preset>[\w-]+):(?P<src>[a-z]{2,3})-(?P<tgt>[a-z]{2,3})(?::(?P<seed>\d+))?$")
+
+
+def parse_run(spec: str) -> dict:
+    m = RUN_SPEC.match(spec)
+    if m is None:
+        raise SystemExit(f"error: run {spec!r} is not PRESET:SRC-TGT[:SEED] (e.g. cpu_hour:en-de or quickstart:de-en:2)")
+    preset = m["preset"]
+    if not (REPO / "conf" / "experiment" / f"{preset}.yaml").is_file():
+        valid = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
+        raise SystemExit(f"error: run {spec!r}: no preset {preset!r}; valid presets: {', '.join(valid)}")
+    name = f"{preset}_{m['src']}-{m['tgt']}" + (f"_s{m['seed']}" if m["seed"] else "")
+    overrides = [f"experiment={preset}", f"data.src_lang={m['src']}", f"data.tgt_lang={m['tgt']}"]
+    if m["seed"]:
+        overrides.append(f"seed={m['seed']}")
+    return {"spec": spec, "name": name, "preset": preset, "pair": f"{m['src']}-{m['tgt']}", "overrides": overrides}
+
+
+def stop(procs: dict[str, subprocess.Popen]) -> None:
+    """SIGTERM each run's process group (the run and its loader workers), SIGKILL what outlives 10 s."""
+    for proc in procs.values():
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    end = time.monotonic() + 10
+    for proc in procs.values():
+        try:
+            proc.wait(timeout=max(end - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def launch(cmd: list[str], log: Path) -> subprocess.Popen:
+    with log.open("w") as f:
+        return subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_all(procs: dict[str, subprocess.Popen], deadline: float) -> dict[str, str]:
+    """-> name: 'exit N' or 'stopped at the deadline'."""
+    while any(p.poll() is None for p in procs.values()) and time.monotonic() < deadline:
+        time.sleep(1)
+    status = {name: f"exit {p.returncode}" for name, p in procs.items() if p.poll() is not None}
+    running = {name: p for name, p in procs.items() if p.poll() is None}
+    stop(running)
+    status.update({name: "stopped at the deadline" for name in running})
+    return status
+
+
+def tuned_line(log: Path) -> str:
+    """The 'search defaults tuned on ...' line that test_tune_search logs, or ''."""
+    lines = [line for line in log.read_text(errors="replace").splitlines() if "search defaults tuned" in line]
+    return lines[-1].split(": ", 1)[-1] if lines else ""
+
+
+def main() -> int:
+    argv = sys.argv[1:]
+    common = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", help="PRESET:SRC-TGT[:SEED]")
+    p.add_argument("--out", required=True, type=Path, help="folder for runs.md and runs.json")
+    p.add_argument("--work", type=Path, help="folder for the run folders (default: OUT/runs)")
+    p.add_argument("--deadline-s", type=float, required=True, help="seconds from now after which runs still going are stopped")
+    args = p.parse_args(argv)
+    started = time.monotonic()
+    deadline = started + args.deadline_s
+    runs = [parse_run(spec) for spec in args.runs]
+    names = [r["name"] for r in runs]
+    if len(set(names)) != len(names):
+        raise SystemExit(f"error: the same run is named twice: {' '.join(args.runs)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    work = (args.work or args.out / "runs").resolve()
+    work.mkdir(parents=True, exist_ok=True)
+
+    # One cache per (preset, pair): runs of the same pair and preset but another seed share it.
+    prepares = {}
+    for r in runs:
+        key = r["prepare"] = f"prepare_{r['preset']}_{r['pair']}"
+        if key not in prepares:
+            cmd = [PY, "-m", "seq2seq.prepare", *r["overrides"][:3], *common, f"hydra.run.dir={work / key}"]
+            prepares[key] = launch(cmd, work / f"{key}.log")
+    prepared = wait_all(prepares, deadline)
+    print(f"prepared in {time.monotonic() - started:.0f} s: {prepared}", flush=True)
+
+    procs, status = {}, {}
+    for r in runs:
+        if prepared[r["prepare"]] != "exit 0":
+            status[r["name"]] = f"not started: {r['prepare']} {prepared[r['prepare']]}"
+            (work / f"{r['name']}.log").write_text((work / f"{r['prepare']}.log").read_text(errors="replace"))
+            continue
+        cmd = [PY, "-m", "seq2seq.train", *r["overrides"], *common, f"hydra.run.dir={work / r['name']}",
+               "trainer.enable_progress_bar=false"]
+        r["command"] = " ".join(cmd[1:])
+        procs[r["name"]] = launch(cmd, work / f"{r['name']}.log")
+    status.update(wait_all(procs, deadline))
+
+    rows = []
+    for r in runs:
+        log = work / f"{r['name']}.log"
+        rows.append({"run": r["name"], "status": status[r["name"]], "command": r.get("command", ""),
+                     "tuned_search": tuned_line(log),
+                     "log_tail": log.read_text(errors="replace")[-1500:] if status[r["name"]] != "exit 0" else ""})
+    table = subprocess.run([PY, str(REPO / "scripts" / "collect_runs.py"), *[str(work / n) for n in names],
+                            "--json", str(args.out / "runs_collected.json")],
+                           capture_output=True, text=True)
+    collected = json.loads((args.out / "runs_collected.json").read_text()) if (args.out / "runs_collected.json").is_file() else None
+    (args.out / "runs_collected.json").unlink(missing_ok=True)
+    (args.out / "runs.json").write_text(json.dumps({"runs": rows, "collected": collected,
+                                                    "seconds": round(time.monotonic() - started, 1)}, indent=2))
+    md = [f"# {len(runs)} runs at once ({time.monotonic() - started:.0f} s in all; common overrides: "
+          f"`{' '.join(common) or '-'}`)", "", table.stdout or f"collect_runs.py failed:\n```\n{table.stderr[-1500:]}\n```",
+          "", "| run | status | tuned search defaults |", "|---|---|---|"]
+    md += [f"| {row['run']} | {row['status']} | {row['tuned_search'] or '-'} |" for row in rows]
+    for row in rows:
+        if row["log_tail"]:
+            md += ["", f"`{row['run']}` ({row['status']}): `{row['command']}`", "```", row["log_tail"], "```"]
+    (args.out / "runs.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+    return 0 if all(s == "exit 0" for s in status.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
