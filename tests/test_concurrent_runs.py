@@ -1,0 +1,70 @@
+"""`scripts/concurrent_runs.py`: the presets in several directions at once (how a short GPU lease
+measures the quality table), here tiny on the CPU so the script cannot rot without a GPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from .helpers import REPO
+
+SCRIPT = str(REPO / "scripts" / "concurrent_runs.py")
+TINY = ["debug=tiny", "search.tune_beam_sizes=[1,2]", "search.tune_length_penalties=[1.0]"]
+
+
+def concurrent(tmp_path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, SCRIPT, "--out", str(tmp_path / "out"), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_runs_side_by_side_share_a_cache_and_each_gets_its_test_row(tmp_path, multi30k_dir):
+    proc = concurrent(tmp_path, "--deadline-s", "240", "quickstart:de-en", "quickstart:de-en:2", "--", *TINY,
+                      f"paths.data_dir={tmp_path / 'data'}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((tmp_path / "out" / "runs.json").read_text())
+    assert [(r["run"], r["status"]) for r in result["runs"]] == [("quickstart_de-en", "exit 0"),
+                                                                 ("quickstart_de-en_s2", "exit 0")]
+    assert all("search defaults tuned on 'val'" in r["tuned_search"] for r in result["runs"])
+    rows = result["collected"]["runs"]
+    assert [row["seed"] for row in rows] == ["", "2"]  # seed 1234 is the config's own: no override
+    assert all(row["test/bleu"] != "" and row["test/bleu_lc"] != "" for row in rows), rows
+    assert [p.name for p in (tmp_path / "out" / "runs").glob("prepare_*.log")] == ["prepare_quickstart_de-en.log"]
+    assert len(list((tmp_path / "data" / "cache").iterdir())) == 1  # one cache for the pair, built once
+    md = (tmp_path / "out" / "runs.md").read_text()
+    assert "| quickstart_de-en_s2 |" in md and "test/bleu_lc" in md
+
+
+@pytest.mark.slow
+def test_a_run_still_going_at_the_deadline_is_stopped_and_reported(tmp_path, multi30k_dir):
+    started = time.monotonic()
+    proc = concurrent(tmp_path, "--deadline-s", "8", "quickstart:de-en", "--", "debug=tiny", "trainer.max_steps=100000",
+                      "trainer.max_epochs=1000", f"paths.data_dir={tmp_path / 'data'}")
+    assert proc.returncode == 1
+    assert time.monotonic() - started < 60  # stopped, not waited for
+    alive = [p for p in os.listdir("/proc") if p.isdigit() and _cmdline(p).count(str(tmp_path))]
+    assert not alive, [_cmdline(p) for p in alive]  # the training process itself is gone, not just reported
+    result = json.loads((tmp_path / "out" / "runs.json").read_text())
+    assert result["runs"][0]["status"] == "stopped at the deadline"
+    assert "quickstart_de-en (stopped at the deadline)" in (tmp_path / "out" / "runs.md").read_text().replace("`", "")
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        return open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace").replace("\0", " ")
+    except OSError:
+        return ""
+
+
+@pytest.mark.parametrize("spec, message", [("quickstart:de_en", "is not PRESET:SRC-TGT[:SEED]"),
+                                           ("quickstrat:de-en", "valid presets: cpu_hour, ")])
+def test_a_bad_run_spec_is_refused_before_anything_starts(tmp_path, spec, message):
+    proc = concurrent(tmp_path, "--deadline-s", "10", spec, timeout=60)
+    assert proc.returncode != 0 and message in proc.stderr and spec in proc.stderr
+    assert not (tmp_path / "out").exists()
