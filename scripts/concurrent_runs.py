@@ -16,8 +16,8 @@ starts (`seq2seq.train`, the preset's own `test_after_training`), each in its ow
   runs.md     scripts/collect_runs.py's table (validation, test BLEU cased/lowercased/Moses) and, per
               run, exit status, wall seconds and the tuned search defaults
   runs.json   the same rows with every run's validation history
-Used by scripts/gpu_check.sh's callers on a device machine (docs/gpu_report.md); on a CPU it runs
-the same way (tests/test_gpu_check.py runs it tiny).
+The device call that follows scripts/gpu_check.sh on a warm machine: docs/cluster.md. On a CPU it runs
+the same way (tests/test_concurrent_runs.py runs it tiny).
 """
 
 from __future__ import annotations
