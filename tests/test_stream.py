@@ -308,9 +308,12 @@ def read_line(fd: int, seconds: float = 60.0) -> bytes:
 
 
 def stream_process(ckpt: Path, stdin, *flags) -> subprocess.Popen:
+    # SIGINT back to its default in the child, as for a terminal's foreground process: a test run started in
+    # the background by a shell without job control (`pytest &` in a script) inherits SIGINT ignored, and
+    # Python then never raises KeyboardInterrupt.
     return subprocess.Popen([sys.executable, "-m", "seq2seq.translate", "--checkpoint", str(ckpt), "--format",
                              "jsonl", *flags], stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            cwd=REPO, env=ENV)
+                            cwd=REPO, env=ENV, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def test_stream_through_a_pipe_answers_each_line_before_the_next_arrives(ckpt, lines):
