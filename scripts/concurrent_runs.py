@@ -14,7 +14,7 @@ Steps: the corpus cache of each distinct (preset, pair) is built first, all at o
 starts (`seq2seq.train`, the preset's own `test_after_training`), each in its own folder under
 `--work`; at the deadline the runs still going are stopped (their rows say so). Written to OUT:
   runs.md     scripts/collect_runs.py's table (validation, test BLEU cased/lowercased/Moses) and, per
-              run, exit status, wall seconds and the tuned search defaults
+              run, its exit status and tuned search defaults
   runs.json   the same rows with every run's validation history
 The device call that follows scripts/gpu_check.sh on a warm machine: docs/cluster.md. On a CPU it runs
 the same way (tests/test_concurrent_runs.py runs it tiny).
@@ -46,10 +46,10 @@ def parse_run(spec: str) -> dict:
         valid = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
         raise SystemExit(f"error: run {spec!r}: no preset {preset!r}; valid presets: {', '.join(valid)}")
     name = f"{preset}_{m['src']}-{m['tgt']}" + (f"_s{m['seed']}" if m["seed"] else "")
-    overrides = [f"experiment={preset}", f"data.src_lang={m['src']}", f"data.tgt_lang={m['tgt']}"]
-    if m["seed"]:
-        overrides.append(f"seed={m['seed']}")
-    return {"spec": spec, "name": name, "preset": preset, "pair": f"{m['src']}-{m['tgt']}", "overrides": overrides}
+    data = [f"experiment={preset}", f"data.src_lang={m['src']}", f"data.tgt_lang={m['tgt']}"]  # what the cache depends on
+    seed = [f"seed={m['seed']}"] if m["seed"] else []
+    return {"spec": spec, "name": name, "preset": preset, "pair": f"{m['src']}-{m['tgt']}", "data": data,
+            "overrides": data + seed}
 
 
 def stop(procs: dict[str, subprocess.Popen]) -> None:
@@ -113,7 +113,7 @@ def main() -> int:
     for r in runs:
         key = r["prepare"] = f"prepare_{r['preset']}_{r['pair']}"
         if key not in prepares:
-            cmd = [PY, "-m", "seq2seq.prepare", *r["overrides"][:3], *common, f"hydra.run.dir={work / key}"]
+            cmd = [PY, "-m", "seq2seq.prepare", *r["data"], *common, f"hydra.run.dir={work / key}"]
             prepares[key] = launch(cmd, work / f"{key}.log")
     prepared = wait_all(prepares, deadline)
     print(f"prepared in {time.monotonic() - started:.0f} s: {prepared}", flush=True)
@@ -136,11 +136,10 @@ def main() -> int:
         rows.append({"run": r["name"], "status": status[r["name"]], "command": r.get("command", ""),
                      "tuned_search": tuned_line(log),
                      "log_tail": log.read_text(errors="replace")[-1500:] if status[r["name"]] != "exit 0" else ""})
+    collected_json = work / "collected.json"
     table = subprocess.run([PY, str(REPO / "scripts" / "collect_runs.py"), *[str(work / n) for n in names],
-                            "--json", str(args.out / "runs_collected.json")],
-                           capture_output=True, text=True)
-    collected = json.loads((args.out / "runs_collected.json").read_text()) if (args.out / "runs_collected.json").is_file() else None
-    (args.out / "runs_collected.json").unlink(missing_ok=True)
+                            "--json", str(collected_json)], capture_output=True, text=True)
+    collected = json.loads(collected_json.read_text()) if collected_json.is_file() else None
     (args.out / "runs.json").write_text(json.dumps({"runs": rows, "collected": collected,
                                                     "seconds": round(time.monotonic() - started, 1)}, indent=2))
     md = [f"# {len(runs)} runs at once ({time.monotonic() - started:.0f} s in all; common overrides: "
