@@ -4,14 +4,20 @@
     python scripts/concurrent_runs.py --out OUT --deadline-s 300 cpu_hour:en-de multi30k_gpu:en-fr:2 \\
         -- trainer=gpu trainer.precision=32-true
 
-A RUN is PRESET:SRC-TGT[:SEED] (`experiment=PRESET data.src_lang=SRC data.tgt_lang=TGT seed=SEED`);
-the overrides after `--` go to every run. Why at once: the recurrent models here leave an H100 mostly
-idle (two thirds of a step is launch overhead, docs/gpu_report.md), so five runs side by side take
-far less than five runs in a row; that is how a 15-minute device lease measures the presets' BLEU in
-all three directions. Wall times measured so are *shared-GPU* times, not the preset's budget.
+    python scripts/concurrent_runs.py --out OUT --deadline-s 300 --variant reg="model.dropout=0.3 model.word_dropout=0.1" \\
+        cpu_hour:en-de cpu_hour:en-de+reg cpu_hour:en-de:2+reg -- trainer=gpu
 
-Steps: the corpus cache of each distinct (preset, pair) is built first, all at once; then every run
-starts (`seq2seq.train`, the preset's own `test_after_training`), each in its own folder under
+A RUN is PRESET:SRC-TGT[:SEED][+VARIANT] (`experiment=PRESET data.src_lang=SRC data.tgt_lang=TGT
+seed=SEED` and the overrides that `--variant VARIANT="..."` names); the overrides after `--` go to every
+run. Variants make a sweep of one lease: the table gets a column per setting they vary.
+
+Why at once: the recurrent models here leave an H100 mostly idle (two thirds of a step is launch
+overhead, docs/gpu_report.md), so five runs side by side take far less than five runs in a row; that
+is how a 15-minute device lease measures the presets' BLEU in all three directions. Wall times
+measured so are *shared-GPU* times, not the preset's budget.
+
+Steps: the corpus cache of each distinct (preset, pair, data.* overrides) is built first, all at
+once; then every run starts (`seq2seq.train`, the preset's own `test_after_training`), each in its own folder under
 `--work`; at the deadline the runs still going are stopped (their rows say so). Written to OUT:
   runs.md     scripts/collect_runs.py's table (validation, test BLEU cased/lowercased/Moses) and, per
               run, its exit status and tuned search defaults
@@ -34,22 +40,61 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
-RUN_SPEC = re.compile(r"^(?P<preset>[\w-]+):(?P<src>[a-z]{2,3})-(?P<tgt>[a-z]{2,3})(?::(?P<seed>\d+))?$")
+RUN_SPEC = re.compile(r"^(?P<preset>[\w-]+):(?P<src>[a-z]{2,3})-(?P<tgt>[a-z]{2,3})(?::(?P<seed>\d+))?"
+                      r"(?:\+(?P<variant>\w+))?$")
+VARIANT = re.compile(r"^(?P<name>\w+)=(?P<overrides>.*\S.*)$")
 
 
-def parse_run(spec: str) -> dict:
+def parse_variants(specs: list[str]) -> dict[str, list[str]]:
+    """['NAME=key=value key2=value2', ...] -> {NAME: ['key=value', 'key2=value2']}"""
+    variants = {}
+    for spec in specs:
+        m = VARIANT.match(spec)
+        if m is None:
+            raise SystemExit(f"error: --variant {spec!r} is not NAME=\"key=value ...\" (e.g. reg=\"model.dropout=0.3\")")
+        overrides = m["overrides"].split()
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise SystemExit(f"error: --variant {m['name']}: {' '.join(bad)} is not a key=value override")
+        if m["name"] in variants:
+            raise SystemExit(f"error: --variant {m['name']} is defined twice")
+        variants[m["name"]] = overrides
+    return variants
+
+
+def parse_run(spec: str, variants: dict[str, list[str]]) -> dict:
     m = RUN_SPEC.match(spec)
     if m is None:
-        raise SystemExit(f"error: run {spec!r} is not PRESET:SRC-TGT[:SEED] (e.g. cpu_hour:en-de or quickstart:de-en:2)")
+        raise SystemExit(f"error: run {spec!r} is not PRESET:SRC-TGT[:SEED][+VARIANT] "
+                         "(e.g. cpu_hour:en-de, quickstart:de-en:2 or cpu_hour:en-de+reg)")
     preset = m["preset"]
     if not (REPO / "conf" / "experiment" / f"{preset}.yaml").is_file():
         valid = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
         raise SystemExit(f"error: run {spec!r}: no preset {preset!r}; valid presets: {', '.join(valid)}")
-    name = f"{preset}_{m['src']}-{m['tgt']}" + (f"_s{m['seed']}" if m["seed"] else "")
-    data = [f"experiment={preset}", f"data.src_lang={m['src']}", f"data.tgt_lang={m['tgt']}"]  # what the cache depends on
+    if m["variant"] and m["variant"] not in variants:
+        raise SystemExit(f"error: run {spec!r}: no --variant {m['variant']!r}; "
+                         f"defined: {', '.join(variants) or 'none'}")
+    variant = variants.get(m["variant"], [])
+    name = (f"{preset}_{m['src']}-{m['tgt']}" + (f"_s{m['seed']}" if m["seed"] else "")
+            + (f"_{m['variant']}" if m["variant"] else ""))
+    # What the corpus cache depends on: a variant that changes data.* (the vocabulary, say) needs its own.
+    data_variant = [o for o in variant if o.lstrip("+~").startswith("data.")]
+    data = [f"experiment={preset}", f"data.src_lang={m['src']}", f"data.tgt_lang={m['tgt']}", *data_variant]
     seed = [f"seed={m['seed']}"] if m["seed"] else []
-    return {"spec": spec, "name": name, "preset": preset, "pair": f"{m['src']}-{m['tgt']}", "data": data,
-            "overrides": data + seed}
+    prepare = f"prepare_{preset}_{m['src']}-{m['tgt']}" + (f"_{m['variant']}" if data_variant else "")
+    return {"spec": spec, "name": name, "preset": preset, "prepare": prepare, "data": data,
+            "overrides": data + [o for o in variant if o not in data_variant] + seed}
+
+
+def assign_prepares(runs: list[dict]) -> dict[str, list[str]]:
+    """One corpus cache per distinct (preset, pair, data.* overrides): runs that differ only in seed or
+    model settings share it, and so do two variants with the same data.* settings (built twice at once,
+    one cache folder would be written by two processes). Sets each run's 'prepare' -> {name: overrides}."""
+    prepares, name_of = {}, {}
+    for r in runs:
+        r["prepare"] = name_of.setdefault(tuple(r["data"]), r["prepare"])
+        prepares.setdefault(r["prepare"], r["data"])
+    return prepares
 
 
 def stop(procs: dict[str, subprocess.Popen]) -> None:
@@ -93,14 +138,17 @@ def main() -> int:
     common = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", help="PRESET:SRC-TGT[:SEED]")
+    p.add_argument("runs", nargs="+", help="PRESET:SRC-TGT[:SEED][+VARIANT]")
+    p.add_argument("--variant", action="append", default=[], metavar='NAME="key=value ..."',
+                   help="overrides that runs named PRESET:SRC-TGT+NAME add to their own (repeatable)")
     p.add_argument("--out", required=True, type=Path, help="folder for runs.md and runs.json")
     p.add_argument("--work", type=Path, help="folder for the run folders (default: OUT/runs)")
     p.add_argument("--deadline-s", type=float, required=True, help="seconds from now after which runs still going are stopped")
     args = p.parse_args(argv)
     started = time.monotonic()
     deadline = started + args.deadline_s
-    runs = [parse_run(spec) for spec in args.runs]
+    variants = parse_variants(args.variant)
+    runs = [parse_run(spec, variants) for spec in args.runs]
     names = [r["name"] for r in runs]
     if len(set(names)) != len(names):
         raise SystemExit(f"error: the same run is named twice: {' '.join(args.runs)}")
@@ -108,13 +156,9 @@ def main() -> int:
     work = (args.work or args.out / "runs").resolve()
     work.mkdir(parents=True, exist_ok=True)
 
-    # One cache per (preset, pair): runs of the same pair and preset but another seed share it.
-    prepares = {}
-    for r in runs:
-        key = r["prepare"] = f"prepare_{r['preset']}_{r['pair']}"
-        if key not in prepares:
-            cmd = [PY, "-m", "seq2seq.prepare", *r["data"], *common, f"hydra.run.dir={work / key}"]
-            prepares[key] = launch(cmd, work / f"{key}.log")
+    prepares = {key: launch([PY, "-m", "seq2seq.prepare", *data, *common, f"hydra.run.dir={work / key}"],
+                            work / f"{key}.log")
+                for key, data in assign_prepares(runs).items()}
     prepared = wait_all(prepares, deadline)
     print(f"prepared in {time.monotonic() - started:.0f} s: {prepared}", flush=True)
 
@@ -129,6 +173,9 @@ def main() -> int:
         r["command"] = " ".join(cmd[1:])
         procs[r["name"]] = launch(cmd, work / f"{r['name']}.log")
     status.update(wait_all(procs, deadline))
+    for name, state in status.items():  # stopped while writing its curves, say: its test is in the table all the same
+        if state == "stopped at the deadline" and (work / name / "checkpoints" / "test_scores.json").is_file():
+            status[name] = "stopped at the deadline, after its test"
 
     rows = []
     for r in runs:

@@ -3,6 +3,7 @@ measures the quality table), here tiny on the CPU so the script cannot rot witho
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -25,20 +26,21 @@ def concurrent(tmp_path, *args: str, timeout: float = 300) -> subprocess.Complet
 
 @pytest.mark.slow
 def test_runs_side_by_side_share_a_cache_and_each_gets_its_test_row(tmp_path, multi30k_dir):
-    proc = concurrent(tmp_path, "--deadline-s", "240", "quickstart:de-en", "quickstart:de-en:2", "--", *TINY,
-                      f"paths.data_dir={tmp_path / 'data'}")
+    proc = concurrent(tmp_path, "--deadline-s", "240", "--variant", "wd=model.word_dropout=0.1", "quickstart:de-en",
+                      "quickstart:de-en:2+wd", "--", *TINY, f"paths.data_dir={tmp_path / 'data'}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((tmp_path / "out" / "runs.json").read_text())
     assert [(r["run"], r["status"]) for r in result["runs"]] == [("quickstart_de-en", "exit 0"),
-                                                                 ("quickstart_de-en_s2", "exit 0")]
+                                                                 ("quickstart_de-en_s2_wd", "exit 0")]
     assert all("search defaults tuned on 'val'" in r["tuned_search"] for r in result["runs"])
     rows = result["collected"]["runs"]
     assert [row["seed"] for row in rows] == ["", "2"]  # seed 1234 is the config's own: no override
+    assert [row["model.word_dropout"] for row in rows] == ["", "0.1"]  # the variant's setting reached its run
     assert all(row["test/bleu"] != "" and row["test/bleu_lc"] != "" for row in rows), rows
     assert [p.name for p in (tmp_path / "out" / "runs").glob("prepare_*.log")] == ["prepare_quickstart_de-en.log"]
     assert len(list((tmp_path / "data" / "cache").iterdir())) == 1  # one cache for the pair, built once
     md = (tmp_path / "out" / "runs.md").read_text()
-    assert "| quickstart_de-en_s2 |" in md and "test/bleu_lc" in md
+    assert "| quickstart_de-en_s2_wd |" in md and "test/bleu_lc" in md
 
 
 @pytest.mark.slow
@@ -62,9 +64,37 @@ def _cmdline(pid: str) -> str:
         return ""
 
 
-@pytest.mark.parametrize("spec, message", [("quickstart:de_en", "is not PRESET:SRC-TGT[:SEED]"),
-                                           ("quickstrat:de-en", "valid presets: cpu_hour, ")])
-def test_a_bad_run_spec_is_refused_before_anything_starts(tmp_path, spec, message):
-    proc = concurrent(tmp_path, "--deadline-s", "10", spec, timeout=60)
-    assert proc.returncode != 0 and message in proc.stderr and spec in proc.stderr
+@pytest.mark.parametrize("args, message", [
+    (["quickstart:de_en"], "'quickstart:de_en' is not PRESET:SRC-TGT[:SEED][+VARIANT]"),
+    (["quickstrat:de-en"], "'quickstrat:de-en': no preset 'quickstrat'; valid presets: cpu_hour, "),
+    (["--variant", "reg=model.dropout=0.3", "quickstart:de-en+rge"], "no --variant 'rge'; defined: reg"),
+    (["--variant", "reg", "quickstart:de-en+reg"], "--variant 'reg' is not NAME="),
+    (["--variant", "reg=model.dropout 0.3", "quickstart:de-en+reg"], "reg: model.dropout 0.3 is not a key=value"),
+    (["--variant", "a=seed=1", "--variant", "a=seed=2", "quickstart:de-en"], "--variant a is defined twice"),
+])
+def test_a_bad_run_spec_is_refused_before_anything_starts(tmp_path, args, message):
+    proc = concurrent(tmp_path, "--deadline-s", "10", *args, timeout=60)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_variants_share_a_corpus_cache_unless_their_data_settings_differ():
+    spec = importlib.util.spec_from_file_location("concurrent_runs", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    variants = module.parse_variants(["reg=model.dropout=0.3 model.word_dropout=0.1",
+                                      "v4=data.tokenizer.vocab_size=4000 model.dropout=0.3",
+                                      "v4only=data.tokenizer.vocab_size=4000"])
+    runs = [module.parse_run(spec, variants) for spec in
+            ["cpu_hour:en-de", "cpu_hour:en-de:2+reg", "cpu_hour:en-de+v4", "cpu_hour:en-de:2+v4only", "cpu_hour:de-en+reg"]]
+    base = ["experiment=cpu_hour", "data.src_lang=en", "data.tgt_lang=de"]
+    assert module.assign_prepares(runs) == {
+        "prepare_cpu_hour_en-de": base,
+        "prepare_cpu_hour_en-de_v4": [*base, "data.tokenizer.vocab_size=4000"],  # built once for both variants
+        "prepare_cpu_hour_de-en": ["experiment=cpu_hour", "data.src_lang=de", "data.tgt_lang=en"]}
+    assert [(r["name"], r["prepare"]) for r in runs] == [
+        ("cpu_hour_en-de", "prepare_cpu_hour_en-de"), ("cpu_hour_en-de_s2_reg", "prepare_cpu_hour_en-de"),
+        ("cpu_hour_en-de_v4", "prepare_cpu_hour_en-de_v4"), ("cpu_hour_en-de_s2_v4only", "prepare_cpu_hour_en-de_v4"),
+        ("cpu_hour_de-en_reg", "prepare_cpu_hour_de-en")]
+    assert runs[1]["overrides"] == [*base, "model.dropout=0.3", "model.word_dropout=0.1", "seed=2"]
+    assert runs[2]["overrides"] == [*base, "data.tokenizer.vocab_size=4000", "model.dropout=0.3"]
