@@ -4,7 +4,8 @@
     python scripts/concurrent_runs.py --out OUT --deadline-s 300 cpu_hour:en-de multi30k_gpu:en-fr:2 \\
         -- trainer=gpu trainer.precision=32-true
 
-    python scripts/concurrent_runs.py --out OUT --deadline-s 300 --variant reg="model.dropout=0.3 model.word_dropout=0.1" \\
+    python scripts/concurrent_runs.py --out OUT --deadline-s 300 \\
+        --variant reg="model.dropout=0.3 model.word_dropout=0.1" \\
         cpu_hour:en-de cpu_hour:en-de+reg cpu_hour:en-de:2+reg -- trainer=gpu
 
 A RUN is PRESET:SRC-TGT[:SEED][+VARIANT] (`experiment=PRESET data.src_lang=SRC data.tgt_lang=TGT
@@ -17,8 +18,8 @@ is how a 15-minute device lease measures the presets' BLEU in all three directio
 measured so are *shared-GPU* times, not the preset's budget.
 
 Steps: the corpus cache of each distinct (preset, pair, data.* overrides) is built first, all at
-once; then every run starts (`seq2seq.train`, the preset's own `test_after_training`), each in its own folder under
-`--work`; at the deadline the runs still going are stopped (their rows say so). Written to OUT:
+once; then every run starts (`seq2seq.train`, the preset's own `test_after_training`), each in its
+own folder under `--work`; at the deadline the runs still going are stopped (their rows say so). Written to OUT:
   runs.md     scripts/collect_runs.py's table (validation, test BLEU cased/lowercased/Moses) and, per
               run, its exit status and tuned search defaults
   runs.json   the same rows with every run's validation history
@@ -51,7 +52,8 @@ def parse_variants(specs: list[str]) -> dict[str, list[str]]:
     for spec in specs:
         m = VARIANT.match(spec)
         if m is None:
-            raise SystemExit(f"error: --variant {spec!r} is not NAME=\"key=value ...\" (e.g. reg=\"model.dropout=0.3\")")
+            raise SystemExit(f"error: --variant {spec!r} is not NAME=\"key=value ...\" "
+                             "(e.g. reg=\"model.dropout=0.3\")")
         overrides = m["overrides"].split()
         bad = [o for o in overrides if "=" not in o]
         if bad:
@@ -173,7 +175,7 @@ def main() -> int:
         r["command"] = " ".join(cmd[1:])
         procs[r["name"]] = launch(cmd, work / f"{r['name']}.log")
     status.update(wait_all(procs, deadline))
-    for name, state in status.items():  # stopped while writing its curves, say: its test is in the table all the same
+    for name, state in status.items():  # stopped while writing its curves, say: its test is in the table
         if state == "stopped at the deadline" and (work / name / "checkpoints" / "test_scores.json").is_file():
             status[name] = "stopped at the deadline, after its test"
 

@@ -86,7 +86,8 @@ def test_variants_share_a_corpus_cache_unless_their_data_settings_differ():
                                       "v4=data.tokenizer.vocab_size=4000 model.dropout=0.3",
                                       "v4only=data.tokenizer.vocab_size=4000"])
     runs = [module.parse_run(spec, variants) for spec in
-            ["cpu_hour:en-de", "cpu_hour:en-de:2+reg", "cpu_hour:en-de+v4", "cpu_hour:en-de:2+v4only", "cpu_hour:de-en+reg"]]
+            ["cpu_hour:en-de", "cpu_hour:en-de:2+reg", "cpu_hour:en-de+v4", "cpu_hour:en-de:2+v4only",
+             "cpu_hour:de-en+reg"]]
     base = ["experiment=cpu_hour", "data.src_lang=en", "data.tgt_lang=de"]
     assert module.assign_prepares(runs) == {
         "prepare_cpu_hour_en-de": base,
