@@ -84,7 +84,7 @@ def parse_run(spec: str, variants: dict[str, list[str]]) -> dict:
     data = [f"experiment={preset}", f"data.src_lang={m['src']}", f"data.tgt_lang={m['tgt']}", *data_variant]
     seed = [f"seed={m['seed']}"] if m["seed"] else []
     prepare = f"prepare_{preset}_{m['src']}-{m['tgt']}" + (f"_{m['variant']}" if data_variant else "")
-    return {"spec": spec, "name": name, "preset": preset, "prepare": prepare, "data": data,
+    return {"name": name, "prepare": prepare, "data": data,
             "overrides": data + [o for o in variant if o not in data_variant] + seed}
 
 
