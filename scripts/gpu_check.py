@@ -5,9 +5,13 @@
                      target tokens per batch, fp32 (TF32) and bf16: target tokens/s, peak memory, share
                      of step time outside GPU kernels (torch.profiler)
     prepare          seq2seq.prepare: the corpus cache, built once before any timed stage
-    (c) quality      scripts/benchmark.py --bleu-threshold 100 (never reached) with trainer.max_time:
-                     experiment=multi30k_gpu de->en for a fixed budget, validation BLEU against wall time
+    (c) quality      scripts/benchmark.py --bleu-threshold 100 (never reached): experiment=multi30k_gpu
+                     de->en as the preset defines it (its own epochs and schedule; trainer.max_time caps
+                     it), alone on the GPU: validation BLEU against wall time
     (d) decoding     scripts/bench_translate.py on best.ckpt of (c): greedy and beam 5 over the test set
+    (e) presets      scripts/concurrent_runs.py: multi30k_gpu en->de, en->fr and de->en (seed 2) side by
+                     side, each tested with its search tuned on validation: the preset's BLEU table in
+                     all three directions, in what time is left
 
 Each stage runs as subprocesses with a time cap; a failing or timed-out stage is recorded in the
 report and the next one runs. The device returns at most 8 files, so everything goes into two:
@@ -31,33 +35,38 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
-# Full mode: the whole must fit 8 minutes (480 s) on one H100 from a bare machine. gpu_check.sh's
-# wheel install (~10 s) comes first; then caps of 60 (prepare) + 130 (a) + 110 (b) s; (c) trains for
-# what is left minus (d)'s 45 s and a 30 s margin, at most 3 minutes (the target is BLEU >= 38 within
-# 2), at least 1. Throughput runs go most important first; one that no longer fits is recorded as
-# skipped.
+# Full mode: the whole must fit 580 s of the device's 600-s call on one H100 from a bare machine.
+# gpu_check.sh's wheel install (~10 s) comes first; then caps of 60 (prepare) + 130 (a) + 90 (b) s;
+# (c) trains the preset for what is left minus (d)'s 45 s, (e)'s 210 s and a 30 s margin, at most 3
+# minutes, at least 1 (about 100 s when (a) and (b) take what they took before); (e) gets the rest. Throughput rows go most important first (the
+# preset's own batch and precision); one that no longer fits is recorded as skipped.
 FULL = {
-    "budget_s": 465,
+    "budget_s": 580,
     "data": [],  # filled in from --data-root / --data-dir
     "prepare": {"overrides": ["experiment=multi30k_gpu"], "cap": 60},
-    "cuda_tests_cap": 130,  # 90-104 s on an H100 (two leases), 62 of them the one-GPU DDP run
+    "cuda_tests_cap": 130,  # 87-104 s on an H100 and an H200 (three leases), 62 of them the one-GPU DDP run
+    # (design, precision, target tokens per batch); the first is the preset's own step.
     "throughput": {"overrides": ["experiment=multi30k_gpu", "test_after_training=false"],
-                   "batch_tokens": [8192, 16384], "precisions": ["32-true", "bf16-mixed"], "train_steps": 40,
-                   "warmup_steps": 8, "profile_steps": 5, "device": "cuda", "cap": 110, "cap_each": 30},
+                   "rows": [["one_call", "32-true", 2000], ["one_call", "bf16-mixed", 2000],
+                            ["input_feed", "32-true", 2000], ["one_call", "32-true", 8192]],
+                   "train_steps": 40, "warmup_steps": 8, "profile_steps": 5, "device": "cuda", "cap": 90,
+                   "cap_each": 30},
     "quality": {"overrides": ["experiment=multi30k_gpu", "data.src_lang=de", "data.tgt_lang=en",
-                              "trainer.max_epochs=100", "test_after_training=false",
-                              "callbacks.early_stopping.patience=1000"],  # the time budget ends the run
+                              "test_after_training=false"],
                 "max_time_s": 180, "min_time_s": 60, "margin_s": 30, "device": "cuda"},
     "decode": {"beams": "1,5", "batch_tokens": "16384", "cap": 45, "device": "cuda"},
+    "presets": {"runs": ["multi30k_gpu:en-de", "multi30k_gpu:en-fr", "multi30k_gpu:de-en:2"], "overrides": [],
+                "reserve_s": 210, "min_s": 60},
 }
-# Smoke mode: the same stages, tiny, on the CPU (tests/test_gpu_check.py; under 3 minutes on 2 cores).
+# Smoke mode: the same stages, tiny, on the CPU (tests/test_gpu_check.py; under 4 minutes on 2 cores).
 SMOKE = {
-    "budget_s": 170,
+    "budget_s": 230,
     "data": [],
     "prepare": {"overrides": ["debug=tiny"], "cap": 60},
     "cuda_tests_cap": 60,
-    "throughput": {"overrides": ["debug=tiny", "test_after_training=false"], "batch_tokens": [512],
-                   "precisions": ["32-true"], "train_steps": 2, "warmup_steps": 1, "profile_steps": 0,
+    "throughput": {"overrides": ["debug=tiny", "test_after_training=false"],
+                   "rows": [["one_call", "32-true", 512], ["input_feed", "32-true", 512]],
+                   "train_steps": 2, "warmup_steps": 1, "profile_steps": 0,
                    "device": "cpu", "cap": 80, "cap_each": 40, "extra": ["--threads", "1"]},
     "quality": {"overrides": ["debug=tiny", "trainer.max_steps=-1", "trainer.max_epochs=2",
                               "trainer.val_check_interval=3", "data.max_valid_pairs=8", "search.max_len_a=2",
@@ -66,6 +75,8 @@ SMOKE = {
                 "extra": ["--threads", "1", "--max-sentences", "8"]},
     "decode": {"beams": "1,5", "batch_tokens": "2000", "cap": 40, "device": "cpu",
                "extra": ["--threads", "1", "--max-sentences", "8", "--warmup-sentences", "2"]},
+    "presets": {"runs": ["quickstart:de-en"], "reserve_s": 60, "min_s": 30,
+                "overrides": ["debug=tiny", "search.tune_beam_sizes=[1,2]", "search.tune_length_penalties=[1.0]"]},
 }
 DESIGNS = {"one_call": ["model.input_feed=false"], "input_feed": ["model.input_feed=true"]}
 
@@ -146,39 +157,35 @@ def stage_throughput(report: Report, cfg: dict, workdir: Path) -> None:
     t = cfg["throughput"]
     deadline = report.elapsed() + t["cap"]
     rows = []
-    # The preset's batch and precision first, and each design in both precisions before the next batch size.
-    for tokens in t["batch_tokens"]:
-        for design, design_overrides in DESIGNS.items():
-            for precision in t["precisions"]:
-                name = f"{design}/{precision}/{tokens}"
-                cap = min(cap_for(report, cfg["budget_s"], t["cap_each"]), deadline - report.elapsed())
-                if cap < 10:
-                    rows.append({"run": name, "error": "skipped: out of time"})
-                    continue
-                out_json = workdir / f"throughput_{design}_{precision}_{tokens}.json"
-                cmd = [PY, "scripts/benchmark.py", *t["overrides"], *cfg["data"], *design_overrides,
-                       f"trainer.precision={precision}", f"batching.max_tokens={tokens}", "--skip-decode",
-                       "--device", t["device"], "--train-steps", str(t["train_steps"]), "--warmup-steps",
-                       str(t["warmup_steps"]), "--profile-steps", str(t["profile_steps"]), *t.get("extra", []),
-                       "--json", str(out_json)]
-                rc, seconds, out = run(cmd, cap)
-                row: dict[str, Any] = {"run": name, "command": shlex.join(cmd[1:]), "exit": rc,
-                                       "seconds": round(seconds, 1)}
-                if rc == 0 and out_json.is_file():
-                    train = json.loads(out_json.read_text()).get("train", {})
-                    row.update({k: train.get(k) for k in ("tgt_tok_per_s", "step_ms", "peak_mem_mib",
-                                                          "outside_kernels_share", "mean_batch_sentences")})
-                else:
-                    row["error"] = out[-1500:]
-                rows.append(row)
-                report.stage("throughput", rows=rows)
+    for design, precision, tokens in t["rows"]:
+        name = f"{design}/{precision}/{tokens}"
+        cap = min(cap_for(report, cfg["budget_s"], t["cap_each"]), deadline - report.elapsed())
+        if cap < 10:
+            rows.append({"run": name, "error": "skipped: out of time"})
+            continue
+        out_json = workdir / f"throughput_{design}_{precision}_{tokens}.json"
+        cmd = [PY, "scripts/benchmark.py", *t["overrides"], *cfg["data"], *DESIGNS[design],
+               f"trainer.precision={precision}", f"batching.max_tokens={tokens}", "--skip-decode",
+               "--device", t["device"], "--train-steps", str(t["train_steps"]), "--warmup-steps",
+               str(t["warmup_steps"]), "--profile-steps", str(t["profile_steps"]), *t.get("extra", []),
+               "--json", str(out_json)]
+        rc, seconds, out = run(cmd, cap)
+        row: dict[str, Any] = {"run": name, "command": shlex.join(cmd[1:]), "exit": rc, "seconds": round(seconds, 1)}
+        if rc == 0 and out_json.is_file():
+            train = json.loads(out_json.read_text()).get("train", {})
+            row.update({k: train.get(k) for k in ("tgt_tok_per_s", "step_ms", "peak_mem_mib",
+                                                  "outside_kernels_share", "mean_batch_sentences")})
+        else:
+            row["error"] = out[-1500:]
+        rows.append(row)
+        report.stage("throughput", rows=rows)
     report.stage("throughput", rows=rows)
 
 
 def stage_quality(report: Report, cfg: dict, workdir: Path) -> Path | None:
     q = cfg["quality"]
     out_json, run_dir = workdir / "quality.json", workdir / "quality_run"
-    left = cfg["budget_s"] - report.elapsed() - cfg["decode"]["cap"] - q["margin_s"]
+    left = cfg["budget_s"] - report.elapsed() - cfg["decode"]["cap"] - cfg["presets"]["reserve_s"] - q["margin_s"]
     train_s = int(max(min(q["max_time_s"], left), q["min_time_s"]))
     max_time = f"00:00:{train_s // 60:02d}:{train_s % 60:02d}"
     cmd = [PY, "scripts/benchmark.py", *q["overrides"], f"trainer.max_time={max_time}", *cfg["data"],
@@ -224,6 +231,30 @@ def stage_decode(report: Report, cfg: dict, checkpoint: Path | None, workdir: Pa
     report.stage("decode", **fields)
 
 
+def stage_presets(report: Report, cfg: dict, workdir: Path) -> None:
+    """The preset's test BLEU in the other directions: runs side by side until the budget ends."""
+    p = cfg["presets"]
+    seconds_left = cfg["budget_s"] - report.elapsed()
+    if seconds_left < p["min_s"]:
+        report.stage("presets", error=f"skipped: {seconds_left:.0f} s left, under {p['min_s']} s")
+        return
+    out = workdir / "presets"
+    # The stop at the deadline takes up to 10 s; concurrent_runs then collects its table.
+    cmd = [PY, "scripts/concurrent_runs.py", "--out", str(out), "--deadline-s", str(int(seconds_left - 15)),
+           *p["runs"], "--", *p["overrides"], *cfg["data"]]
+    rc, seconds, output = run(cmd, seconds_left)
+    fields: dict[str, Any] = {"command": shlex.join(cmd[1:]), "exit": rc, "seconds": round(seconds, 1)}
+    if (out / "runs.json").is_file():
+        result = json.loads((out / "runs.json").read_text())
+        fields["runs"] = [{k: r.get(k) for k in ("run", "status", "tuned_search")} for r in result["runs"]]
+        fields["collected"] = result.get("collected")
+    if (out / "runs.md").is_file():
+        fields["table"] = (out / "runs.md").read_text()
+    if rc != 0:
+        fields["error"] = output[-1500:]
+    report.stage("presets", **fields)
+
+
 def markdown(data: dict[str, Any]) -> str:
     env = data["environment"]
     lines = [f"# GPU check ({data['mode']} mode)", "",
@@ -267,6 +298,15 @@ def markdown(data: dict[str, Any]) -> str:
                   "| search | sentences | seconds | sent/s | BLEU | peak MiB |", "|---|---|---|---|---|---|"]
         lines += [f"| {r['search']} | {r['sentences']} | {fmt(r['seconds'])} | {fmt(r['sent_per_s'])} | "
                   f"{fmt(r['bleu'], 2)} | {fmt(r['peak_mem_mib'])} |" for r in s.get("rows", [])]
+        if s.get("error"):
+            lines += ["", "```", s["error"], "```"]
+        lines.append("")
+    if "presets" in stages:
+        s = stages["presets"]
+        lines += ["## (e) The preset in the other directions, side by side", "",
+                  f"`{s.get('command')}` -> exit {s.get('exit')}, {s.get('seconds')} s", ""]
+        if s.get("table"):
+            lines += ["###" + s["table"].removeprefix("#")]  # concurrent_runs' runs.md, a level down
         if s.get("error"):
             lines += ["", "```", s["error"], "```"]
         lines.append("")
@@ -327,6 +367,10 @@ def main() -> int:
         stage_decode(report, cfg, checkpoint, workdir)
     except Exception as e:  # noqa: BLE001
         report.stage("decode", error=f"{type(e).__name__}: {e}")
+    try:
+        stage_presets(report, cfg, workdir)
+    except Exception as e:  # noqa: BLE001
+        report.stage("presets", error=f"{type(e).__name__}: {e}")
     report.write()
     print((out / "gpu_report.md").read_text())
     return 0

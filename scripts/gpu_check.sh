@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Every GPU figure in ONE device call (at most 8 minutes on one H100, from a bare machine):
-#   (a) pytest -m cuda  (b) training throughput  (c) time to quality  (d) decoding the test set.
+# Every GPU figure in ONE device call (at most 580 s on one H100, from a bare machine):
+#   (a) pytest -m cuda  (b) training throughput  (c) time to quality  (d) decoding the test set
+#   (e) the GPU preset's test BLEU in the other directions.
 # Writes $OUT/gpu_report.json and $OUT/gpu_report.md (stages: scripts/gpu_check.py).
 #
 #   scripts/gpu_check.sh --stage   here, before the device call: copies the Hydra/pytest wheels into

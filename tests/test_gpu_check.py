@@ -16,7 +16,7 @@ from .helpers import REPO
 def test_gpu_check_smoke_writes_every_stage_of_the_report(tmp_path, multi30k_dir):
     env = {**os.environ, "OUT": str(tmp_path / "out"), "SMOKE_DATA_DIR": str(tmp_path / "data")}
     proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--smoke"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=400)
+                          capture_output=True, text=True, timeout=460)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "gpu_report.json").read_text())
     assert set(os.listdir(tmp_path / "out")) == {"gpu_report.json", "gpu_report.md"}  # the device returns <= 8
@@ -32,6 +32,12 @@ def test_gpu_check_smoke_writes_every_stage_of_the_report(tmp_path, multi30k_dir
     decode = stages["decode"]
     assert decode["exit"] == 0 and [r["search"] for r in decode["rows"]] == ["greedy", "beam5"], decode
     assert all(r["seconds"] > 0 and r["bleu"] is not None for r in decode["rows"])
+    presets = stages["presets"]
+    assert presets["exit"] == 0 and [r["status"] for r in presets["runs"]] == ["exit 0"], presets
+    assert "search defaults tuned on 'val'" in presets["runs"][0]["tuned_search"]
+    assert presets["collected"]["runs"][0]["test/bleu"] != "", presets["collected"]
     md = (tmp_path / "out" / "gpu_report.md").read_text()
-    for heading in ("(a) CUDA tests", "(b) Training throughput", "(c) Time to quality", "(d) Decoding"):
+    assert "test/bleu" in md  # the preset runs' table
+    for heading in ("(a) CUDA tests", "(b) Training throughput", "(c) Time to quality", "(d) Decoding",
+                    "(e) The preset"):
         assert heading in md
