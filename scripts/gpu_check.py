@@ -38,8 +38,9 @@ PY = sys.executable
 # Full mode: the whole must fit 580 s of the device's 600-s call on one H100 from a bare machine.
 # gpu_check.sh's wheel install (~10 s) comes first; then caps of 60 (prepare) + 130 (a) + 90 (b) s;
 # (c) trains the preset for what is left minus (d)'s 45 s, (e)'s 210 s and a 30 s margin, at most 3
-# minutes, at least 1 (about 100 s when (a) and (b) take what they took before); (e) gets the rest. Throughput rows go most important first (the
-# preset's own batch and precision); one that no longer fits is recorded as skipped.
+# minutes, at least 1 (about 100 s when (a) and (b) take what they took before); (e) gets the rest.
+# Throughput rows go most important first (the preset's own batch and precision); one that no longer
+# fits is recorded as skipped.
 FULL = {
     "budget_s": 580,
     "data": [],  # filled in from --data-root / --data-dir
