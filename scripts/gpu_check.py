@@ -1,9 +1,9 @@
 """The stages of `scripts/gpu_check.sh` (run that, not this): every GPU figure in one device call.
 
     (a) cuda_tests   pytest -m cuda (tests/test_cuda.py)
-    (b) throughput   scripts/benchmark.py --skip-decode: one-call vs input-feeding decoder, 8k and 16k
-                     target tokens per batch, fp32 (TF32) and bf16: target tokens/s, peak memory, share
-                     of step time outside GPU kernels (torch.profiler)
+    (b) throughput   scripts/benchmark.py --skip-decode: the preset's own step (one-call decoder, 2k
+                     target tokens, fp32/TF32), then bf16, the input-feeding decoder and 8k tokens:
+                     target tokens/s, peak memory, share of step time outside GPU kernels (torch.profiler)
     prepare          seq2seq.prepare: the corpus cache, built once before any timed stage
     (c) quality      scripts/benchmark.py --bleu-threshold 100 (never reached): experiment=multi30k_gpu
                      de->en as the preset defines it (its own epochs and schedule; trainer.max_time caps
