@@ -124,6 +124,27 @@ def load_for_translation(path: str | os.PathLike, device: torch.device | str = "
     return model.to(device).eval(), tokenizer, search_cfg, config
 
 
+def load_members(paths: list[str | os.PathLike], device: torch.device | str = "cpu"):
+    """-> (models, tokenizer, search config, full config) for an ensemble of translation checkpoints;
+    the search and full config are the first member's. Every member must translate the same direction
+    with the same sentencepiece model: a joint vocabulary serves both directions of a pair, so the
+    tokenizer alone would let an en->de model into a de->en ensemble."""
+    loaded = [load_for_translation(p, device) for p in paths]
+    _, tokenizer, search_cfg, config = loaded[0]
+
+    def direction(cfg: dict[str, Any]) -> tuple[Any, Any]:
+        data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
+        return data.get("src_lang"), data.get("tgt_lang")
+
+    for path, (_, tok, _, cfg) in zip(paths[1:], loaded[1:]):
+        if tok.state_dict() != tokenizer.state_dict():
+            raise CheckpointError(f"--ensemble: {path} uses another sentencepiece model than {paths[0]}")
+        if direction(cfg) != direction(config):
+            raise CheckpointError(f"--ensemble: {path} translates {'->'.join(map(str, direction(cfg)))}, "
+                                  f"{paths[0]} translates {'->'.join(map(str, direction(config)))}")
+    return [m for m, *_ in loaded], tokenizer, search_cfg, config
+
+
 def is_language_model(payload: dict[str, Any]) -> bool:
     model = payload.get("config", {}).get("model") if isinstance(payload.get("config"), dict) else None
     return isinstance(model, dict) and model.get("type") == LM_TYPE

@@ -418,7 +418,7 @@ def build_translator(args) -> Translator:
 
     import torch
 
-    from seq2seq.checkpoint import CheckpointError, load_for_translation
+    from seq2seq.checkpoint import CheckpointError, load_members
     from seq2seq.precision import bf16_supported, precision_dtype
     from seq2seq.search import Ensemble
     from seq2seq.translator import Sampling, Translator
@@ -427,19 +427,12 @@ def build_translator(args) -> Translator:
                           else ("cpu" if args.device == "auto" else args.device))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CheckpointError("--device cuda was asked for, but no CUDA GPU is visible")
-    paths = checkpoint_paths(args)
-    loaded = [load_for_translation(p, device) for p in paths]
-    model, tokenizer, search_cfg, _ = loaded[0]
-    for path, (_, tok, _, _) in zip(paths[1:], loaded[1:]):
-        if tok.state_dict() != tokenizer.state_dict():
-            raise CheckpointError(f"--ensemble: {path} uses another sentencepiece model than {paths[0]}")
+    models, tokenizer, search_cfg, _ = load_members(checkpoint_paths(args), device)
     if args.quantize:
         from seq2seq.quantize import quantize_torch_int8
 
-        loaded = [(quantize_torch_int8(m), *rest) for m, *rest in loaded]
-        model = loaded[0][0]
-    if len(loaded) > 1:
-        model = Ensemble([m for m, *_ in loaded])
+        models = [quantize_torch_int8(m) for m in models]
+    model = Ensemble(models) if len(models) > 1 else models[0]
     apply_search_overrides(args, search_cfg)
     sampling = Sampling(args.temperature, args.top_k, args.seed) if args.sample else None
     dtype = precision_dtype(args.precision, device.type)

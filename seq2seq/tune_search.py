@@ -16,6 +16,11 @@ test), and `seq2seq["search_tuning"]` records how: split, metric, grid, scores, 
 replaced. Nothing else changes, so the checkpoint stays loadable and resumable (a resumed run writes its
 own config into the checkpoints it saves afterwards). The file is rewritten atomically.
 
+`--ensemble A.ckpt B.ckpt ...` tunes the search of those checkpoints' ensemble instead (the members
+must share a direction and a sentencepiece model; the validation split, grid and metric are the first
+member's). It writes no checkpoint: it prints the winner as the flags of `seq2seq-translate --ensemble`.
+`--json FILE` writes the record (either way) to FILE.
+
 `seq2seq-train test_tune_search=true` runs the same grid (`search.tune_beam_sizes`,
 `search.tune_length_penalties`) on best.ckpt after training, before the test (`tune_after_training`).
 """
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import sys
 import time
@@ -126,6 +132,35 @@ def store_search_defaults(path: str | Path, defaults: dict[str, Any], record: di
     return previous
 
 
+def grid_record(model: Any, tokenizer: Any, search_cfg: Any, config: dict[str, Any], label: str,
+                sources: Sequence[str], references: Sequence[str], split: str,
+                beam_sizes: Sequence[int] | None, length_penalties: Sequence[float] | None, min_len: int | None,
+                device: Any, dtype: Any, out: Any) -> dict[str, Any]:
+    """Run the grid for `model` (a Seq2Seq or an Ensemble, `label` naming it) on (sources, references),
+    print the table and the winner -> the record: split, sentences, metric, score, chosen (the TUNED
+    keys), grid (the rows), time. None: the search config's own grid and min_len."""
+    beam_sizes = list(search_cfg.tune_beam_sizes if beam_sizes is None else beam_sizes)
+    length_penalties = list(search_cfg.tune_length_penalties if length_penalties is None else length_penalties)
+    check_search_grid(beam_sizes, length_penalties, "--beam-sizes", "--length-penalties")
+    if min_len is not None:
+        if min_len < 0:
+            raise ConfigError(f"--min-len must be >= 0 (0 = no minimum), got {min_len}")
+        search_cfg = dataclasses.replace(search_cfg, min_len=min_len)
+    metric = selection_metric(str(config.get("validation", {}).get("metric", "bleu")))
+    print(f"tuning the search of {label} on '{split}' ({len(sources)} sentences) by {metric}: beam sizes "
+          f"{beam_sizes} x length penalties {length_penalties}, min_len {search_cfg.min_len}", file=out, flush=True)
+    print(TABLE_HEADER, file=out, flush=True)
+    rows = run_grid(model, tokenizer, search_cfg, sources, references, beam_sizes, length_penalties, device, dtype,
+                    report=lambda row: print(table_line(row), file=out, flush=True))
+    chosen = best_row(rows, metric)
+    print(f"best by {metric}: {table_line(chosen).strip()}", file=out)
+    defaults = {"beam_size": chosen["beam_size"], "min_len": search_cfg.min_len,
+                "length_penalty": (search_cfg.length_penalty if chosen["length_penalty"] is None
+                                   else chosen["length_penalty"])}
+    return {"split": split, "sentences": len(sources), "metric": metric, "score": chosen[metric],
+            "chosen": defaults, "grid": rows, "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
 def tune_checkpoint(path: str | Path, sources: Sequence[str], references: Sequence[str], split: str,
                     beam_sizes: Sequence[int] | None = None, length_penalties: Sequence[float] | None = None,
                     min_len: int | None = None, device: Any = "cpu", dtype: Any = None,
@@ -138,26 +173,9 @@ def tune_checkpoint(path: str | Path, sources: Sequence[str], references: Sequen
     out = out or sys.stdout
     model, tokenizer, search_cfg, config = load_for_translation(path, device)
     stored = {k: getattr(search_cfg, k) for k in TUNED}
-    beam_sizes = list(search_cfg.tune_beam_sizes if beam_sizes is None else beam_sizes)
-    length_penalties = list(search_cfg.tune_length_penalties if length_penalties is None else length_penalties)
-    check_search_grid(beam_sizes, length_penalties, "--beam-sizes", "--length-penalties")
-    if min_len is not None:
-        if min_len < 0:
-            raise ConfigError(f"--min-len must be >= 0 (0 = no minimum), got {min_len}")
-        search_cfg = dataclasses.replace(search_cfg, min_len=min_len)
-    metric = selection_metric(str(config.get("validation", {}).get("metric", "bleu")))
-    print(f"tuning the search of {path} on '{split}' ({len(sources)} sentences) by {metric}: beam sizes "
-          f"{beam_sizes} x length penalties {length_penalties}, min_len {search_cfg.min_len}", file=out, flush=True)
-    print(TABLE_HEADER, file=out, flush=True)
-    rows = run_grid(model, tokenizer, search_cfg, sources, references, beam_sizes, length_penalties, device, dtype,
-                    report=lambda row: print(table_line(row), file=out, flush=True))
-    chosen = best_row(rows, metric)
-    print(f"best by {metric}: {table_line(chosen).strip()}", file=out)
-    defaults = {"beam_size": chosen["beam_size"], "min_len": search_cfg.min_len,
-                "length_penalty": (search_cfg.length_penalty if chosen["length_penalty"] is None
-                                   else chosen["length_penalty"])}
-    record = {"split": split, "sentences": len(sources), "metric": metric, "score": chosen[metric],
-              "chosen": defaults, "grid": rows, "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    record = grid_record(model, tokenizer, search_cfg, config, str(path), sources, references, split, beam_sizes,
+                         length_penalties, min_len, device, dtype, out)
+    metric, defaults, rows = record["metric"], record["chosen"], record["grid"]
     if dry_run:
         changes = ", ".join(f"{k} {stored[k]} -> {defaults[k]}" for k in TUNED if stored[k] != defaults[k]) or "none"
         print(f"dry run: {path} left as it is; the best point would change: {changes}", file=out)
@@ -167,9 +185,32 @@ def tune_checkpoint(path: str | Path, sources: Sequence[str], references: Sequen
     old = next((r for r in rows if r["beam_size"] == previous["beam_size"] and previous["min_len"] == defaults["min_len"]
                 and r["length_penalty"] in (None, previous["length_penalty"])), None)
     was = f", previous defaults {old[metric]:.2f}" if old is not None else ""
-    print(f"{path}: search defaults tuned on '{split}' by {metric} ({chosen[metric]:.2f}{was}); changed: {changes}",
+    print(f"{path}: search defaults tuned on '{split}' by {metric} ({record['score']:.2f}{was}); changed: {changes}",
           file=out)
     return record
+
+
+def tune_ensemble(paths: Sequence[str | Path], sources: Sequence[str], references: Sequence[str], split: str,
+                  beam_sizes: Sequence[int] | None = None, length_penalties: Sequence[float] | None = None,
+                  min_len: int | None = None, device: Any = "cpu", dtype: Any = None,
+                  out: Any = None) -> dict[str, Any]:
+    """Run the grid for the ensemble of `paths` (per-step log-probabilities averaged, as
+    `seq2seq-translate --ensemble`); the grid, min_len and metric default to the first member's.
+    No checkpoint is written: an ensemble's search defaults belong to no one member, so the record
+    (also "checkpoints" and "translate_flags") says which flags to translate with."""
+    from seq2seq.checkpoint import load_members
+    from seq2seq.search import Ensemble
+
+    out = out or sys.stdout
+    models, tokenizer, search_cfg, config = load_members(list(paths), device)
+    label = f"the ensemble of {len(models)} ({', '.join(map(str, paths))})"
+    record = grid_record(Ensemble(models), tokenizer, search_cfg, config, label, sources, references, split,
+                         beam_sizes, length_penalties, min_len, device, dtype, out)
+    chosen = record["chosen"]
+    flags = f"--beam-size {chosen['beam_size']} --length-penalty {chosen['length_penalty']} --min-len {chosen['min_len']}"
+    print(f"the ensemble's best search on '{split}' by {record['metric']} ({record['score']:.2f}); translate with: "
+          f"seq2seq-translate --ensemble {' '.join(map(str, paths))} {flags}", file=out)
+    return {**record, "checkpoints": [str(p) for p in paths], "translate_flags": flags}
 
 
 def tune_after_training(trainer: Any, datamodule: Any, search_cfg: Any) -> None:
@@ -202,7 +243,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         prog="seq2seq-tune-search", description=__doc__.split("\n\n")[0],
         epilog="Example: seq2seq-tune-search --checkpoint outputs/RUN/checkpoints/best.ckpt --beam-sizes 1,5 "
                "--length-penalties 0.8,1.0,1.2")
-    p.add_argument("--checkpoint", required=True, help="a .ckpt written by seq2seq-train (rewritten in place)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", help="a .ckpt written by seq2seq-train (rewritten in place)")
+    which.add_argument("--ensemble", nargs="+", metavar="CKPT",
+                       help="tune the search of these checkpoints' ensemble (seq2seq-translate --ensemble); "
+                            "writes no checkpoint, prints the flags to translate with")
     p.add_argument("--beam-sizes", help="comma-separated beam sizes (default: the checkpoint's "
                                         "search.tune_beam_sizes, 1,5,10)")
     p.add_argument("--length-penalties", help="comma-separated length penalties (default: the checkpoint's "
@@ -214,7 +259,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--max-sentences", type=int, default=0, help="tune on the first N sentences only (0 = all)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--dry-run", action="store_true", help="print the table and the change; write nothing")
+    p.add_argument("--json", metavar="FILE", help="also write the record (grid rows, the winner) to this JSON file")
     args = p.parse_args(argv)
+    if args.dry_run and args.ensemble:
+        p.error("--dry-run goes with --checkpoint: --ensemble never writes a checkpoint")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from seq2seq.checkpoint import PAYLOAD_KEY, CheckpointError, read_checkpoint
     from seq2seq.corpus import CorpusError
@@ -235,11 +283,18 @@ def main(argv: Sequence[str] | None = None) -> None:
                               else ("cpu" if args.device == "auto" else args.device))
         if device.type == "cuda" and not torch.cuda.is_available():
             raise CheckpointError("--device cuda was asked for, but no CUDA GPU is visible")
-        config = read_checkpoint(args.checkpoint)[PAYLOAD_KEY]["config"]
+        first = args.checkpoint or args.ensemble[0]
+        config = read_checkpoint(first)[PAYLOAD_KEY]["config"]
         split, src, ref = validation_text(config, args.data_root)
         if args.max_sentences:
             src, ref = src[: args.max_sentences], ref[: args.max_sentences]
-        tune_checkpoint(args.checkpoint, src, ref, split, beams, lps, args.min_len, device, dry_run=args.dry_run)
+        if args.ensemble:
+            record = tune_ensemble(args.ensemble, src, ref, split, beams, lps, args.min_len, device)
+        else:
+            record = tune_checkpoint(args.checkpoint, src, ref, split, beams, lps, args.min_len, device,
+                                     dry_run=args.dry_run)
+        if args.json:
+            Path(args.json).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     except (ConfigError, CheckpointError, CorpusError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

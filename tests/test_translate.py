@@ -402,6 +402,22 @@ def test_ensemble_needs_one_vocabulary(ckpt, tmp_path, sources, multi30k_dir, ca
     assert not out.exists()
 
 
+def test_ensemble_needs_one_direction(ckpt, tmp_path, sources, capsys):
+    """A joint vocabulary serves both directions of a pair, so the sentencepiece check alone would let
+    a model of the other direction into an ensemble: the members' data.src_lang/tgt_lang must agree."""
+    def swap(c):
+        data = c[PAYLOAD_KEY]["config"]["data"]
+        data["src_lang"], data["tgt_lang"] = data["tgt_lang"], data["src_lang"]
+
+    other = derive(ckpt, tmp_path / "reverse.ckpt", swap)
+    out = tmp_path / "out.txt"
+    capsys.readouterr()
+    assert run("--ensemble", ckpt, other, "--input", write(tmp_path / "in.de", sources), "--output", out) == 2
+    err = capsys.readouterr().err
+    assert f"--ensemble: {other} translates en->de, {ckpt} translates de->en" in err, err
+    assert not out.exists()
+
+
 def test_average_of_two_checkpoints_translates_like_their_mean(ckpt, other_ckpt, tmp_path, sources):
     """seq2seq-average of two different checkpoints translates exactly as a checkpoint holding the mean of
     their parameters (built here by hand), and not as either input. Mutation that makes it fail:

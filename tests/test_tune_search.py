@@ -108,6 +108,66 @@ def test_dry_run_writes_nothing(setup, tmp_path, capsys):
     assert ckpt.read_bytes() == path.read_bytes()
 
 
+def test_ensemble_tuning_picks_the_ensembles_point_and_writes_nothing(setup, tmp_path, capsys):
+    """`--ensemble a b` runs the grid on the two members' ensemble: the references are the ensemble's
+    outputs at one point (beam 4, lp 3.0), which neither member alone gives at any point, so only the
+    ensemble scores chrF 100 there. The winner comes back as seq2seq-translate's flags and in --json;
+    no checkpoint changes, and translating with those flags gives the references. Mutation:
+    tune_ensemble tuning the first member alone (its best point scores below 100)."""
+    import copy
+    import json
+
+    from seq2seq.search import Ensemble
+
+    path, model, tokenizer, search_cfg, sources = setup
+    a, b = tmp_path / "a.ckpt", tmp_path / "b.ckpt"
+    a.write_bytes(path.read_bytes())
+    other = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for param in other.parameters():
+            param.add_(0.3 * torch.randn(param.shape, generator=generator))
+    ckpt = torch.load(a, weights_only=True)
+    ckpt["state_dict"] = {MODEL_PREFIX + k: v for k, v in other.state_dict().items()}
+    torch.save(ckpt, b)
+
+    def translations(m, beam, lp):
+        cfg = dataclasses.replace(search_cfg, beam_size=beam, length_penalty=lp)
+        return [t.text for t in Translator(m, tokenizer, cfg).translate(sources)]
+
+    ensemble = Ensemble([model, other])
+    target = translations(ensemble, 4, 3.0)
+    grid = [(bs, lp) for bs in BEAMS for lp in (PENALTIES if bs > 1 else [1.0])]
+    assert all(translations(ensemble, bs, lp) != target for bs, lp in grid if (bs, lp) != (4, 3.0))
+    assert all(translations(m, bs, lp) != target for m in (model, other) for bs, lp in grid)
+    root = Path(section(DataConfig, ckpt[PAYLOAD_KEY]["config"]["data"], "data").root)
+    write_lines(root / "val.de", sources)
+    write_lines(root / "val.en", target)
+    before = a.read_bytes(), b.read_bytes()
+
+    record_file = tmp_path / "tuned.json"
+    tune_search.main(["--ensemble", str(a), str(b), "--device", "cpu", "--json", str(record_file)])
+    out = capsys.readouterr().out
+    flags = "--beam-size 4 --length-penalty 3.0 --min-len 0"
+    assert f"translate with: seq2seq-translate --ensemble {a} {b} {flags}" in out, out
+    record = json.loads(record_file.read_text())
+    assert record["chosen"] == {"beam_size": 4, "length_penalty": 3.0, "min_len": 0}
+    assert record["score"] == pytest.approx(100.0) and record["metric"] == "chrf"
+    assert record["checkpoints"] == [str(a), str(b)] and record["translate_flags"] == flags
+    assert (a.read_bytes(), b.read_bytes()) == before
+    src, hyp = write_lines(tmp_path / "in.de", sources), tmp_path / "out.en"
+    assert translate.main(["--quiet", "--ensemble", str(a), str(b), "--input", str(src), "--output", str(hyp),
+                           *flags.split()]) == 0
+    assert hyp.read_text(encoding="utf-8").splitlines() == target
+
+
+def test_ensemble_tuning_refuses_a_dry_run(setup, capsys):
+    with pytest.raises(SystemExit) as e:
+        tune_search.main(["--ensemble", str(setup[0]), str(setup[0]), "--dry-run"])
+    assert e.value.code == 2
+    assert "--dry-run goes with --checkpoint" in capsys.readouterr().err
+
+
 def test_best_row_follows_the_metric_direction():
     rows = [{"bleu": 30.0, "chrf": 50.0, "ter": 60.0}, {"bleu": 31.0, "chrf": 49.0, "ter": 55.0},
             {"bleu": 31.0, "chrf": 48.0, "ter": 58.0}]
