@@ -8,9 +8,16 @@
         --variant reg="model.dropout=0.3 model.word_dropout=0.1" \\
         cpu_hour:en-de cpu_hour:en-de+reg cpu_hour:en-de:2+reg -- trainer=gpu
 
+    python scripts/concurrent_runs.py --out OUT --deadline-s 400 --ensemble-s 60 \\
+        multi30k_gpu:en-de:1 multi30k_gpu:en-de:2 multi30k_gpu:en-de:3 -- data.root=...
+
 A RUN is PRESET:SRC-TGT[:SEED][+VARIANT] (`experiment=PRESET data.src_lang=SRC data.tgt_lang=TGT
 seed=SEED` and the overrides that `--variant VARIANT="..."` names); the overrides after `--` go to every
-run. Variants make a sweep of one lease: the table gets a column per setting they vary.
+run. Variants make a sweep of one lease: the table gets a column per setting they vary. With
+--ensemble-s S, the runs that differ only in seed (same preset, pair and variant) are ensembled once
+they are done (scripts/ensemble_runs.py: the ensemble's search tuned on validation, then its test
+scores beside its members'); the last S seconds before the deadline are kept for that, so runs still
+going S seconds before it are stopped.
 
 Why at once: the recurrent models here leave an H100 mostly idle (two thirds of a step is launch
 overhead, docs/gpu_report.md), so five runs side by side take far less than five runs in a row; that
@@ -22,7 +29,8 @@ once; then every run starts (`seq2seq.train`, the preset's own `test_after_train
 own folder under `--work`; at the deadline the runs still going are stopped (their rows say so). Written to OUT:
   runs.md     scripts/collect_runs.py's table (validation, test BLEU cased/lowercased/Moses) and, per
               run, its exit status and tuned search defaults
-  runs.json   the same rows with every run's validation history
+  runs.json   the same rows with every run's validation history (and each ensemble's test_scores.json)
+  ensembles/  with --ensemble-s: one folder per ensemble (scripts/ensemble_runs.py's files)
 The device call that follows scripts/gpu_check.sh on a warm machine: docs/cluster.md. On a CPU it runs
 the same way (tests/test_concurrent_runs.py runs it tiny).
 """
@@ -84,7 +92,8 @@ def parse_run(spec: str, variants: dict[str, list[str]]) -> dict:
     data = [f"experiment={preset}", f"data.src_lang={m['src']}", f"data.tgt_lang={m['tgt']}", *data_variant]
     seed = [f"seed={m['seed']}"] if m["seed"] else []
     prepare = f"prepare_{preset}_{m['src']}-{m['tgt']}" + (f"_{m['variant']}" if data_variant else "")
-    return {"name": name, "prepare": prepare, "data": data,
+    group = f"{preset}_{m['src']}-{m['tgt']}" + (f"_{m['variant']}" if m["variant"] else "")  # its seeds' ensemble
+    return {"name": name, "prepare": prepare, "data": data, "group": group,
             "overrides": data + [o for o in variant if o not in data_variant] + seed}
 
 
@@ -135,6 +144,35 @@ def tuned_line(log: Path) -> str:
     return lines[-1].split(": ", 1)[-1] if lines else ""
 
 
+def finished(status: str) -> bool:
+    return status in ("exit 0", "stopped at the deadline, after its test")
+
+
+def ensemble_groups(runs: list[dict], status: dict[str, str], work: Path) -> dict[str, list[str]]:
+    """group -> the run folders of its finished runs with a best.ckpt, for groups of two or more."""
+    groups: dict[str, list[str]] = {}
+    for r in runs:
+        if finished(status[r["name"]]) and (work / r["name"] / "checkpoints" / "best.ckpt").is_file():
+            groups.setdefault(r["group"], []).append(str(work / r["name"]))
+    return {group: members for group, members in groups.items() if len(members) >= 2}
+
+
+def run_ensembles(groups: dict[str, list[str]], out: Path, deadline: float) -> list[dict]:
+    """scripts/ensemble_runs.py for every group at once, stopped at the deadline -> one entry per group."""
+    out.mkdir(parents=True, exist_ok=True)
+    procs = {group: launch([PY, str(REPO / "scripts" / "ensemble_runs.py"), *members, "--out", str(out / group)],
+                           out / f"{group}.log") for group, members in groups.items()}
+    status = wait_all(procs, deadline)
+    entries = []
+    for group, members in groups.items():
+        scores = out / group / "test_scores.json"
+        entries.append({"group": group, "members": members, "status": status[group],
+                        "result": json.loads(scores.read_text()) if status[group] == "exit 0" else None,
+                        "log_tail": "" if status[group] == "exit 0"
+                        else (out / f"{group}.log").read_text(errors="replace")[-1500:]})
+    return entries
+
+
 def main() -> int:
     argv = sys.argv[1:]
     common = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -146,9 +184,16 @@ def main() -> int:
     p.add_argument("--out", required=True, type=Path, help="folder for runs.md and runs.json")
     p.add_argument("--work", type=Path, help="folder for the run folders (default: OUT/runs)")
     p.add_argument("--deadline-s", type=float, required=True, help="seconds from now after which runs still going are stopped")
+    p.add_argument("--ensemble-s", type=float, default=0.0, metavar="S",
+                   help="ensemble the runs that differ only in seed, keeping the last S seconds before the "
+                        "deadline for it (default 0: no ensembles)")
     args = p.parse_args(argv)
+    if not 0 <= args.ensemble_s < args.deadline_s:
+        raise SystemExit(f"error: --ensemble-s must be >= 0 and below --deadline-s ({args.deadline_s:g}), "
+                         f"got {args.ensemble_s:g}")
     started = time.monotonic()
     deadline = started + args.deadline_s
+    runs_deadline = deadline - args.ensemble_s
     variants = parse_variants(args.variant)
     runs = [parse_run(spec, variants) for spec in args.runs]
     names = [r["name"] for r in runs]
@@ -161,7 +206,7 @@ def main() -> int:
     prepares = {key: launch([PY, "-m", "seq2seq.prepare", *data, *common, f"hydra.run.dir={work / key}"],
                             work / f"{key}.log")
                 for key, data in assign_prepares(runs).items()}
-    prepared = wait_all(prepares, deadline)
+    prepared = wait_all(prepares, runs_deadline)
     print(f"prepared in {time.monotonic() - started:.0f} s: {prepared}", flush=True)
 
     procs, status = {}, {}
@@ -174,7 +219,7 @@ def main() -> int:
                "trainer.enable_progress_bar=false"]
         r["command"] = " ".join(cmd[1:])
         procs[r["name"]] = launch(cmd, work / f"{r['name']}.log")
-    status.update(wait_all(procs, deadline))
+    status.update(wait_all(procs, runs_deadline))
     for name, state in status.items():  # stopped while writing its curves, say: its test is in the table
         if state == "stopped at the deadline" and (work / name / "checkpoints" / "test_scores.json").is_file():
             status[name] = "stopped at the deadline, after its test"
@@ -189,7 +234,9 @@ def main() -> int:
     table = subprocess.run([PY, str(REPO / "scripts" / "collect_runs.py"), *[str(work / n) for n in names],
                             "--json", str(collected_json)], capture_output=True, text=True)
     collected = json.loads(collected_json.read_text()) if collected_json.is_file() else None
-    (args.out / "runs.json").write_text(json.dumps({"runs": rows, "collected": collected,
+    groups = ensemble_groups(runs, status, work) if args.ensemble_s > 0 else {}
+    ensembles = run_ensembles(groups, args.out / "ensembles", deadline) if groups else []
+    (args.out / "runs.json").write_text(json.dumps({"runs": rows, "collected": collected, "ensembles": ensembles,
                                                     "seconds": round(time.monotonic() - started, 1)}, indent=2))
     md = [f"# {len(runs)} runs at once ({time.monotonic() - started:.0f} s in all; common overrides: "
           f"`{' '.join(common) or '-'}`)", "", table.stdout or f"collect_runs.py failed:\n```\n{table.stderr[-1500:]}\n```",
@@ -198,9 +245,18 @@ def main() -> int:
     for row in rows:
         if row["log_tail"]:
             md += ["", f"`{row['run']}` ({row['status']}): `{row['command']}`", "```", row["log_tail"], "```"]
+    if args.ensemble_s > 0:
+        md += ["", "## Ensembles of the seeds", ""]
+        md += [] if groups else ["No preset, pair and variant has two finished runs to ensemble.", ""]
+        for e in ensembles:
+            table = (args.out / "ensembles" / e["group"] / "ensemble.md")
+            if e["status"] == "exit 0":
+                md += ["##" + line if line.startswith("#") else line for line in table.read_text().splitlines()]
+            else:
+                md += [f"`{e['group']}` ({e['status']}): {' '.join(e['members'])}", "```", e["log_tail"], "```", ""]
     (args.out / "runs.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
-    return 0 if all(s == "exit 0" for s in status.values()) else 1
+    return 0 if all(s == "exit 0" for s in [*status.values(), *(e["status"] for e in ensembles)]) else 1
 
 
 if __name__ == "__main__":

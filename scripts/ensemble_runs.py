@@ -21,7 +21,8 @@ Written to OUT:
                          and the tuning record (grid, winner, the flags to translate with)
   <split>.<pair>.hyp     its translations
   ensemble.md            one table: each member's own test scores (its checkpoints/test_scores.json,
-                         when training wrote one), their mean, and the ensemble's
+                         when training wrote one; a run folder named by its folder's name), their
+                         mean, and the ensemble's
 The same table goes to standard output. Errors (a missing checkpoint, members of another direction or
 vocabulary, a missing split) exit with status 2 and a message naming what is at fault.
 """
@@ -109,7 +110,8 @@ def ensemble_runs(paths: list[Path], out: Path, beam_sizes: list[int] | None = N
         rows.append({**score_set(name, hyps, [references], moses_lang=moses), "hypotheses": str(hyp_path)})
     flags = (f"--beam-size {chosen['beam_size']} --length-penalty {chosen['length_penalty']} "
              f"--min-len {chosen['min_len']}")
-    about = {"checkpoints": [str(c) for c in ckpts], "pair": pair,
+    about = {"checkpoints": [str(c) for c in ckpts], "labels": [p.name if p.is_dir() else str(p) for p in paths],
+             "pair": pair,
              "search_tuning": {**record, "translate_flags": flags},
              "members": {str(c): member_scores(c) for c in ckpts}}
     write_json(out / "test_scores.json", rows, **about)
@@ -129,10 +131,11 @@ def markdown(rows: list[dict[str, Any]], about: dict[str, Any]) -> str:
         keys = [k for k in SCORE_KEYS if k in row]
         lines += [f"## {row['split']} ({row['sentences']} sentences)", "",
                   "| system | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-        members = [(c, about["members"][c].get(row["split"])) for c in about["checkpoints"]]
-        for ckpt, scores in members:
+        members = [(label, about["members"][c].get(row["split"])) for label, c in zip(about["labels"],
+                                                                                     about["checkpoints"])]
+        for label, scores in members:
             cells = [f"{scores[k]:.2f}" if scores and k in scores else "-" for k in keys]
-            lines.append(f"| {ckpt} | " + " | ".join(cells) + " |")
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
         scored = [s for _, s in members if s]
         if scored:
             cells = [f"{sum(s[k] for s in scored) / len(scored):.2f}" if all(k in s for s in scored) else "-"

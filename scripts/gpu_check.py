@@ -307,7 +307,8 @@ def markdown(data: dict[str, Any]) -> str:
         lines += ["## (e) The preset in the other directions, side by side", "",
                   f"`{s.get('command')}` -> exit {s.get('exit')}, {s.get('seconds')} s", ""]
         if s.get("table"):
-            lines += ["###" + s["table"].removeprefix("#")]  # concurrent_runs' runs.md, a level down
+            # concurrent_runs' runs.md, two levels down
+            lines += ["##" + line if line.startswith("#") else line for line in s["table"].splitlines()]
         if s.get("error"):
             lines += ["", "```", s["error"], "```"]
         lines.append("")

@@ -26,21 +26,33 @@ def concurrent(tmp_path, *args: str, timeout: float = 300) -> subprocess.Complet
 
 @pytest.mark.slow
 def test_runs_side_by_side_share_a_cache_and_each_gets_its_test_row(tmp_path, multi30k_dir):
-    proc = concurrent(tmp_path, "--deadline-s", "240", "--variant", "wd=model.word_dropout=0.1", "quickstart:de-en",
-                      "quickstart:de-en:2+wd", "--", *TINY, f"paths.data_dir={tmp_path / 'data'}")
+    """Three runs, two of them seeds of one variant: each gets its test row, and with --ensemble-s those
+    two (only) are ensembled after their tests; the plain run has no seed to pair with."""
+    proc = concurrent(tmp_path, "--deadline-s", "300", "--ensemble-s", "60", "--variant", "wd=model.word_dropout=0.1",
+                      "quickstart:de-en", "quickstart:de-en:2+wd", "quickstart:de-en:3+wd", "--", *TINY,
+                      f"paths.data_dir={tmp_path / 'data'}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((tmp_path / "out" / "runs.json").read_text())
-    assert [(r["run"], r["status"]) for r in result["runs"]] == [("quickstart_de-en", "exit 0"),
-                                                                 ("quickstart_de-en_s2_wd", "exit 0")]
+    assert [(r["run"], r["status"]) for r in result["runs"]] == [
+        ("quickstart_de-en", "exit 0"), ("quickstart_de-en_s2_wd", "exit 0"), ("quickstart_de-en_s3_wd", "exit 0")]
     assert all("search defaults tuned on 'val'" in r["tuned_search"] for r in result["runs"])
     rows = result["collected"]["runs"]
-    assert [row["seed"] for row in rows] == ["", "2"]  # seed 1234 is the config's own: no override
-    assert [row["model.word_dropout"] for row in rows] == ["", "0.1"]  # the variant's setting reached its run
+    assert [row["seed"] for row in rows] == ["", "2", "3"]  # seed 1234 is the config's own: no override
+    assert [row["model.word_dropout"] for row in rows] == ["", "0.1", "0.1"]  # the variant's setting reached its runs
     assert all(row["test/bleu"] != "" and row["test/bleu_lc"] != "" for row in rows), rows
     assert [p.name for p in (tmp_path / "out" / "runs").glob("prepare_*.log")] == ["prepare_quickstart_de-en.log"]
     assert len(list((tmp_path / "data" / "cache").iterdir())) == 1  # one cache for the pair, built once
     md = (tmp_path / "out" / "runs.md").read_text()
     assert "| quickstart_de-en_s2_wd |" in md and "test/bleu_lc" in md
+
+    [ensemble] = result["ensembles"]
+    runs = tmp_path / "out" / "runs"
+    assert (ensemble["group"], ensemble["status"]) == ("quickstart_de-en_wd", "exit 0")
+    assert ensemble["members"] == [str(runs / "quickstart_de-en_s2_wd"), str(runs / "quickstart_de-en_s3_wd")]
+    scores = ensemble["result"]
+    assert scores["checkpoints"] == [f"{m}/checkpoints/best.ckpt" for m in ensemble["members"]]
+    assert scores["splits"][0]["split"] == "test_2016_flickr" and scores["splits"][0]["sentences"] > 0
+    assert "## Ensembles of the seeds" in md and "### An ensemble of 2 (de-en)" in md and "| **ensemble** |" in md
 
 
 @pytest.mark.slow
