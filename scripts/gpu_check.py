@@ -9,9 +9,10 @@
                      de->en as the preset defines it (its own epochs and schedule; trainer.max_time caps
                      it), alone on the GPU: validation BLEU against wall time
     (d) decoding     scripts/bench_translate.py on best.ckpt of (c): greedy and beam 5 over the test set
-    (e) presets      scripts/concurrent_runs.py: multi30k_gpu en->de, en->fr and de->en (seed 2) side by
-                     side, each tested with its search tuned on validation: the preset's BLEU table in
-                     all three directions, in what time is left
+    (e) presets      scripts/concurrent_runs.py --ensemble-s: multi30k_gpu en->de and en->fr, three seeds
+                     each, side by side, each tested with its search tuned on validation, then each
+                     direction's three seeds ensembled (search tuned on validation, tested): the GPU row
+                     of the quality table (de->en met it with one model), in what time is left
 
 Each stage runs as subprocesses with a time cap; a failing or timed-out stage is recorded in the
 report and the next one runs. The device returns at most 8 files, so everything goes into two:
@@ -36,9 +37,10 @@ REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
 # Full mode: the whole must fit 580 s of the device's 600-s call on one H100 from a bare machine.
-# gpu_check.sh's wheel install (~10 s) comes first; then caps of 60 (prepare) + 130 (a) + 90 (b) s;
-# (c) trains the preset for what is left minus (d)'s 45 s, (e)'s 210 s and a 30 s margin, at most 3
-# minutes, at least 1 (about 100 s when (a) and (b) take what they took before); (e) gets the rest.
+# gpu_check.sh's wheel install (~10 s) comes first; then caps of 60 (prepare) + 130 (a) + 55 (b) s;
+# (c) trains the preset for what is left minus (d)'s 45 s, (e)'s 330 s and a 30 s margin, at most 2
+# minutes, at least 40 s (40 s when (a) and (b) take what they took before: a partial curve); (e) gets
+# the rest: six runs side by side (three took 143 s on an H200) and their two ensembles (60 s kept).
 # Throughput rows go most important first (the preset's own batch and precision); one that no longer
 # fits is recorded as skipped.
 FULL = {
@@ -50,14 +52,14 @@ FULL = {
     "throughput": {"overrides": ["experiment=multi30k_gpu", "test_after_training=false"],
                    "rows": [["one_call", "32-true", 2000], ["one_call", "bf16-mixed", 2000],
                             ["input_feed", "32-true", 2000], ["one_call", "32-true", 8192]],
-                   "train_steps": 40, "warmup_steps": 8, "profile_steps": 5, "device": "cuda", "cap": 90,
+                   "train_steps": 40, "warmup_steps": 8, "profile_steps": 5, "device": "cuda", "cap": 55,
                    "cap_each": 30},
     "quality": {"overrides": ["experiment=multi30k_gpu", "data.src_lang=de", "data.tgt_lang=en",
                               "test_after_training=false"],
-                "max_time_s": 180, "min_time_s": 60, "margin_s": 30, "device": "cuda"},
+                "max_time_s": 120, "min_time_s": 40, "margin_s": 30, "device": "cuda"},
     "decode": {"beams": "1,5", "batch_tokens": "16384", "cap": 45, "device": "cuda"},
-    "presets": {"runs": ["multi30k_gpu:en-de", "multi30k_gpu:en-fr", "multi30k_gpu:de-en:2"], "overrides": [],
-                "reserve_s": 210, "min_s": 60},
+    "presets": {"runs": [f"multi30k_gpu:{pair}{seed}" for pair in ("en-de", "en-fr") for seed in ("", ":2", ":3")],
+                "overrides": [], "reserve_s": 330, "min_s": 60, "ensemble_s": 60},
 }
 # Smoke mode: the same stages, tiny, on the CPU (tests/test_gpu_check.py; under 4 minutes on 2 cores).
 SMOKE = {
@@ -76,7 +78,7 @@ SMOKE = {
                 "extra": ["--threads", "1", "--max-sentences", "8"]},
     "decode": {"beams": "1,5", "batch_tokens": "2000", "cap": 40, "device": "cpu",
                "extra": ["--threads", "1", "--max-sentences", "8", "--warmup-sentences", "2"]},
-    "presets": {"runs": ["quickstart:de-en"], "reserve_s": 60, "min_s": 30,
+    "presets": {"runs": ["quickstart:de-en", "quickstart:de-en:2"], "reserve_s": 80, "min_s": 30, "ensemble_s": 25,
                 "overrides": ["debug=tiny", "search.tune_beam_sizes=[1,2]", "search.tune_length_penalties=[1.0]"]},
 }
 DESIGNS = {"one_call": ["model.input_feed=false"], "input_feed": ["model.input_feed=true"]}
@@ -233,7 +235,7 @@ def stage_decode(report: Report, cfg: dict, checkpoint: Path | None, workdir: Pa
 
 
 def stage_presets(report: Report, cfg: dict, workdir: Path) -> None:
-    """The preset's test BLEU in the other directions: runs side by side until the budget ends."""
+    """The preset's test BLEU, several seeds side by side until the budget ends, and their ensembles."""
     p = cfg["presets"]
     seconds_left = cfg["budget_s"] - report.elapsed()
     if seconds_left < p["min_s"]:
@@ -242,13 +244,17 @@ def stage_presets(report: Report, cfg: dict, workdir: Path) -> None:
     out = workdir / "presets"
     # The stop at the deadline takes up to 10 s; concurrent_runs then collects its table.
     cmd = [PY, "scripts/concurrent_runs.py", "--out", str(out), "--deadline-s", str(int(seconds_left - 15)),
-           *p["runs"], "--", *p["overrides"], *cfg["data"]]
+           "--ensemble-s", str(p["ensemble_s"]), *p["runs"], "--", *p["overrides"], *cfg["data"]]
     rc, seconds, output = run(cmd, seconds_left)
     fields: dict[str, Any] = {"command": shlex.join(cmd[1:]), "exit": rc, "seconds": round(seconds, 1)}
     if (out / "runs.json").is_file():
         result = json.loads((out / "runs.json").read_text())
         fields["runs"] = [{k: r.get(k) for k in ("run", "status", "tuned_search")} for r in result["runs"]]
         fields["collected"] = result.get("collected")
+        fields["ensembles"] = [{"group": e["group"], "status": e["status"], "members": len(e["members"]),
+                                "splits": (e["result"] or {}).get("splits"),
+                                "search": ((e["result"] or {}).get("search_tuning") or {}).get("translate_flags")}
+                               for e in result.get("ensembles", [])]
     if (out / "runs.md").is_file():
         fields["table"] = (out / "runs.md").read_text()
     if rc != 0:
@@ -304,7 +310,7 @@ def markdown(data: dict[str, Any]) -> str:
         lines.append("")
     if "presets" in stages:
         s = stages["presets"]
-        lines += ["## (e) The preset in the other directions, side by side", "",
+        lines += ["## (e) The preset's seeds side by side, and their ensembles", "",
                   f"`{s.get('command')}` -> exit {s.get('exit')}, {s.get('seconds')} s", ""]
         if s.get("table"):
             # concurrent_runs' runs.md, two levels down

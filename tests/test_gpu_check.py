@@ -33,11 +33,14 @@ def test_gpu_check_smoke_writes_every_stage_of_the_report(tmp_path, multi30k_dir
     assert decode["exit"] == 0 and [r["search"] for r in decode["rows"]] == ["greedy", "beam5"], decode
     assert all(r["seconds"] > 0 and r["bleu"] is not None for r in decode["rows"])
     presets = stages["presets"]
-    assert presets["exit"] == 0 and [r["status"] for r in presets["runs"]] == ["exit 0"], presets
+    assert presets["exit"] == 0 and [r["status"] for r in presets["runs"]] == ["exit 0", "exit 0"], presets
     assert "search defaults tuned on 'val'" in presets["runs"][0]["tuned_search"]
     assert presets["collected"]["runs"][0]["test/bleu"] != "", presets["collected"]
+    [ensemble] = presets["ensembles"]
+    assert (ensemble["status"], ensemble["members"]) == ("exit 0", 2) and ensemble["splits"][0]["bleu"] is not None
     md = (tmp_path / "out" / "gpu_report.md").read_text()
     assert "test/bleu" in md  # the preset runs' table
+    assert "##### An ensemble of 2 (de-en)" in md and "| **ensemble** |" in md
     for heading in ("(a) CUDA tests", "(b) Training throughput", "(c) Time to quality", "(d) Decoding",
-                    "(e) The preset"):
+                    "(e) The preset's seeds"):
         assert heading in md
