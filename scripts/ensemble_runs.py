@@ -81,7 +81,7 @@ def ensemble_runs(paths: list[Path], out: Path, beam_sizes: list[int] | None = N
     from seq2seq.evaluation import score_set, write_json
     from seq2seq.search import Ensemble
     from seq2seq.translator import Translator
-    from seq2seq.tune_search import grid_record, validation_text
+    from seq2seq.tune_search import grid_record, translate_flags, validation_text
 
     ckpts = [member_checkpoint(p) for p in paths]
     torch_device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
@@ -108,8 +108,7 @@ def ensemble_runs(paths: list[Path], out: Path, beam_sizes: list[int] | None = N
         hyp_path = out / f"{name}.{pair}.hyp"
         hyp_path.write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
         rows.append({**score_set(name, hyps, [references], moses_lang=moses), "hypotheses": str(hyp_path)})
-    flags = (f"--beam-size {chosen['beam_size']} --length-penalty {chosen['length_penalty']} "
-             f"--min-len {chosen['min_len']}")
+    flags = translate_flags(chosen)
     about = {"checkpoints": [str(c) for c in ckpts], "labels": [p.name if p.is_dir() else str(p) for p in paths],
              "pair": pair,
              "search_tuning": {**record, "translate_flags": flags},

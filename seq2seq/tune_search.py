@@ -190,6 +190,11 @@ def tune_checkpoint(path: str | Path, sources: Sequence[str], references: Sequen
     return record
 
 
+def translate_flags(chosen: dict[str, Any]) -> str:
+    """The seq2seq-translate options that give the search of `chosen` (the TUNED keys)."""
+    return f"--beam-size {chosen['beam_size']} --length-penalty {chosen['length_penalty']} --min-len {chosen['min_len']}"
+
+
 def tune_ensemble(paths: Sequence[str | Path], sources: Sequence[str], references: Sequence[str], split: str,
                   beam_sizes: Sequence[int] | None = None, length_penalties: Sequence[float] | None = None,
                   min_len: int | None = None, device: Any = "cpu", dtype: Any = None,
@@ -206,8 +211,7 @@ def tune_ensemble(paths: Sequence[str | Path], sources: Sequence[str], reference
     label = f"the ensemble of {len(models)} ({', '.join(map(str, paths))})"
     record = grid_record(Ensemble(models), tokenizer, search_cfg, config, label, sources, references, split,
                          beam_sizes, length_penalties, min_len, device, dtype, out)
-    chosen = record["chosen"]
-    flags = f"--beam-size {chosen['beam_size']} --length-penalty {chosen['length_penalty']} --min-len {chosen['min_len']}"
+    flags = translate_flags(record["chosen"])
     print(f"the ensemble's best search on '{split}' by {record['metric']} ({record['score']:.2f}); translate with: "
           f"seq2seq-translate --ensemble {' '.join(map(str, paths))} {flags}", file=out)
     return {**record, "checkpoints": [str(p) for p in paths], "translate_flags": flags}
