@@ -19,7 +19,7 @@ model, done for the ensemble:
 Written to OUT:
   test_scores.json       the ensemble's rows, as a run's checkpoints/test_scores.json, plus its members
                          and the tuning record (grid, winner, the flags to translate with)
-  <split>.<pair>.hyp     its translations
+  <split>.<pair>.hyp     its translations (and <split>.<pair>.scores.json, as training writes them)
   ensemble.md            one table: each member's own test scores (its checkpoints/test_scores.json,
                          when training wrote one; a run folder named by its folder's name), their
                          mean, and the ensemble's
@@ -78,7 +78,7 @@ def ensemble_runs(paths: list[Path], out: Path, beam_sizes: list[int] | None = N
     from seq2seq.checkpoint import load_members
     from seq2seq.config import DataConfig, section
     from seq2seq.corpus import find_corpus_files, read_parallel
-    from seq2seq.evaluation import score_set, write_json
+    from seq2seq.evaluation import translate_and_score, write_json
     from seq2seq.search import Ensemble
     from seq2seq.translator import Translator
     from seq2seq.tune_search import grid_record, translate_flags, validation_text
@@ -100,14 +100,8 @@ def ensemble_runs(paths: list[Path], out: Path, beam_sizes: list[int] | None = N
                          split, beam_sizes, length_penalties, None, torch_device, None, sys.stderr)
     chosen = record["chosen"]
     translator = Translator(model, tokenizer, dataclasses.replace(search_cfg, **chosen), device=torch_device)
-    pair, moses = f"{data.src_lang}-{data.tgt_lang}", moses_language(data.tgt_lang)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for name, (sources, references) in test_sets.items():
-        hyps = [t.text for t in translator.translate(sources)]
-        hyp_path = out / f"{name}.{pair}.hyp"
-        hyp_path.write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
-        rows.append({**score_set(name, hyps, [references], moses_lang=moses), "hypotheses": str(hyp_path)})
+    pair = f"{data.src_lang}-{data.tgt_lang}"
+    rows = translate_and_score(translator, test_sets, out, pair, moses_language(data.tgt_lang))
     flags = translate_flags(chosen)
     about = {"checkpoints": [str(c) for c in ckpts], "labels": [p.name if p.is_dir() else str(p) for p in paths],
              "pair": pair,

@@ -64,3 +64,26 @@ def write_json(path: str | os.PathLike, rows: Sequence[dict[str, Any]], **about:
     """`{**about, "splits": rows}` as JSON (e.g. about = checkpoint, language pair)."""
     Path(path).write_text(json.dumps({**about, "splits": list(rows)}, indent=2, ensure_ascii=False) + "\n",
                           encoding="utf-8")
+
+
+def translate_and_score(translator: Any, sets: dict[str, tuple[list[str], list[str]]], out_dir: Path, pair: str,
+                        moses_lang: str | None = None) -> list[dict[str, Any]]:
+    """Translate each set's sources with `translator` (a `translator.Translator`) and score them against
+    its references. `sets`: split name -> (sources, references). Writes, per split, `{split}.{pair}.hyp`
+    and `{split}.{pair}.scores.json` into `out_dir`; returns the rows (`make_row`, plus "hypotheses":
+    the .hyp path). With `moses_lang`, the scores also hold "moses": lowercased BLEU on text
+    Moses-tokenized for that language."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for split, (sources, references) in sets.items():
+        hyps = [t.text for t in translator.translate(sources)]
+        prefix = out_dir / f"{split}.{pair}"
+        Path(f"{prefix}.hyp").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+        scores = {"cased": score_corpus(hyps, [references]),
+                  "lowercase": score_corpus(hyps, [references], lowercase=True)}
+        if moses_lang is not None:
+            scores["moses"] = score_moses_bleu(hyps, [references], moses_lang)
+        Path(f"{prefix}.scores.json").write_text(json.dumps(scores, indent=2), encoding="utf-8")
+        rows.append({**make_row(split, len(hyps), scores["cased"], scores["lowercase"], scores.get("moses")),
+                     "hypotheses": f"{prefix}.hyp"})
+    return rows

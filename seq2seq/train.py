@@ -6,7 +6,6 @@ thin Hydra entry point. Resume a run with `hydra.run.dir=<its folder> ckpt_path=
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -180,24 +179,12 @@ def evaluate(ckpt: str | Path, sets: dict[str, tuple[list[str], list[str]]], out
     text Moses-tokenized for that language.
     """
     from seq2seq.checkpoint import load_for_translation
-    from seq2seq.evaluation import make_row, write_json
-    from seq2seq.metrics import score_corpus, score_moses_bleu
+    from seq2seq.evaluation import translate_and_score, write_json
     from seq2seq.translator import Translator
 
     model, tokenizer, search_cfg, _ = load_for_translation(ckpt, device)
     translator = Translator(model, tokenizer, search_cfg, device=device, dtype=dtype)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for split, (sources, references) in sets.items():
-        hyps = [t.text for t in translator.translate(sources)]
-        prefix = out_dir / f"{split}.{pair}"
-        Path(f"{prefix}.hyp").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
-        scores = {"cased": score_corpus(hyps, [references]),
-                  "lowercase": score_corpus(hyps, [references], lowercase=True)}
-        if moses_lang is not None:
-            scores["moses"] = score_moses_bleu(hyps, [references], moses_lang)
-        Path(f"{prefix}.scores.json").write_text(json.dumps(scores, indent=2), encoding="utf-8")
-        rows.append({**make_row(split, len(hyps), scores["cased"], scores["lowercase"], scores.get("moses")), "hypotheses": f"{prefix}.hyp"})
+    rows = translate_and_score(translator, sets, out_dir, pair, moses_lang)
     write_json(out_dir / "test_scores.json", rows, checkpoint=str(ckpt), pair=pair)
     return rows
 
