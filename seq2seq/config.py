@@ -172,6 +172,7 @@ class DataConfig:
     cache_dir: str = "data/cache"
     max_train_pairs: int = 0
     max_valid_pairs: int = 0
+    tokenizer_from: str = ""
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
 

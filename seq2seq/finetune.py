@@ -9,6 +9,11 @@ The config must therefore describe the checkpoint's model and vocabulary: a diff
 (cell, sizes, layers, attention, ...) or vocabulary setting (language pair, `data.tokenizer.*`) is refused
 before any data is read, naming every key that differs. Dropout may differ: it is not part of the
 weights.
+
+`data.tokenizer_from=<checkpoint>` reuses only the sentencepiece models (`checkpoint_tokenizer`, the
+same vocabulary checks): a new model trained from scratch on the checkpoint's vocabulary, e.g. a
+student distilled from that checkpoint's translations (scripts/distill.py) that can then be ensembled
+with it.
 """
 
 from __future__ import annotations
@@ -38,29 +43,53 @@ def _differences(prefix: str, mine: Any, theirs: Any, skip: tuple[str, ...] = ()
     return out
 
 
-def load_initial_weights(path: str | os.PathLike, data: DataConfig,
-                         model: ModelConfig) -> tuple[Tokenizer, dict[str, torch.Tensor]]:
-    """-> (the checkpoint's tokenizer, its Seq2Seq weights), after checking that `data` and `model`
-    describe the checkpoint's vocabulary and model. Raises ConfigError naming every differing key,
-    CheckpointError for a file that is not a usable checkpoint."""
+def _read_vocabulary(path: str | os.PathLike, data: DataConfig) -> tuple[dict[str, Any], Tokenizer, list[str]]:
+    """-> (the checkpoint, its sentencepiece models, how `data` differs from its language pair and
+    vocabulary settings). Subword sampling may differ: it changes how the training text is segmented,
+    not the vocabulary."""
     ckpt = read_checkpoint(path)
     payload = ckpt[PAYLOAD_KEY]
     try:
-        config = payload["config"]
-        theirs_model = section(ModelConfig, config["model"], "model")
-        theirs_data = config["data"]
+        theirs_data = payload["config"]["data"]
         theirs_tok = section(TokenizerConfig, theirs_data["tokenizer"], "data.tokenizer")
         tokenizer = Tokenizer.from_state_dict(payload["tokenizer"])
     except (KeyError, TypeError, ValueError) as e:  # ValueError: ConfigError, TokenizerError
         what = f"no {e} entry" if isinstance(e, KeyError) else str(e)
         raise CheckpointError(f"checkpoint {path}: its stored config or sentencepiece model is unusable "
                               f"({what})") from None
-    mismatches = _differences("model", model, theirs_model, skip=FREE_MODEL_KEYS)
-    for key in ("src_lang", "tgt_lang"):
-        if getattr(data, key) != theirs_data.get(key):
-            mismatches.append(f"data.{key} is {getattr(data, key)!r} here but {theirs_data.get(key)!r} in the checkpoint")
-    # Subword sampling changes how the training text is segmented, not the vocabulary: free to differ.
+    mismatches = [f"data.{k} is {getattr(data, k)!r} here but {theirs_data.get(k)!r} in the checkpoint"
+                  for k in ("src_lang", "tgt_lang") if getattr(data, k) != theirs_data.get(k)]
     mismatches += _differences("data.tokenizer", data.tokenizer, theirs_tok, skip=SAMPLING_KEYS)
+    return ckpt, tokenizer, mismatches
+
+
+def checkpoint_tokenizer(path: str | os.PathLike, data: DataConfig) -> Tokenizer:
+    """`data.tokenizer_from`: the sentencepiece models of checkpoint `path`, after checking that `data`
+    names its language pair and vocabulary settings. Raises ConfigError naming every differing key,
+    CheckpointError for a file that is not a usable checkpoint."""
+    try:
+        _, tokenizer, mismatches = _read_vocabulary(path, data)
+    except CheckpointError as e:
+        raise CheckpointError(f"config key 'data.tokenizer_from': {e}") from None
+    if mismatches:
+        raise ConfigError(f"config key 'data.tokenizer_from': {path} cannot lend its sentencepiece models to "
+                          "this run: " + "; ".join(mismatches) + ". Set these keys to the checkpoint's values "
+                          "(e.g. the experiment it was trained with)")
+    return tokenizer
+
+
+def load_initial_weights(path: str | os.PathLike, data: DataConfig,
+                         model: ModelConfig) -> tuple[Tokenizer, dict[str, torch.Tensor]]:
+    """-> (the checkpoint's tokenizer, its Seq2Seq weights), after checking that `data` and `model`
+    describe the checkpoint's vocabulary and model. Raises ConfigError naming every differing key,
+    CheckpointError for a file that is not a usable checkpoint."""
+    ckpt, tokenizer, vocabulary_mismatches = _read_vocabulary(path, data)
+    try:
+        theirs_model = section(ModelConfig, ckpt[PAYLOAD_KEY]["config"]["model"], "model")
+    except (KeyError, TypeError, ValueError) as e:
+        what = f"no {e} entry" if isinstance(e, KeyError) else str(e)
+        raise CheckpointError(f"checkpoint {path}: its stored config is unusable ({what})") from None
+    mismatches = _differences("model", model, theirs_model, skip=FREE_MODEL_KEYS) + vocabulary_mismatches
     if mismatches:
         raise ConfigError(f"config key 'init_from': {path} cannot start this run: " + "; ".join(mismatches)
                           + ". Fine-tuning keeps the checkpoint's model and sentencepiece vocabulary: set these "

@@ -117,11 +117,16 @@ def cache_key(settings: dict[str, Any], input_hashes: dict[str, list[str]]) -> s
 
 def prepare_corpus(cfg: DataConfig, tokenizer: Tokenizer | None = None) -> PreparedCorpus:
     """Return the prepared corpus for `cfg`, building the cache only when it does not exist yet.
-    `tokenizer`: encode with these sentencepiece models instead of training new ones (fine-tuning).
+    `tokenizer`: encode with these sentencepiece models instead of training new ones (fine-tuning);
+    without it, `cfg.tokenizer_from` names a checkpoint whose models are reused so.
 
     Raises CorpusError (files missing, unreadable, misaligned, nothing left after filtering) or
     TokenizerError (sentencepiece cannot be trained with these settings).
     """
+    if tokenizer is None and cfg.tokenizer_from:
+        from seq2seq.finetune import checkpoint_tokenizer
+
+        tokenizer = checkpoint_tokenizer(Path(cfg.tokenizer_from).expanduser(), cfg)
     files = {split: find_corpus_files(cfg, name) for split, name in split_names(cfg).items()}
     hashes = {split: [file_sha256(p) for p in pair] for split, pair in files.items()}
     settings = cache_settings(cfg, tokenizer)
@@ -366,9 +371,11 @@ def prepare(cfg: DictConfig) -> PreparedCorpus:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def hydra_main(cfg: DictConfig) -> None:
     """`seq2seq-prepare [overrides]`: build (or confirm) the cache for the configured data section."""
+    from seq2seq.checkpoint import CheckpointError  # data.tokenizer_from names a checkpoint
+
     try:
         corpus = prepare(cfg)
-    except (CorpusError, TokenizerError, ConfigError) as e:
+    except (CorpusError, TokenizerError, ConfigError, CheckpointError) as e:
         # A user mistake, not a bug: the message says what to change; a traceback would bury it.
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -330,6 +330,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     plot_curves = cfg.plot_curves
     ckpt_path = resolve_ckpt_path(cfg, run_dir)
     init_from, tokenizer, weights = cfg.get("init_from"), None, None
+    if init_from and data.tokenizer_from:
+        raise ConfigError(f"config keys 'init_from' ({init_from}) and 'data.tokenizer_from' ({data.tokenizer_from}) "
+                          "are both set: init_from already reuses its checkpoint's sentencepiece models; drop one")
     if init_from:
         from seq2seq.finetune import load_initial_weights
 
