@@ -81,6 +81,30 @@ SMOKE = {
     "presets": {"runs": ["quickstart:de-en", "quickstart:de-en:2"], "reserve_s": 80, "min_s": 30, "ensemble_s": 25,
                 "overrides": ["debug=tiny", "search.tune_beam_sizes=[1,2]", "search.tune_length_penalties=[1.0]"]},
 }
+# Quality mode (`gpu_check.sh --quality`, its own device call): issue 13's GPU row by distillation.
+# Teachers: the preset's three seeds per direction side by side, then each direction's ensemble (tuned and
+# tested, as (e) does); the ensemble translates its training sources (scripts/distill.py, beam 5 with
+# the ensemble's tuned length penalty); students: three seeds per direction on those translations with
+# the teachers' vocabulary, side by side, then their ensemble and the ensemble of teachers and students.
+# On an H200 three runs side by side took 143 s; six were not timed yet (hence the split of the 580 s).
+QUALITY = {
+    "budget_s": 580,
+    "data": [],
+    "distill": {"preset": "multi30k_gpu", "pairs": ["en-de", "en-fr"], "teachers": ["1234", "2", "3"],
+                "students": ["1234", "2", "3"], "overrides": [], "teachers_s": 270, "ensemble_s": 45,
+                "distill_cap": 60, "beam_size": 5, "min_students_s": 120, "device": "cuda"},
+}
+# Its smoke mode: the same chain, tiny, on the CPU (tests/test_gpu_check.py).
+QUALITY_SMOKE = {
+    "budget_s": 300,
+    "data": [],
+    "distill": {"preset": "quickstart", "pairs": ["de-en"], "teachers": ["1", "2"], "students": ["1", "2"],
+                "overrides": ["debug=tiny", "search.tune_beam_sizes=[1,2]", "search.tune_length_penalties=[1.0]",
+                              "data.max_valid_pairs=40"],
+                "teachers_s": 120, "ensemble_s": 35, "distill_cap": 40, "beam_size": 2, "min_students_s": 60,
+                "device": "cpu"},
+}
+MODES = {"full": FULL, "smoke": SMOKE, "quality": QUALITY, "quality_smoke": QUALITY_SMOKE}
 DESIGNS = {"one_call": ["model.input_feed=false"], "input_feed": ["model.input_feed=true"]}
 
 
@@ -262,6 +286,82 @@ def stage_presets(report: Report, cfg: dict, workdir: Path) -> None:
     report.stage("presets", **fields)
 
 
+def concurrent_summary(out: Path) -> dict[str, Any]:
+    """The report's view of a scripts/concurrent_runs.py folder: runs, collected table, ensembles, runs.md."""
+    fields: dict[str, Any] = {}
+    if (out / "runs.json").is_file():
+        result = json.loads((out / "runs.json").read_text())
+        fields["runs"] = [{k: r.get(k) for k in ("run", "status", "tuned_search")} for r in result["runs"]]
+        fields["collected"] = result.get("collected")
+        fields["ensembles"] = [{"group": e["group"], "status": e["status"], "members": e["members"],
+                                "splits": (e["result"] or {}).get("splits"),
+                                "search": (e["result"] or {}).get("search_tuning")}
+                               for e in result.get("ensembles", [])]
+    if (out / "runs.md").is_file():
+        fields["table"] = (out / "runs.md").read_text()
+    return fields
+
+
+def run_parallel(cmds: dict[str, list[str]], cap: float) -> dict[str, tuple[int | str, float, str]]:
+    """`run` for several commands at once: name -> (exit code or 'timeout', seconds, output tail)."""
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(len(cmds), 1)) as pool:
+        futures = {name: pool.submit(run, cmd, cap) for name, cmd in cmds.items()}
+        return {name: f.result() for name, f in futures.items()}
+
+
+def stage_distill(report: Report, cfg: dict, workdir: Path) -> None:
+    """Teachers side by side and their ensembles; the ensembles' translations of the training sources;
+    students on those side by side, their ensembles, and each direction's teachers and students together."""
+    d = cfg["distill"]
+    fields: dict[str, Any] = {}
+    teachers = workdir / "teachers"
+    runs = [f"{d['preset']}:{pair}:{seed}" for pair in d["pairs"] for seed in d["teachers"]]
+    cmd = [PY, "scripts/concurrent_runs.py", "--out", str(teachers), "--deadline-s", str(d["teachers_s"]),
+           "--ensemble-s", str(d["ensemble_s"]), *runs, "--", *d["overrides"], *cfg["data"]]
+    rc, seconds, output = run(cmd, d["teachers_s"] + 30)
+    fields["teachers"] = {"command": shlex.join(cmd[1:]), "exit": rc, "seconds": round(seconds, 1),
+                          **concurrent_summary(teachers), **({"error": output[-1500:]} if rc != 0 else {})}
+    report.stage("distill", **fields)
+
+    ensembles = [e for e in fields["teachers"].get("ensembles", []) if e["status"] == "exit 0"]
+    cmds = {}
+    for e in ensembles:
+        pair = e["group"].rsplit("_", 1)[-1]
+        lp = e["search"]["chosen"]["length_penalty"]
+        cmds[pair] = [PY, "scripts/distill.py", *e["members"], "--out", str(workdir / "kd" / pair),
+                      "--beam-size", str(d["beam_size"]), "--length-penalty", str(lp), "--device", d["device"]]
+    fields["distill"] = []
+    for pair, (rc, seconds, output) in run_parallel(cmds, cap_for(report, cfg["budget_s"], d["distill_cap"])).items():
+        info = workdir / "kd" / pair / "distill.json"
+        fields["distill"].append({"pair": pair, "command": shlex.join(cmds[pair][1:]), "exit": rc,
+                                  "seconds": round(seconds, 1),
+                                  **({"result": json.loads(info.read_text())} if rc == 0 and info.is_file()
+                                     else {"error": output[-1500:]})})
+    report.stage("distill", **fields)
+
+    distilled = [x for x in fields["distill"] if "result" in x]
+    seconds_left = cfg["budget_s"] - report.elapsed()
+    if not distilled or seconds_left < d["min_students_s"]:
+        fields["students"] = {"error": f"skipped: {len(distilled)} distilled corpora, {seconds_left:.0f} s left "
+                                       f"(at least {d['min_students_s']} s wanted)"}
+        report.stage("distill", **fields)
+        return
+    students = workdir / "students"
+    variants = [f"kd_{x['pair'].replace('-', '_')}=" + " ".join(x["result"]["student_overrides"]) for x in distilled]
+    runs = [f"{d['preset']}:{x['pair']}:{seed}+kd_{x['pair'].replace('-', '_')}" for x in distilled
+            for seed in d["students"]]
+    # The student's data.root is its variant's (the distilled corpus): the common data.root is left out.
+    common = [o for o in [*d["overrides"], *cfg["data"]] if not o.startswith("data.root=")]
+    cmd = [PY, "scripts/concurrent_runs.py", "--out", str(students), "--deadline-s", str(int(seconds_left - 15)),
+           "--ensemble-s", str(d["ensemble_s"]), *[f"--variant={v}" for v in variants], *runs, "--", *common]
+    rc, seconds, output = run(cmd, seconds_left)
+    fields["students"] = {"command": shlex.join(cmd[1:]), "exit": rc, "seconds": round(seconds, 1),
+                          **concurrent_summary(students), **({"error": output[-1500:]} if rc != 0 else {})}
+    report.stage("distill", **fields)
+
+
 def markdown(data: dict[str, Any]) -> str:
     env = data["environment"]
     lines = [f"# GPU check ({data['mode']} mode)", "",
@@ -318,6 +418,36 @@ def markdown(data: dict[str, Any]) -> str:
         if s.get("error"):
             lines += ["", "```", s["error"], "```"]
         lines.append("")
+    if "distill" in stages:
+        s = stages["distill"]
+        lines += ["## (f) Distillation: teachers, their ensembles, students on the ensembles' translations", ""]
+        if s.get("error"):
+            lines += ["```", s["error"], "```", ""]
+        for part, title in (("teachers", "Teachers"), ("students", "Students")):
+            if part not in s:
+                continue
+            p = s[part]
+            lines += [f"### {title}", "", f"`{p.get('command', '-')}` -> exit {p.get('exit', '-')}, "
+                      f"{p.get('seconds', '-')} s", ""]
+            if p.get("table"):
+                lines += ["##" + line if line.startswith("#") else line for line in p["table"].splitlines()]
+            if p.get("error"):
+                lines += ["", "```", p["error"], "```"]
+            lines.append("")
+            if part == "teachers" and "distill" in s:
+                lines += ["### Distilled training targets", "", "| pair | exit | seconds | sentences | search | "
+                          "translate s | device |", "|---|---|---|---|---|---|---|"]
+                for x in s["distill"]:
+                    r = x.get("result", {})
+                    search = r.get("search", {})
+                    lines.append(f"| {x['pair']} | {x['exit']} | {x['seconds']} | {r.get('sentences', '-')} | "
+                                 f"beam {search.get('beam_size', '-')}, lp {search.get('length_penalty', '-')} | "
+                                 f"{r.get('translate_seconds', '-')} | {r.get('device', '-')} |")
+                lines += [""] + [f"`{x['command']}`" for x in s["distill"]]
+                for x in s["distill"]:
+                    if x.get("error"):
+                        lines += ["", f"{x['pair']}:", "```", x["error"], "```"]
+                lines.append("")
     return "\n".join(lines)
 
 
@@ -343,12 +473,12 @@ def fmt(value, digits: int | None = None) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--mode", choices=("full", "smoke"), default="full")
+    p.add_argument("--mode", choices=tuple(MODES), default="full")
     p.add_argument("--out", required=True, help="folder for gpu_report.json and gpu_report.md")
     p.add_argument("--data-root", help="folder with the Multi30k files (data.root=...)")
     p.add_argument("--data-dir", help="where the prepared-data cache goes (paths.data_dir=...)")
     args = p.parse_args()
-    cfg = json.loads(json.dumps(SMOKE if args.mode == "smoke" else FULL))
+    cfg = json.loads(json.dumps(MODES[args.mode]))
     if args.data_root:
         cfg["data"].append(f"data.root={args.data_root}")
     if args.data_dir:
@@ -359,6 +489,14 @@ def main() -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     report = Report(out, args.mode)
     report.write()
+    if "distill" in cfg:
+        try:
+            stage_distill(report, cfg, workdir)
+        except Exception as e:  # noqa: BLE001 -- recorded in the report
+            report.stage("distill", error=f"{type(e).__name__}: {e}")
+        report.write()
+        print((out / "gpu_report.md").read_text())
+        return 0
     for name, call in (("prepare", lambda: stage_prepare(report, cfg, workdir)),
                        ("cuda_tests", lambda: stage_cuda_tests(report, cfg)),
                        ("throughput", lambda: stage_throughput(report, cfg, workdir))):

@@ -8,6 +8,9 @@
 #                                  .whl/ and Multi30k into .gpu/multi30k (both git-ignored, carried)
 #   scripts/gpu_check.sh           on the device machine (see docs/cluster.md for the `run` call)
 #   scripts/gpu_check.sh --smoke   every stage tiny on the CPU, same report files (part of the tests)
+#   scripts/gpu_check.sh --quality        a second device call: (f) issue 13's GPU row by distillation
+#                                         (teachers, their ensembles, students on their translations)
+#   scripts/gpu_check.sh --quality-smoke  (f) tiny on the CPU (part of the tests)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,7 +19,9 @@ case "${1:-}" in
   "") ;;
   --smoke) mode=smoke ;;
   --stage) mode=stage ;;
-  *) echo "usage: scripts/gpu_check.sh [--smoke | --stage]" >&2; exit 2 ;;
+  --quality) mode=quality ;;
+  --quality-smoke) mode=quality_smoke ;;
+  *) echo "usage: scripts/gpu_check.sh [--smoke | --stage | --quality | --quality-smoke]" >&2; exit 2 ;;
 esac
 
 if [ "$mode" = stage ]; then
@@ -49,7 +54,7 @@ fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 
 args=(--mode "$mode" --out "$OUT")
-if [ "$mode" = full ]; then
+if [ "$mode" = full ] || [ "$mode" = quality ]; then
   [ -d .gpu/multi30k ] && { args+=(--data-root "$PWD/.gpu/multi30k"); export SEQ2SEQ_DATA_ROOT=$PWD/.gpu/multi30k; }
   args+=(--data-dir /tmp/gpu_check_data)  # the prepared-data cache stays on the machine
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true

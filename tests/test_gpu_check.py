@@ -44,3 +44,32 @@ def test_gpu_check_smoke_writes_every_stage_of_the_report(tmp_path, multi30k_dir
     for heading in ("(a) CUDA tests", "(b) Training throughput", "(c) Time to quality", "(d) Decoding",
                     "(e) The preset's seeds"):
         assert heading in md
+
+
+@pytest.mark.slow
+def test_gpu_check_quality_smoke_distills_teachers_into_students(tmp_path, multi30k_dir):
+    """`--quality-smoke`: two teachers side by side and their ensemble, its translations of the training
+    sources, two students trained on them with the teachers' vocabulary, and the students' ensemble,
+    all in the two report files."""
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "SMOKE_DATA_DIR": str(tmp_path / "data")}
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--quality-smoke"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert set(os.listdir(tmp_path / "out")) == {"gpu_report.json", "gpu_report.md"}
+    report = json.loads((tmp_path / "out" / "gpu_report.json").read_text())
+    stage = report["stages"]["distill"]
+    teachers, students = stage["teachers"], stage["students"]
+    assert [r["status"] for r in teachers["runs"]] == ["exit 0", "exit 0"], teachers
+    [ensemble] = teachers["ensembles"]
+    assert ensemble["status"] == "exit 0" and len(ensemble["members"]) == 2
+    [distilled] = stage["distill"]
+    assert distilled["exit"] == 0 and distilled["result"]["sentences"] == 500, distilled
+    assert distilled["result"]["teachers"] == [f"{m}/checkpoints/best.ckpt" for m in ensemble["members"]]
+    assert distilled["result"]["search"]["length_penalty"] == ensemble["search"]["chosen"]["length_penalty"]
+    assert [(r["run"], r["status"]) for r in students["runs"]] == [
+        ("quickstart_de-en_s1_kd_de_en", "exit 0"), ("quickstart_de-en_s2_kd_de_en", "exit 0")], students
+    [student_ensemble] = students["ensembles"]
+    assert student_ensemble["status"] == "exit 0" and student_ensemble["splits"][0]["bleu"] is not None
+    md = (tmp_path / "out" / "gpu_report.md").read_text()
+    for heading in ("(f) Distillation", "### Teachers", "### Distilled training targets", "### Students"):
+        assert heading in md
