@@ -4,7 +4,7 @@ translates its own training sources, and a student trains on those translations 
 references. The student learns the teacher's (an ensemble's) output with one model's cost.
 
     python scripts/distill.py RUN_A RUN_B RUN_C --out kd/ --beam-size 5 --length-penalty 1.4
-    seq2seq-train experiment=cpu_hour data.src_lang=en data.tgt_lang=de <the printed overrides>
+    seq2seq-train experiment=cpu_hour data.src_lang=en data.tgt_lang=de $(cat kd/student_overrides.txt)
 
 Each TEACHER is a run folder (its checkpoints/best.ckpt) or a .ckpt file; several are ensembled with
 the checks of `seq2seq-translate --ensemble` (one direction, one sentencepiece model). The training
@@ -19,6 +19,7 @@ Written to OUT:
   corpus/<split>.<lang>.gz  the validation and test splits, copied unchanged: the student is validated
                             and tested against the real references
   distill.json              teachers, search, sentences, seconds, and the student's overrides
+  student_overrides.txt     those overrides, one a line: `seq2seq-train ... $(cat OUT/student_overrides.txt)`
 The student's overrides (printed last, one line) point its data section at OUT/corpus
 (`data.corpus=<corpus>_distilled data.root=... data.mirrors=[] data.download=false`) and, unless
 --own-vocabulary, reuse the teachers' sentencepiece models (`data.tokenizer_from`), so that the student
@@ -135,6 +136,7 @@ def distill(paths: list[Path], out: Path, beam_size: int | None = None, length_p
              "seconds": round(time.monotonic() - started, 1), "corpus": str(corpus_dir),
              "student_overrides": overrides}
     (out / "distill.json").write_text(json.dumps(about, indent=2) + "\n", encoding="utf-8")
+    (out / "student_overrides.txt").write_text("".join(o + "\n" for o in overrides), encoding="utf-8")
     print(f"distilled {len(sources)} training sentences with {'an ensemble of ' + str(len(ckpts)) if len(ckpts) > 1 else 'one model'} "
           f"(beam {search_cfg.beam_size}, lp {search_cfg.length_penalty}) in {translate_seconds:.0f} s on "
           f"{torch_device}; the student's overrides:", file=sys.stderr)

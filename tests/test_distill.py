@@ -84,6 +84,7 @@ def test_the_student_learns_the_ensembles_translations_with_the_teachers_vocabul
         for lang in ("de", "en"):
             assert (kd / f"{split}.{lang}").read_bytes() == (corpus / f"{split}.{lang}").read_bytes()
     about = json.loads((tmp_path / "kd" / "distill.json").read_text())
+    assert (tmp_path / "kd" / "student_overrides.txt").read_text().split() == overrides
     assert about["sentences"] == 40 and about["search"]["beam_size"] == 2 and about["student_overrides"] == overrides
     assert f"data.tokenizer_from={ckpts[0].resolve()}" in overrides and f"data.root={kd.resolve()}" in overrides
 
