@@ -124,6 +124,10 @@ def test_bad_teachers_and_vocabularies_are_refused_by_name(teachers, tmp_path, c
                          f"data.tokenizer_from={tmp_path / 'missing.ckpt'}"], tmp_path / "run")
     with pytest.raises(CheckpointError, match=r"config key 'data.tokenizer_from': checkpoint .*missing.ckpt does not exist"):
         train(cfg)
+    proc = run_script("prepare", *data_overrides(tmp_path / "data"), *where,
+                      f"data.tokenizer_from={tmp_path / 'missing.ckpt'}", f"hydra.run.dir={tmp_path / 'prep'}",
+                      check=False)
+    assert proc.returncode == 2 and "error: config key 'data.tokenizer_from': checkpoint" in proc.stderr, proc.stderr
     cfg = compose_train([*data_overrides(tmp_path / "data"), *where, f"data.tokenizer_from={ckpt}",
                          f"init_from={ckpt}"], tmp_path / "run")
     with pytest.raises(ConfigError, match="'init_from' .* and 'data.tokenizer_from' .* are both set"):

@@ -68,8 +68,12 @@ def test_gpu_check_quality_smoke_distills_teachers_into_students(tmp_path, multi
     assert distilled["result"]["search"]["length_penalty"] == ensemble["search"]["chosen"]["length_penalty"]
     assert [(r["run"], r["status"]) for r in students["runs"]] == [
         ("quickstart_de-en_s1_kd_de_en", "exit 0"), ("quickstart_de-en_s2_kd_de_en", "exit 0")], students
-    [student_ensemble] = students["ensembles"]
-    assert student_ensemble["status"] == "exit 0" and student_ensemble["splits"][0]["bleu"] is not None
+    students_only, together = stage["final"]
+    assert students_only["ensemble"] == "students de-en" and students_only["exit"] == 0, students_only
+    assert len(students_only["result"]["checkpoints"]) == 2 and students_only["result"]["splits"][0]["bleu"] is not None
+    assert together["ensemble"] == "teachers and students de-en" and together["exit"] == 0, together
+    assert len(together["result"]["checkpoints"]) == 4  # one vocabulary: the students joined their teachers
     md = (tmp_path / "out" / "gpu_report.md").read_text()
-    for heading in ("(f) Distillation", "### Teachers", "### Distilled training targets", "### Students"):
+    for heading in ("(f) Distillation", "### Teachers", "### Distilled training targets", "### Students",
+                    "#### An ensemble of 4 (de-en)"):
         assert heading in md
