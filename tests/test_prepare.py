@@ -185,7 +185,8 @@ def test_key_covers_every_output_setting():
     # never prepared: test_splits are read as text at the end of training).
     location_only = {"root", "mirrors", "download", "cache_dir", "test_splits"}
     settings = prep.cache_settings(DataConfig())
-    covered = set(settings) | {"train_split", "valid_split", "test_split"}
+    # tokenizer_from enters as the reused models' hash (cache_settings with a tokenizer), not as a path.
+    covered = set(settings) | {"train_split", "valid_split", "test_split", "tokenizer_from"}
     assert {f.name for f in dataclasses.fields(DataConfig)} - location_only <= covered
 
 
