@@ -120,8 +120,9 @@ def prepare_corpus(cfg: DataConfig, tokenizer: Tokenizer | None = None) -> Prepa
     `tokenizer`: encode with these sentencepiece models instead of training new ones (fine-tuning);
     without it, `cfg.tokenizer_from` names a checkpoint whose models are reused so.
 
-    Raises CorpusError (files missing, unreadable, misaligned, nothing left after filtering) or
-    TokenizerError (sentencepiece cannot be trained with these settings).
+    Raises CorpusError (files missing, unreadable, misaligned, nothing left after filtering),
+    TokenizerError (sentencepiece cannot be trained with these settings), or for `tokenizer_from`
+    CheckpointError (no usable checkpoint) and ConfigError (its vocabulary settings differ from `cfg`'s).
     """
     if tokenizer is None and cfg.tokenizer_from:
         from seq2seq.finetune import checkpoint_tokenizer
