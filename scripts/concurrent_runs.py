@@ -243,8 +243,9 @@ def main() -> int:
           "", "| run | status | tuned search defaults |", "|---|---|---|"]
     md += [f"| {row['run']} | {row['status']} | {row['tuned_search'] or '-'} |" for row in rows]
     for row in rows:
-        if row["log_tail"]:
-            md += ["", f"`{row['run']}` ({row['status']}): `{row['command']}`", "```", row["log_tail"], "```"]
+        if row["status"] != "exit 0":  # a run stopped before its first line of output still gets its section
+            md += ["", f"`{row['run']}` ({row['status']}): `{row['command']}`", "```",
+                   row["log_tail"] or "(no output)", "```"]
     if args.ensemble_s > 0:
         md += ["", "## Ensembles of the seeds", ""]
         md += [] if groups else ["No preset, pair and variant has two finished runs to ensemble.", ""]
