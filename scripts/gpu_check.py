@@ -13,6 +13,9 @@
                      each, side by side, each tested with its search tuned on validation, then each
                      direction's three seeds ensembled (search tuned on validation, tested): the GPU row
                      of the quality table (de->en met it with one model), in what time is left
+    (f) distill      `--mode quality`, a device call of its own: stage (e)'s teachers, then
+                     scripts/distill.py with their ensembles, students on those translations, and the
+                     students' ensembles alone and with their teachers (QUALITY below)
 
 Each stage runs as subprocesses with a time cap; a failing or timed-out stage is recorded in the
 report and the next one runs. The device returns at most 8 files, so everything goes into two:

@@ -8,8 +8,9 @@
 #                                  .whl/ and Multi30k into .gpu/multi30k (both git-ignored, carried)
 #   scripts/gpu_check.sh           on the device machine (see docs/cluster.md for the `run` call)
 #   scripts/gpu_check.sh --smoke   every stage tiny on the CPU, same report files (part of the tests)
-#   scripts/gpu_check.sh --quality        a second device call: (f) issue 13's GPU row by distillation
-#                                         (teachers, their ensembles, students on their translations)
+#   scripts/gpu_check.sh --quality        a device call of its own (a lease holds it or the check, not
+#                                         both): (f) issue 13's GPU row by distillation (teachers, their
+#                                         ensembles, students on their translations; docs/cluster.md)
 #   scripts/gpu_check.sh --quality-smoke  (f) tiny on the CPU (part of the tests)
 set -uo pipefail
 cd "$(dirname "$0")/.."
