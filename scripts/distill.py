@@ -44,17 +44,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def teacher_checkpoint(path: Path) -> Path:
-    """A run folder's checkpoints/best.ckpt, or the .ckpt file itself."""
-    from seq2seq.checkpoint import CheckpointError
-
-    ckpt = path / "checkpoints" / "best.ckpt" if path.is_dir() else path
-    if not ckpt.is_file():
-        raise CheckpointError(f"{path}: no checkpoint at {ckpt} (give a run folder holding "
-                              "checkpoints/best.ckpt, or a .ckpt file)")
-    return ckpt
-
-
 def write_gz(path: Path, lines: list[str]) -> None:
     """One line per sentence, gzip without a timestamp: the same text gives the same bytes, so the
     student's corpus cache (keyed by the files' hashes) is reused when a distillation is repeated."""
@@ -75,14 +64,14 @@ def distill(paths: list[Path], out: Path, beam_size: int | None = None, length_p
     """The module docstring's steps; writes OUT's files and returns what distill.json holds."""
     import torch
 
-    from seq2seq.checkpoint import load_members
+    from seq2seq.checkpoint import load_members, run_checkpoint
     from seq2seq.config import DataConfig, section
     from seq2seq.corpus import find_corpus_files, read_parallel
     from seq2seq.search import Ensemble
     from seq2seq.translator import Translator
 
     started = time.monotonic()
-    ckpts = [teacher_checkpoint(p).resolve() for p in paths]
+    ckpts = [run_checkpoint(p).resolve() for p in paths]
     torch_device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
                                 else ("cpu" if device == "auto" else device))
     models, tokenizer, search_cfg, config = load_members(ckpts, torch_device)

@@ -41,17 +41,6 @@ sys.path.insert(0, str(REPO))
 SCORE_KEYS = ("bleu", "bleu_lc", "bleu_moses", "chrf")  # table columns, in order, when present
 
 
-def member_checkpoint(path: Path) -> Path:
-    """A run folder's checkpoints/best.ckpt, or the .ckpt file itself."""
-    from seq2seq.checkpoint import CheckpointError
-
-    ckpt = path / "checkpoints" / "best.ckpt" if path.is_dir() else path
-    if not ckpt.is_file():
-        raise CheckpointError(f"{path}: no checkpoint at {ckpt} (give a run folder holding "
-                              "checkpoints/best.ckpt, or a .ckpt file)")
-    return ckpt
-
-
 def member_scores(ckpt: Path) -> dict[str, dict[str, Any]]:
     """split -> row of the test_scores.json training wrote beside `ckpt` ({} when there is none)."""
     scores = ckpt.parent / "test_scores.json"
@@ -75,7 +64,7 @@ def ensemble_runs(paths: list[Path], out: Path, beam_sizes: list[int] | None = N
     """Steps 1-3 of the module docstring; writes OUT's files and returns what test_scores.json holds."""
     import torch
 
-    from seq2seq.checkpoint import load_members
+    from seq2seq.checkpoint import load_members, run_checkpoint
     from seq2seq.config import DataConfig, section
     from seq2seq.corpus import find_corpus_files, read_parallel
     from seq2seq.evaluation import translate_and_score, write_json
@@ -83,7 +72,7 @@ def ensemble_runs(paths: list[Path], out: Path, beam_sizes: list[int] | None = N
     from seq2seq.translator import Translator
     from seq2seq.tune_search import grid_record, translate_flags, validation_text
 
-    ckpts = [member_checkpoint(p) for p in paths]
+    ckpts = [run_checkpoint(p) for p in paths]
     torch_device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
                                 else ("cpu" if device == "auto" else device))
     models, tokenizer, search_cfg, config = load_members(ckpts, torch_device)

@@ -124,6 +124,17 @@ def load_for_translation(path: str | os.PathLike, device: torch.device | str = "
     return model.to(device).eval(), tokenizer, search_cfg, config
 
 
+def run_checkpoint(path: str | os.PathLike) -> Path:
+    """A run folder's checkpoints/best.ckpt, or `path` itself when it is a checkpoint file (the members of
+    scripts/ensemble_runs.py, the teachers of scripts/distill.py)."""
+    path = Path(path)
+    ckpt = path / "checkpoints" / "best.ckpt" if path.is_dir() else path
+    if not ckpt.is_file():
+        raise CheckpointError(f"{path}: no checkpoint at {ckpt} (give a run folder holding "
+                              "checkpoints/best.ckpt, or a .ckpt file)")
+    return ckpt
+
+
 def load_members(paths: list[str | os.PathLike], device: torch.device | str = "cpu"):
     """-> (models, tokenizer, search config, full config) for an ensemble of translation checkpoints;
     the search and full config are the first member's. Every member must translate the same direction
