@@ -55,12 +55,13 @@ def since_process_start() -> float:
 
 # ------------------------------------------------------------------------------------------ devices
 def pick_device(choice: str) -> torch.device:
-    """'auto' -> cuda when visible, else cpu; 'cuda' without a GPU is an error."""
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda was asked for, but no CUDA GPU is visible")
-    return torch.device(choice)
+    """`checkpoint.load_device`, with its error as the benchmark's exit message."""
+    from seq2seq.checkpoint import CheckpointError, load_device
+
+    try:
+        return load_device(choice)
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def device_overrides(device: torch.device) -> list[str]:

@@ -62,18 +62,15 @@ def distill(paths: list[Path], out: Path, beam_size: int | None = None, length_p
             batch_tokens: int | None = None, data_root: str | None = None, device: str = "auto",
             own_vocabulary: bool = False) -> dict[str, Any]:
     """The module docstring's steps; writes OUT's files and returns what distill.json holds."""
-    import torch
-
-    from seq2seq.checkpoint import load_members, run_checkpoint
+    from seq2seq.checkpoint import load_device, load_members, run_checkpoint
     from seq2seq.config import DataConfig, section
     from seq2seq.corpus import find_corpus_files, read_parallel
     from seq2seq.search import Ensemble
     from seq2seq.translator import Translator
 
     started = time.monotonic()
+    torch_device = load_device(device)
     ckpts = [run_checkpoint(p).resolve() for p in paths]
-    torch_device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
-                                else ("cpu" if device == "auto" else device))
     models, tokenizer, search_cfg, config = load_members(ckpts, torch_device)
     model = Ensemble(models) if len(models) > 1 else models[0]
     data = section(DataConfig, config.get("data"), "data")
@@ -158,11 +155,6 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"{flag} must be at least 1, got {value}")
         if args.length_penalty is not None and args.length_penalty < 0:
             raise ConfigError(f"--length-penalty must be >= 0, got {args.length_penalty}")
-        if args.device == "cuda":
-            import torch
-
-            if not torch.cuda.is_available():
-                raise CheckpointError("--device cuda was asked for, but no CUDA GPU is visible")
         distill(args.teachers, args.out, args.beam_size, args.length_penalty, args.batch_tokens, args.data_root,
                 args.device, args.own_vocabulary)
     except (ConfigError, CheckpointError, CorpusError) as e:

@@ -62,9 +62,7 @@ def ensemble_runs(paths: list[Path], out: Path, beam_sizes: list[int] | None = N
                   length_penalties: list[float] | None = None, data_root: str | None = None,
                   device: str = "auto") -> dict[str, Any]:
     """Steps 1-3 of the module docstring; writes OUT's files and returns what test_scores.json holds."""
-    import torch
-
-    from seq2seq.checkpoint import load_members, run_checkpoint
+    from seq2seq.checkpoint import load_device, load_members, run_checkpoint
     from seq2seq.config import DataConfig, section
     from seq2seq.corpus import find_corpus_files, read_parallel
     from seq2seq.evaluation import translate_and_score, write_json
@@ -72,9 +70,8 @@ def ensemble_runs(paths: list[Path], out: Path, beam_sizes: list[int] | None = N
     from seq2seq.translator import Translator
     from seq2seq.tune_search import grid_record, translate_flags, validation_text
 
+    torch_device = load_device(device)
     ckpts = [run_checkpoint(p) for p in paths]
-    torch_device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
-                                else ("cpu" if device == "auto" else device))
     models, tokenizer, search_cfg, config = load_members(ckpts, torch_device)
     model = Ensemble(models) if len(models) > 1 else models[0]
     data = section(DataConfig, config.get("data"), "data")
@@ -151,11 +148,6 @@ def main(argv: list[str] | None = None) -> int:
         for values, flag, integers in ((beams, "--beam-sizes", True), (lps, "--length-penalties", False)):
             if values is not None:
                 check_grid_values(values, flag, integers)
-        if args.device == "cuda":
-            import torch
-
-            if not torch.cuda.is_available():
-                raise CheckpointError("--device cuda was asked for, but no CUDA GPU is visible")
         ensemble_runs(args.members, args.out, beams, lps, args.data_root, args.device)
     except (ConfigError, CheckpointError, CorpusError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -97,6 +97,16 @@ def model_state_dict(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
     return {k[len(MODEL_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(MODEL_PREFIX)}
 
 
+def load_device(choice: str) -> torch.device:
+    """The device a `--device {auto,cpu,cuda}` flag asks to load checkpoints on: 'auto' is the GPU when one is
+    visible, else the CPU; 'cuda' without a visible GPU is a CheckpointError."""
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise CheckpointError("--device cuda was asked for, but no CUDA GPU is visible")
+    return torch.device(choice)
+
+
 def load_for_translation(path: str | os.PathLike, device: torch.device | str = "cpu"):
     """-> (model in eval mode on `device`, tokenizer, search config of the run, full config dict)."""
     ckpt = read_checkpoint(path)

@@ -104,13 +104,10 @@ def run(args) -> None:
             raise ValueError(f"{path}: file not found")
     import torch
 
-    from seq2seq.checkpoint import CheckpointError, load_language_model
+    from seq2seq.checkpoint import load_device, load_language_model
     from seq2seq.corpus import read_lines
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if args.device == "auto" else args.device))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CheckpointError("--device cuda was asked for, but no CUDA GPU is visible")
+    device = load_device(args.device)
     if args.score:
         lines = read_lines(args.score)
         lm, tokenizer, _ = load_language_model(args.checkpoint, device)

@@ -90,14 +90,9 @@ class Engine:
 
     @classmethod
     def load(cls, path: str, device: str = "auto") -> "Engine":
-        import torch
+        from seq2seq.checkpoint import load_device, load_for_translation
 
-        from seq2seq.checkpoint import CheckpointError, load_for_translation
-
-        dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
-                           else ("cpu" if device == "auto" else device))
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise CheckpointError("--device cuda was asked for, but no CUDA GPU is visible")
+        dev = load_device(device)
         model, tokenizer, search_cfg, config = load_for_translation(path, dev)
         return cls(model, tokenizer, search_cfg, config, dev, str(path))
 

@@ -418,15 +418,12 @@ def build_translator(args) -> Translator:
 
     import torch
 
-    from seq2seq.checkpoint import CheckpointError, load_members
+    from seq2seq.checkpoint import CheckpointError, load_device, load_members
     from seq2seq.precision import bf16_supported, precision_dtype
     from seq2seq.search import Ensemble
     from seq2seq.translator import Sampling, Translator
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if args.device == "auto" else args.device))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CheckpointError("--device cuda was asked for, but no CUDA GPU is visible")
+    device = load_device(args.device)
     models, tokenizer, search_cfg, _ = load_members(checkpoint_paths(args), device)
     if args.quantize:
         from seq2seq.quantize import quantize_torch_int8

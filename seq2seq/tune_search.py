@@ -268,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.dry_run and args.ensemble:
         p.error("--dry-run goes with --checkpoint: --ensemble never writes a checkpoint")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from seq2seq.checkpoint import PAYLOAD_KEY, CheckpointError, read_checkpoint
+    from seq2seq.checkpoint import PAYLOAD_KEY, CheckpointError, load_device, read_checkpoint
     from seq2seq.corpus import CorpusError
 
     try:
@@ -281,12 +281,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise ConfigError(f"--min-len must be >= 0 (0 = no minimum), got {args.min_len}")
         if args.max_sentences < 0:
             raise ConfigError(f"--max-sentences must be >= 0 (0 = all), got {args.max_sentences}")
-        import torch
-
-        device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                              else ("cpu" if args.device == "auto" else args.device))
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise CheckpointError("--device cuda was asked for, but no CUDA GPU is visible")
+        device = load_device(args.device)
         first = args.checkpoint or args.ensemble[0]
         config = read_checkpoint(first)[PAYLOAD_KEY]["config"]
         split, src, ref = validation_text(config, args.data_root)

@@ -10,6 +10,7 @@ and one case also runs as its own `python -m seq2seq.train` process.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import subprocess
@@ -343,3 +344,34 @@ def test_translate_gzip_input_that_is_not_gzip(tiny_ckpt, tmp_path, capsys):
     fake.write_bytes(b"not gzip at all\n")
     code, err = run_translate(capsys, "--checkpoint", str(tiny_ckpt), "--input", str(fake))
     assert code == 2 and str(fake) in err, err
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for a GPU that is there")
+@pytest.mark.parametrize("tool", ["translate", "tune-search", "generate", "distill", "ensemble_runs"])
+def test_every_checkpoint_tool_refuses_device_cuda_without_a_gpu(tool, tiny_ckpt, source, tmp_path, capsys):
+    """`--device cuda` on a machine without one: exit 2 with one line saying so, and nothing written
+    (all of them ask `checkpoint.load_device`)."""
+    from seq2seq import generate, tune_search
+
+    out = tmp_path / "out"
+    argv = {"translate": ["--checkpoint", str(tiny_ckpt), "--input", str(source), "--output", str(out)],
+            "tune-search": ["--checkpoint", str(tiny_ckpt), "--dry-run"],
+            "generate": ["--checkpoint", str(tiny_ckpt), "--prompt", "a", "--output", str(out)],
+            "distill": [str(tiny_ckpt), "--out", str(out)],
+            "ensemble_runs": [str(tiny_ckpt), str(tiny_ckpt), "--out", str(out)]}[tool]
+    entry = {"translate": translate.main, "tune-search": tune_search.main, "generate": generate.main}.get(tool)
+    entry = entry or _script(tool).main
+    try:
+        code = entry([*argv, "--device", "cuda"])
+    except SystemExit as e:  # seq2seq-tune-search exits rather than returning its code
+        code = e.code
+    assert code == 2
+    assert capsys.readouterr().err == "error: --device cuda was asked for, but no CUDA GPU is visible\n"
+    assert not out.exists()
