@@ -229,7 +229,7 @@ def score_moses_bleu(hyps: Sequence[str], refs: Sequence[Sequence[str]], lang: s
     version = _sacremoses().__version__
     tokenized = moses_tokenize(hyps, lang)
     streams = [moses_tokenize(stream, lang) for stream in refs]
-    metric = BLEU(lowercase=True, tokenize="none")
+    metric = BLEU(lowercase=True, tokenize="none", force=True)  # tokenized on purpose: no "forgot to detokenize"
     score = metric.corpus_score(tokenized, streams)
     signature = metric.get_signature().format().replace("|tok:none|", f"|tok:moses-{lang}|")
     return {"bleu": float(score.score), "name": {"bleu": score.name},

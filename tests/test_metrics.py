@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import sacrebleu
 
@@ -180,6 +182,21 @@ def test_moses_tokenization_follows_the_multi30k_release():
     assert moses_tokenize(["A dog runs. The dog jumps."], "en") == ["a dog runs. the dog jumps ."]
     with pytest.raises(ValueError, match="no Moses tokenization rules for language 'xx'; valid: .*fr"):
         moses_tokenize(["x"], "xx")
+
+
+def test_moses_bleu_of_a_whole_test_set_warns_of_nothing(caplog):
+    """Moses-tokenized text ends its lines in " ." on purpose; sacrebleu's "forgot to detokenize" warning
+    (given from 100 such lines) would be noise under every paper-comparable figure. Mutation that makes it
+    fail: score_moses_bleu without `force=True`."""
+    from .helpers import require
+
+    require("sacremoses")
+    from seq2seq.metrics import score_moses_bleu
+
+    lines = [f"A dog number {i} runs on the grass." for i in range(120)]
+    with caplog.at_level(logging.WARNING, logger="sacrebleu"):
+        assert score_moses_bleu(lines, [lines], "en")["bleu"] == pytest.approx(100)
+    assert caplog.records == []
 
 
 def test_moses_without_sacremoses_names_the_extra(monkeypatch):
