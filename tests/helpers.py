@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import os
 import subprocess
 import sys
@@ -50,6 +51,14 @@ def compose_train(overrides: list[str], output_dir: Path):
         cfg = compose("train", overrides=[*overrides, f"paths.output_dir={output_dir}"], return_hydra_config=True)
     HydraConfig().set_config(cfg)
     return cfg
+
+
+def load_script(name: str):
+    """scripts/<name>.py imported as a module (the scripts folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_script(module: str, *args: str, cwd: Path = REPO, check: bool = True, **kw) -> subprocess.CompletedProcess:

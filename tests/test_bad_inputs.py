@@ -10,7 +10,6 @@ and one case also runs as its own `python -m seq2seq.train` process.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import subprocess
@@ -28,7 +27,7 @@ from seq2seq.checkpoint import FORMAT_VERSION, MODEL_PREFIX, make_payload
 from seq2seq.config import ModelConfig, SearchConfig
 
 from .conftest import synthetic_pairs, write_lines
-from .helpers import REPO, tiny_model_and_tokenizer
+from .helpers import REPO, load_script, tiny_model_and_tokenizer
 
 # ---------------------------------------------------------------------------------------- seq2seq-train
 
@@ -346,13 +345,6 @@ def test_translate_gzip_input_that_is_not_gzip(tiny_ckpt, tmp_path, capsys):
     assert code == 2 and str(fake) in err, err
 
 
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="asks for a GPU that is there")
 @pytest.mark.parametrize("tool", ["translate", "tune-search", "generate", "distill", "ensemble_runs"])
 def test_every_checkpoint_tool_refuses_device_cuda_without_a_gpu(tool, tiny_ckpt, source, tmp_path, capsys):
@@ -367,7 +359,7 @@ def test_every_checkpoint_tool_refuses_device_cuda_without_a_gpu(tool, tiny_ckpt
             "distill": [str(tiny_ckpt), "--out", str(out)],
             "ensemble_runs": [str(tiny_ckpt), str(tiny_ckpt), "--out", str(out)]}[tool]
     entry = {"translate": translate.main, "tune-search": tune_search.main, "generate": generate.main}.get(tool)
-    entry = entry or _script(tool).main
+    entry = entry or load_script(tool).main
     try:
         code = entry([*argv, "--device", "cuda"])
     except SystemExit as e:  # seq2seq-tune-search exits rather than returning its code

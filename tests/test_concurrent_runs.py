@@ -3,7 +3,6 @@ measures the quality table), here tiny on the CPU so the script cannot rot witho
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,7 +11,7 @@ import time
 
 import pytest
 
-from .helpers import REPO
+from .helpers import REPO, load_script
 
 SCRIPT = str(REPO / "scripts" / "concurrent_runs.py")
 TINY = ["debug=tiny", "search.tune_beam_sizes=[1,2]", "search.tune_length_penalties=[1.0]"]
@@ -93,9 +92,7 @@ def test_a_bad_run_spec_is_refused_before_anything_starts(tmp_path, args, messag
 
 
 def test_variants_share_a_corpus_cache_unless_their_data_settings_differ():
-    spec = importlib.util.spec_from_file_location("concurrent_runs", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("concurrent_runs")
     variants = module.parse_variants(["reg=model.dropout=0.3 model.word_dropout=0.1",
                                       "v4=data.tokenizer.vocab_size=4000 model.dropout=0.3",
                                       "v4only=data.tokenizer.vocab_size=4000"])

@@ -13,17 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import REPO, TINY, read_metrics, require, run_script, series
+from .helpers import REPO, TINY, load_script, read_metrics, require, run_script, series
 
 COLLECT = REPO / "scripts" / "collect_runs.py"
 FAST_DECODE = ["search.max_len_a=3", "search.max_len_b=0.5"]  # plumbing, not quality: a quick final test
-
-
-def collect_module():
-    spec = importlib.util.spec_from_file_location("collect_runs", COLLECT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +89,7 @@ def _fake_run(root: Path, overrides: list[str], metric_rows: list[dict] | None, 
 
 
 def test_collect_runs_last_best_varied_columns_and_failed_runs(tmp_path):
-    collect = collect_module()
+    collect = load_script("collect_runs")
     rows = [{"step": 9, "train/loss": 2.5, "time/elapsed_s": 30.0}, {"step": 9, "val/ter": 60.0, "val/bleu": 20.0},
             {"step": 19, "val/ter": 70.0, "val/bleu": 22.0}, {"step": 19, "time/elapsed_s": 75.0}]
     scores = {"cased": {"bleu": 21.5, "chrf": 50.0, "ter": 65.0}, "lowercase": {"bleu": 22.5},
@@ -131,7 +124,7 @@ def test_collect_runs_plot_overlays_the_runs_with_logs(tmp_path, monkeypatch):
     require("matplotlib")
     from matplotlib.figure import Figure
 
-    collect = collect_module()
+    collect = load_script("collect_runs")
     rows = [{"step": 9, "train/loss": 2.5, "time/elapsed_s": 30.0}, {"step": 9, "val/bleu": 20.0},
             {"step": 9, "time/elapsed_s": 40.0}]
     _fake_run(tmp_path / "s" / "0", ["debug=tiny", "optim.lr=0.01"], rows, None)
