@@ -56,7 +56,7 @@ def since_process_start() -> float:
 # ------------------------------------------------------------------------------------------ devices
 def pick_device(choice: str) -> torch.device:
     """`checkpoint.load_device`, with its error as the benchmark's exit message."""
-    from seq2seq.checkpoint import CheckpointError, load_device
+    from seq2seq.checkpoint.format import CheckpointError, load_device
 
     try:
         return load_device(choice)
@@ -73,7 +73,7 @@ def device_overrides(device: torch.device) -> list[str]:
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The decode autocast dtype for a Trainer precision string, as validation decoding uses it
     (`TranslationModule.translator`, `precision.precision_dtype`), on CUDA only."""
-    from seq2seq.precision import precision_dtype
+    from seq2seq.model.precision import precision_dtype
 
     return precision_dtype(precision, device.type) if device.type == "cuda" else None
 
@@ -317,12 +317,12 @@ def decode_setup(cfg, device: torch.device, checkpoint: str | None, max_sentence
     composed config's data folders. Without: a freshly initialised `Seq2Seq` (seeded with cfg.seed)
     over the tokenizer of `prepare_corpus(cfg.data)`.
     """
-    from seq2seq.checkpoint import load_for_translation
+    from seq2seq.checkpoint.format import load_for_translation
     from seq2seq.config import DataConfig, ModelConfig, SearchConfig, section
-    from seq2seq.corpus import find_corpus_files, read_parallel
+    from seq2seq.data.corpus import find_corpus_files, read_parallel
     from seq2seq.model import Seq2Seq
-    from seq2seq.prepare import prepare_corpus
-    from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID
+    from seq2seq.data.cache import prepare_corpus
+    from seq2seq.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
     data_cfg = section(DataConfig, cfg.data, "data")
     if checkpoint:
@@ -367,8 +367,8 @@ def time_decode(setup: DecodeSetup, device: torch.device, dtype: torch.dtype | N
     allocator); the timed call covers tokenisation, batching, search and detokenisation of all lines.
     Target tokens are the emitted pieces without EOS.
     """
-    from seq2seq.metrics import score_corpus
-    from seq2seq.translator import Translator
+    from seq2seq.evaluation.metrics import score_corpus
+    from seq2seq.decoding.translator import Translator
 
     search_cfg = dataclasses.replace(setup.search_cfg, beam_size=beam_size, batch_tokens=batch_tokens)
     translator = Translator(setup.model, setup.tokenizer, search_cfg, device=device, dtype=dtype)
@@ -470,7 +470,7 @@ def int_list(text: str) -> list[int]:
 def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
     """Run a script's main() with the project's user errors (bad config, missing corpus or checkpoint)
     reported as one `error:` line and exit code 2, like the console scripts."""
-    from seq2seq.train import user_errors
+    from seq2seq.training.run import user_errors
 
     try:
         return main(argv)

@@ -43,8 +43,8 @@ def best_of(repeat: int, fn) -> tuple[float, object]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from seq2seq.config import DataConfig, section
-    from seq2seq.corpus import find_corpus_files, read_lines
-    from seq2seq.prepare import load_prepared, prepare_corpus
+    from seq2seq.data.corpus import find_corpus_files, read_lines
+    from seq2seq.data.cache import load_prepared, prepare_corpus
 
     with tempfile.TemporaryDirectory() as out:
         cfg = _bench.compose_config(args.overrides, out)

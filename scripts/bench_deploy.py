@@ -46,25 +46,25 @@ def worker(args) -> dict:
     sys.path.insert(0, str(REPO))
     from sacrebleu.metrics import BLEU
 
-    from seq2seq.corpus import read_lines  # torch-free
+    from seq2seq.data.corpus import read_lines  # torch-free
 
     sources, references = read_lines(args.src), read_lines(args.ref)
     start = time.perf_counter()
     if args.variant.startswith("onnxruntime"):
-        from seq2seq.runtime import OnnxTranslator
+        from seq2seq.deploy.runtime import OnnxTranslator
 
         translator = OnnxTranslator(args.model, threads=args.threads)
         translator.cfg.beam_size = args.beam
     else:
         import torch
 
-        from seq2seq.checkpoint import load_for_translation
-        from seq2seq.translator import Translator
+        from seq2seq.checkpoint.format import load_for_translation
+        from seq2seq.decoding.translator import Translator
 
         torch.set_num_threads(args.threads)
         model, tokenizer, cfg, _ = load_for_translation(args.model)
         if args.variant == "torch-int8":
-            from seq2seq.quantize import quantize_torch_int8
+            from seq2seq.deploy.quantize import quantize_torch_int8
 
             model = quantize_torch_int8(model)
         cfg.beam_size = args.beam
@@ -139,8 +139,8 @@ def sizes(checkpoint: Path, folders: dict[str, Path], tmp: Path) -> dict[str, fl
     import torch
 
     sys.path.insert(0, str(REPO))
-    from seq2seq.checkpoint import load_for_translation
-    from seq2seq.quantize import quantize_torch_int8
+    from seq2seq.checkpoint.format import load_for_translation
+    from seq2seq.deploy.quantize import quantize_torch_int8
 
     model, *_ = load_for_translation(checkpoint)
     torch.save(model.state_dict(), tmp / "fp32.pt")
@@ -183,7 +183,7 @@ def main(argv=None) -> int:
     if args.checkpoint is None:
         p.error("--checkpoint is required")
     sys.path.insert(0, str(REPO))
-    from seq2seq.export import export
+    from seq2seq.deploy.export import export
 
     variants = args.variants.split(",")
     beams = [int(b) for b in args.beams.split(",")]

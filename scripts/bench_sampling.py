@@ -46,9 +46,9 @@ def main(argv=None) -> int:
     import numpy as np
 
     from seq2seq.config import BatchingConfig, ConfigError, DataConfig, section
-    from seq2seq.data import token_budget_batches
-    from seq2seq.prepare import prepare_corpus
-    from seq2seq.subword_sampling import SampledParallelDataset, draw, load_or_draw
+    from seq2seq.data.batching import token_budget_batches
+    from seq2seq.data.cache import prepare_corpus
+    from seq2seq.data.subword_sampling import SampledParallelDataset, draw, load_or_draw
 
     with tempfile.TemporaryDirectory() as out:
         cfg = _bench.compose_config(args.overrides, out)

@@ -99,7 +99,7 @@ class Server:
     def __init__(self, args, batching: bool):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "seq2seq.serve", "--checkpoint", args.checkpoint, "--host", "127.0.0.1",
+        cmd = [sys.executable, "-m", "seq2seq.serving.app", "--checkpoint", args.checkpoint, "--host", "127.0.0.1",
                "--port", str(self.port), "--threads", str(args.threads), "--max-wait-ms", str(args.max_wait_ms),
                "--device", "cpu", "--log-level", "warning"] + ([] if batching else ["--no-batching"])
         env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}

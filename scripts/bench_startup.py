@@ -79,8 +79,8 @@ import json, sys, time
 t0 = time.perf_counter()
 import torch
 t1 = time.perf_counter()
-from seq2seq.checkpoint import load_for_translation
-from seq2seq.translator import Translator
+from seq2seq.checkpoint.format import load_for_translation
+from seq2seq.decoding.translator import Translator
 t2 = time.perf_counter()
 model, tokenizer, search_cfg, _ = load_for_translation(sys.argv[1])
 t3 = time.perf_counter()
@@ -95,10 +95,10 @@ LOAD = r'''
 import json, sys, time
 from pathlib import Path
 import torch
-from seq2seq.checkpoint import load_for_translation, read_checkpoint, PAYLOAD_KEY, model_state_dict
+from seq2seq.checkpoint.format import load_for_translation, read_checkpoint, PAYLOAD_KEY, model_state_dict
 from seq2seq.config import ModelConfig, section
 from seq2seq.model import Seq2Seq
-from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from seq2seq.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 
 
 def eager(path):
@@ -163,10 +163,10 @@ def shaped_checkpoint(source: Path, out: Path, experiment: str) -> Path:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from seq2seq.checkpoint import MODEL_PREFIX, PAYLOAD_KEY, read_checkpoint
+    from seq2seq.checkpoint.format import MODEL_PREFIX, PAYLOAD_KEY, read_checkpoint
     from seq2seq.config import CONF_DIR, ModelConfig, section
     from seq2seq.model import Seq2Seq
-    from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+    from seq2seq.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         cfg = compose("train", overrides=[f"experiment={experiment}"])

@@ -4,7 +4,7 @@
     python scripts/bench_stream.py --checkpoint best.ckpt --sizes 10000,1000000 --json docs/figures/stream.json
 
 Each size is the Multi30k test source (test_2016_flickr.<src>, 1,000 lines) repeated to that many
-lines, translated greedily by a fresh `python -m seq2seq.translate` process with the default --window.
+lines, translated greedily by a fresh `python -m seq2seq.cli.translate` process with the default --window.
 Per run: the process's peak resident set size (ru_maxrss of the child, from wait4), sentences/s of
 the translation phase (the script's own summary line: model loading excluded) and wall time. Because
 the windows of the repeated input are identical, every window of a longer run must equal the shortest
@@ -52,7 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def train_tiny(folder: Path, data: Path, threads: int) -> Path:
     run = folder / "tiny"
-    cmd = [sys.executable, "-m", "seq2seq.train", "debug=tiny", "trainer.max_steps=400", "trainer.max_epochs=100",
+    cmd = [sys.executable, "-m", "seq2seq.training.run", "debug=tiny", "trainer.max_steps=400", "trainer.max_epochs=100",
            "trainer.val_check_interval=200", "trainer.check_val_every_n_epoch=null", "data.max_train_pairs=5000",
            "data.max_valid_pairs=100", "test_after_training=false", "optim.lr=0.005", f"data.root={data}",
            f"paths.output_dir={run}", f"paths.data_dir={folder / 'data'}"]
@@ -75,7 +75,7 @@ def make_input(source: list[bytes], n: int, path: Path) -> Path:
 
 
 def translate(ckpt: Path, src: Path, out: Path, window: int | None, threads: int) -> dict:
-    cmd = [sys.executable, "-m", "seq2seq.translate", "--checkpoint", str(ckpt), "--input", str(src),
+    cmd = [sys.executable, "-m", "seq2seq.cli.translate", "--checkpoint", str(ckpt), "--input", str(src),
            "--output", str(out), "--beam-size", "1", *(["--window", str(window)] if window else [])]
     start = time.perf_counter()
     with tempfile.TemporaryFile() as err:

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _bench  # noqa: E402
 
-from seq2seq.precision import precision_dtype  # noqa: E402
+from seq2seq.model.precision import precision_dtype  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16", "fp16")  # --precision: seq2seq-translate's choices
 

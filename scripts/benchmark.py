@@ -24,7 +24,7 @@ decoding   `Translator.translate` (the path of validation, the final test and se
            checkpoint loading is excluded. Without `--checkpoint` the weights are freshly initialised:
            output lengths -- and so decode speed -- differ from a trained model's (hyp/ref length ratio
            is reported). Decoding runs in the run's precision (bf16 autocast on CUDA for bf16-mixed).
-time to    `--bleu-threshold X` runs the real `seq2seq.train.train(cfg)` with one extra callback that
+time to    `--bleu-threshold X` runs the real `seq2seq.training.run.train(cfg)` with one extra callback that
 quality    records the wall time (since process start, and since train() was called) when val/bleu
            first reaches X and then stops training; the usual test of best.ckpt follows. It runs first
            so that "since process start" covers only imports, config and this training run.
@@ -159,9 +159,9 @@ def bench_train(cfg, device: torch.device, args, workdir: Path) -> dict[str, Any
 
     from seq2seq.config import (BatchingConfig, DataConfig, ModelConfig, OptimConfig, SchedulerConfig,
                                 SearchConfig, ValidationConfig, section)
-    from seq2seq.datamodule import TranslationDataModule
-    from seq2seq.lit_module import TranslationModule
-    from seq2seq.train import check_hardware, run_config
+    from seq2seq.data.datamodule import TranslationDataModule
+    from seq2seq.training.module import TranslationModule
+    from seq2seq.training.run import check_hardware, run_config
 
     data = section(DataConfig, cfg.data, "data")
     batching = section(BatchingConfig, cfg.batching, "batching")
@@ -260,7 +260,7 @@ def bench_time_to_quality(cfg, threshold: float, report: dict[str, Any], json_pa
     after every validation, so a run cut short (a time limit) still leaves its history."""
     from omegaconf import OmegaConf, open_dict
 
-    from seq2seq.train import train
+    from seq2seq.training.run import train
 
     with open_dict(cfg):
         if not cfg.get("callbacks"):

@@ -18,7 +18,7 @@ With --json, every run's validation history (step, epoch and val/* of each valid
 its row go to a JSON file: the README's per-epoch validation BLEU rows are regenerated from it.
 With --plot, one PNG overlays the runs' curves (a validation metric and train loss, against steps and
 against wall time), each run labelled by its folder and varied settings; it needs matplotlib and the
-seq2seq/curves.py of this checkout (not an installed package).
+seq2seq/training/curves.py of this checkout (not an installed package).
 Settings that differ between the runs become columns (all settings with --all-settings, or when there
 is a single run). A run without logs/metrics.csv still gets a row, its status saying so; a run
 without test scores (test_after_training=false) leaves those cells empty.
@@ -228,13 +228,13 @@ def to_csv(columns: list[str], rows: list[dict[str, Any]]) -> str:
 
 
 def plot_runs(paths: list[Path], columns: list[str], rows: list[dict[str, Any]], out: Path, metric: str) -> None:
-    """Overlay every run's curves in one PNG (seq2seq.curves.overlay_figure)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # seq2seq.curves of this checkout
+    """Overlay every run's curves in one PNG (seq2seq.training.curves.overlay_figure)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # seq2seq.training.curves of this checkout
     try:
         import matplotlib  # noqa: F401 -- only to find out whether it is installed
     except ImportError:
         raise SystemExit("error: --plot needs matplotlib: pip install 'seq2seq[plot]'") from None
-    from seq2seq.curves import overlay_figure, read_log
+    from seq2seq.training.curves import overlay_figure, read_log
 
     metric_prefixes = ("steps", "time/", "train/", "val/", "best ", "test/", "test[")
     settings = [c for c in columns[1:-1] if not c.startswith(metric_prefixes)]  # between "run" and "status"

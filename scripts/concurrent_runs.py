@@ -25,7 +25,7 @@ is how a 15-minute device lease measures the presets' BLEU in all three directio
 measured so are *shared-GPU* times, not the preset's budget.
 
 Steps: the corpus cache of each distinct (preset, pair, data.* overrides) is built first, all at
-once; then every run starts (`seq2seq.train`, the preset's own `test_after_training`), each in its
+once; then every run starts (`seq2seq.training.run`, the preset's own `test_after_training`), each in its
 own folder under `--work`; at the deadline the runs still going are stopped (their rows say so). Written to OUT:
   runs.md     scripts/collect_runs.py's table (validation, test BLEU cased/lowercased/Moses) and, per
               run, its exit status and tuned search defaults
@@ -203,7 +203,7 @@ def main() -> int:
     work = (args.work or args.out / "runs").resolve()
     work.mkdir(parents=True, exist_ok=True)
 
-    prepares = {key: launch([PY, "-m", "seq2seq.prepare", *data, *common, f"hydra.run.dir={work / key}"],
+    prepares = {key: launch([PY, "-m", "seq2seq.data.cache", *data, *common, f"hydra.run.dir={work / key}"],
                             work / f"{key}.log")
                 for key, data in assign_prepares(runs).items()}
     prepared = wait_all(prepares, runs_deadline)
@@ -215,7 +215,7 @@ def main() -> int:
             status[r["name"]] = f"not started: {r['prepare']} {prepared[r['prepare']]}"
             (work / f"{r['name']}.log").write_text((work / f"{r['prepare']}.log").read_text(errors="replace"))
             continue
-        cmd = [PY, "-m", "seq2seq.train", *r["overrides"], *common, f"hydra.run.dir={work / r['name']}",
+        cmd = [PY, "-m", "seq2seq.training.run", *r["overrides"], *common, f"hydra.run.dir={work / r['name']}",
                "trainer.enable_progress_bar=false"]
         r["command"] = " ".join(cmd[1:])
         procs[r["name"]] = launch(cmd, work / f"{r['name']}.log")

@@ -62,11 +62,11 @@ def distill(paths: list[Path], out: Path, beam_size: int | None = None, length_p
             batch_tokens: int | None = None, data_root: str | None = None, device: str = "auto",
             own_vocabulary: bool = False) -> dict[str, Any]:
     """The module docstring's steps; writes OUT's files and returns what distill.json holds."""
-    from seq2seq.checkpoint import load_device, load_members, run_checkpoint
+    from seq2seq.checkpoint.format import load_device, load_members, run_checkpoint
     from seq2seq.config import DataConfig, section
-    from seq2seq.corpus import find_corpus_files, read_parallel
-    from seq2seq.search import Ensemble
-    from seq2seq.translator import Translator
+    from seq2seq.data.corpus import find_corpus_files, read_parallel
+    from seq2seq.decoding.search import Ensemble
+    from seq2seq.decoding.translator import Translator
 
     started = time.monotonic()
     torch_device = load_device(device)
@@ -145,9 +145,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="let the student train its own sentencepiece models on the distilled text instead of "
                         "reusing the teachers' (it then cannot join their ensemble)")
     args = p.parse_args(argv)
-    from seq2seq.checkpoint import CheckpointError
+    from seq2seq.checkpoint.format import CheckpointError
     from seq2seq.config import ConfigError
-    from seq2seq.corpus import CorpusError
+    from seq2seq.data.corpus import CorpusError
 
     try:
         for flag, value in (("--beam-size", args.beam_size), ("--batch-tokens", args.batch_tokens)):

@@ -11,11 +11,11 @@ every step (`seq2seq-translate --ensemble`). What `seq2seq-train test_tune_searc
 model, done for the ensemble:
   1. search: the grid (the first member's search.tune_beam_sizes x tune_length_penalties, or
      --beam-sizes / --length-penalties) on the first member's validation split, best by its
-     validation metric (seq2seq.tune_search);
+     validation metric (seq2seq.evaluation.search_tuning);
   2. test: data.test_split and data.test_splits of the first member's data config (found as training
      finds them: data.root or --data-root, then data.mirrors), translated with the winning search;
   3. scores: cased BLEU, chrF and TER, lowercased BLEU, and the lowercased Moses-tokenized BLEU when
-     sacremoses is installed and knows the target language (seq2seq.evaluation).
+     sacremoses is installed and knows the target language (seq2seq.evaluation.tables).
 Written to OUT:
   test_scores.json       the ensemble's rows, as a run's checkpoints/test_scores.json, plus its members
                          and the tuning record (grid, winner, the flags to translate with)
@@ -50,7 +50,7 @@ def member_scores(ckpt: Path) -> dict[str, dict[str, Any]]:
 
 
 def moses_language(tgt_lang: str) -> str | None:
-    from seq2seq.metrics import moses_languages
+    from seq2seq.evaluation.metrics import moses_languages
 
     try:
         return tgt_lang if tgt_lang in moses_languages() else None
@@ -62,13 +62,13 @@ def ensemble_runs(paths: list[Path], out: Path, beam_sizes: list[int] | None = N
                   length_penalties: list[float] | None = None, data_root: str | None = None,
                   device: str = "auto") -> dict[str, Any]:
     """Steps 1-3 of the module docstring; writes OUT's files and returns what test_scores.json holds."""
-    from seq2seq.checkpoint import load_device, load_members, run_checkpoint
+    from seq2seq.checkpoint.format import load_device, load_members, run_checkpoint
     from seq2seq.config import DataConfig, section
-    from seq2seq.corpus import find_corpus_files, read_parallel
-    from seq2seq.evaluation import translate_and_score, write_json
-    from seq2seq.search import Ensemble
-    from seq2seq.translator import Translator
-    from seq2seq.tune_search import grid_record, translate_flags, validation_text
+    from seq2seq.data.corpus import find_corpus_files, read_parallel
+    from seq2seq.evaluation.tables import translate_and_score, write_json
+    from seq2seq.decoding.search import Ensemble
+    from seq2seq.decoding.translator import Translator
+    from seq2seq.evaluation.search_tuning import grid_record, translate_flags, validation_text
 
     torch_device = load_device(device)
     ckpts = [run_checkpoint(p) for p in paths]
@@ -126,7 +126,7 @@ def markdown(rows: list[dict[str, Any]], about: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from seq2seq.tune_search import parse_list
+    from seq2seq.evaluation.search_tuning import parse_list
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("members", nargs="+", type=Path, help="run folders (checkpoints/best.ckpt) or .ckpt files")
@@ -138,9 +138,9 @@ def main(argv: list[str] | None = None) -> int:
                                        "then data.mirrors)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     args = p.parse_args(argv)
-    from seq2seq.checkpoint import CheckpointError
+    from seq2seq.checkpoint.format import CheckpointError
     from seq2seq.config import ConfigError, check_grid_values
-    from seq2seq.corpus import CorpusError
+    from seq2seq.data.corpus import CorpusError
 
     try:
         beams = parse_list(args.beam_sizes, int, "--beam-sizes") if args.beam_sizes is not None else None

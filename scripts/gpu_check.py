@@ -4,7 +4,7 @@
     (b) throughput   scripts/benchmark.py --skip-decode: the preset's own step (one-call decoder, 2k
                      target tokens, fp32/TF32), then bf16, the input-feeding decoder and 8k tokens:
                      target tokens/s, peak memory, share of step time outside GPU kernels (torch.profiler)
-    prepare          seq2seq.prepare: the corpus cache, built once before any timed stage
+    prepare          seq2seq.data.cache: the corpus cache, built once before any timed stage
     (c) quality      scripts/benchmark.py --bleu-threshold 100 (never reached): experiment=multi30k_gpu
                      de->en as the preset defines it (its own epochs and schedule; trainer.max_time caps
                      it), alone on the GPU: validation BLEU against wall time
@@ -168,7 +168,7 @@ def cap_for(report: Report, budget: float, wanted: float) -> float:
 
 def stage_prepare(report: Report, cfg: dict, workdir: Path) -> None:
     """Build the corpus cache once (sentencepiece + encoding), so no timed stage pays for it."""
-    cmd = [PY, "-m", "seq2seq.prepare", *cfg["prepare"]["overrides"], *cfg["data"],
+    cmd = [PY, "-m", "seq2seq.data.cache", *cfg["prepare"]["overrides"], *cfg["data"],
            f"hydra.run.dir={workdir / 'prepare_run'}"]
     rc, seconds, out = run(cmd, cap_for(report, cfg["budget_s"], cfg["prepare"]["cap"]))
     report.stage("prepare", command=shlex.join(cmd[1:]), exit=rc, seconds=round(seconds, 1),

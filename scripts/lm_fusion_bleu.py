@@ -24,11 +24,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from seq2seq.checkpoint import load_for_translation, load_language_model  # noqa: E402
-from seq2seq.corpus import read_lines  # noqa: E402
-from seq2seq.fusion import ShallowFusion, check_vocabularies, rerank  # noqa: E402
-from seq2seq.metrics import score_corpus  # noqa: E402
-from seq2seq.translator import Translator  # noqa: E402
+from seq2seq.checkpoint.format import load_for_translation, load_language_model  # noqa: E402
+from seq2seq.data.corpus import read_lines  # noqa: E402
+from seq2seq.lm.fusion import ShallowFusion, check_vocabularies, rerank  # noqa: E402
+from seq2seq.evaluation.metrics import score_corpus  # noqa: E402
+from seq2seq.decoding.translator import Translator  # noqa: E402
 
 
 def floats(text: str) -> list[float]:

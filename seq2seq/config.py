@@ -107,7 +107,7 @@ class TokenizerConfig:
     byte_fallback: bool = True
     max_sentences: int = 0
     seed: int = 1
-    # Subword regularisation of the training split (seq2seq/subword_sampling.py); they change no cached
+    # Subword regularisation of the training split (seq2seq/data/subword_sampling.py); they change no cached
     # output, so the cache key leaves them out (SAMPLING_KEYS).
     sampling_alpha: float = 0.0
     sampling_nbest: int = -1

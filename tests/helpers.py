@@ -62,12 +62,12 @@ def load_script(name: str):
 
 
 def run_script(module: str, *args: str, cwd: Path = REPO, check: bool = True, **kw) -> subprocess.CompletedProcess:
-    """Run `python -m seq2seq.<module> args...` as a user would; output captured as text."""
+    """Run `python -m seq2seq.cli.<module> args...` as a user would; output captured as text."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", f"seq2seq.{module}", *args], cwd=cwd, env=env,
+    proc = subprocess.run([sys.executable, "-m", f"seq2seq.cli.{module}", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, **kw)
     if check and proc.returncode != 0:
-        raise AssertionError(f"seq2seq.{module} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        raise AssertionError(f"seq2seq.cli.{module} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
 
 
@@ -88,7 +88,7 @@ def tiny_model_and_tokenizer(model_cfg, n_pairs: int, seed: int, vocab_size: int
 
     from seq2seq.config import TokenizerConfig
     from seq2seq.model import Seq2Seq
-    from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, train_sentencepiece
+    from seq2seq.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, train_sentencepiece
 
     from .conftest import synthetic_pairs
 

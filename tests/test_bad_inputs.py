@@ -3,8 +3,8 @@ a non-zero exit, and no partial output that looks complete.
 
 Config and corpus errors found at the function level are tested in test_config.py, test_corpus.py
 and test_prepare.py; here they go through `seq2seq-train` itself. To keep this file fast, one
-subprocess runs the `seq2seq-train` entry point (`seq2seq.train.main`, Hydra included) once per case,
-and one case also runs as its own `python -m seq2seq.train` process.
+subprocess runs the `seq2seq-train` entry point (`seq2seq.training.run.main`, Hydra included) once per case,
+and one case also runs as its own `python -m seq2seq.training.run` process.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from seq2seq import translate
-from seq2seq.checkpoint import FORMAT_VERSION, MODEL_PREFIX, make_payload
+from seq2seq.cli import translate
+from seq2seq.checkpoint.format import FORMAT_VERSION, MODEL_PREFIX, make_payload
 from seq2seq.config import ModelConfig, SearchConfig
 
 from .conftest import synthetic_pairs, write_lines
@@ -35,7 +35,7 @@ DRIVER = textwrap.dedent("""
     # Run the seq2seq-train entry point once per case; report exit code and stderr as JSON.
     import contextlib, io, json, sys
     from hydra.core.global_hydra import GlobalHydra
-    import seq2seq.train as entry
+    import seq2seq.training.run as entry
     results = []
     for argv in json.load(open(sys.argv[1])):
         GlobalHydra.instance().clear()
@@ -115,7 +115,7 @@ def train_results(tmp_path_factory):
     env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": ""}
     env.pop("HYDRA_FULL_ERROR")
     # Meanwhile, one case as its own process, exactly as a user types it.
-    single = subprocess.Popen([sys.executable, "-m", "seq2seq.train", "model.cel=gru", f"hydra.run.dir={tmp / 'r0'}"],
+    single = subprocess.Popen([sys.executable, "-m", "seq2seq.training.run", "model.cel=gru", f"hydra.run.dir={tmp / 'r0'}"],
                               cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     proc = subprocess.run([sys.executable, str(tmp / "driver.py"), str(tmp / "cases.json")], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
@@ -277,12 +277,12 @@ def test_translate_interrupted_midway_leaves_no_complete_looking_output(tiny_ckp
 
 
 def test_translate_killed_midway_leaves_no_output(tiny_ckpt, tmp_path):
-    """SIGKILL during a real `python -m seq2seq.translate`: no output file appears at all."""
+    """SIGKILL during a real `python -m seq2seq.cli.translate`: no output file appears at all."""
     source = write_lines(tmp_path / "in.de", synthetic_pairs(400, 5)[0])
     out = tmp_path / "out.en"
     code = textwrap.dedent(f"""
         import os, signal, sys
-        from seq2seq import translate
+        from seq2seq.cli import translate
         calls = []
         def progress(self, n):
             calls.append(n)
@@ -350,8 +350,9 @@ def test_translate_gzip_input_that_is_not_gzip(tiny_ckpt, tmp_path, capsys):
 def test_every_checkpoint_tool_refuses_device_cuda_without_a_gpu(tool, tiny_ckpt, source, tmp_path, capsys):
     """`--device cuda` on a machine without one: exit 2 with one line saying so, and nothing written
     (all of them ask `checkpoint.load_device`)."""
-    from seq2seq import generate, tune_search
+    from seq2seq.cli import generate
 
+    from seq2seq.evaluation import search_tuning as tune_search
     out = tmp_path / "out"
     argv = {"translate": ["--checkpoint", str(tiny_ckpt), "--input", str(source), "--output", str(out)],
             "tune-search": ["--checkpoint", str(tiny_ckpt), "--dry-run"],

@@ -1,4 +1,4 @@
-"""seq2seq.corpus: reading, cleaning, validation, filtering, locating and downloading."""
+"""seq2seq.data.corpus: reading, cleaning, validation, filtering, locating and downloading."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from seq2seq import corpus
+from seq2seq.data import corpus
 from seq2seq.config import DataConfig, FilterConfig
-from seq2seq.corpus import CorpusError, filter_pairs, find_corpus_files, read_lines, read_parallel
+from seq2seq.data.corpus import CorpusError, filter_pairs, find_corpus_files, read_lines, read_parallel
 
 from .conftest import write_lines
 

@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from seq2seq import search
+from seq2seq.decoding import search
 from seq2seq.config import SearchConfig
-from seq2seq.data import collate
-from seq2seq.precision import precision_dtype
-from seq2seq.translator import Translator
+from seq2seq.data.batching import collate
+from seq2seq.model.precision import precision_dtype
+from seq2seq.decoding.translator import Translator
 
 from .test_device_paths import FakeTokenizer, examples, rnn_output_dtypes, tiny_model
 
@@ -115,8 +115,8 @@ def test_a_training_step_does_not_sync(tmp_path):
     """Forward, loss, backward, the non-finite guard, a fused Adam step and the learning-rate schedule
     (a device tensor following the applied updates) under sync debug mode."""
     from seq2seq.config import ModelConfig, OptimConfig, SchedulerConfig, ValidationConfig, section
-    from seq2seq.lit_module import TranslationModule
-    from seq2seq.schedule import WarmupDecayPlateau
+    from seq2seq.training.module import TranslationModule
+    from seq2seq.training.schedule import WarmupDecayPlateau
 
     model_cfg = section(ModelConfig, dict(cell="lstm", embedding_size=8, encoder_hidden_size=6, decoder_hidden_size=8,
                                           encoder_layers=2, attention_size=6, dropout=0.1, rnn_dropout=0.0), "model")
@@ -244,7 +244,7 @@ def test_one_gpu_ddp_smoke_run(tmp_path):
 
     root = os.environ.get("SEQ2SEQ_DATA_ROOT")  # gpu_check.sh: the carried corpus
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-m", "seq2seq.train", *TINY, "trainer=ddp", "trainer.devices=1",
+    proc = subprocess.run([sys.executable, "-m", "seq2seq.training.run", *TINY, "trainer=ddp", "trainer.devices=1",
                            "trainer.strategy=ddp_spawn", "trainer.max_steps=4", "trainer.val_check_interval=2",
                            "test_after_training=false", "data.max_valid_pairs=8", f"paths.data_dir={tmp_path / 'data'}",
                            f"hydra.run.dir={tmp_path / 'run'}", *([f"data.root={root}"] if root else [])],

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from seq2seq.curves import (ELAPSED, STEP_LABEL, TIME_LABEL, curves_figure, overlay_figure, points, read_log,
+from seq2seq.training.curves import (ELAPSED, STEP_LABEL, TIME_LABEL, curves_figure, overlay_figure, points, read_log,
                             write_curves)
 
 from .helpers import require
@@ -83,7 +83,7 @@ def test_write_curves_saves_a_png_or_says_how_to_install_matplotlib(tmp_path, mo
     assert write_curves(log, out) == out
     assert out.read_bytes()[:8] == PNG and out.stat().st_size > 10_000
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # not installed
-    with caplog.at_level(logging.INFO, logger="seq2seq.curves"):
+    with caplog.at_level(logging.INFO, logger="seq2seq.training.curves"):
         assert write_curves(log, tmp_path / "other.png") is None
     assert "matplotlib is not installed (pip install 'seq2seq[plot]')" in caplog.text
     assert not (tmp_path / "other.png").exists()
@@ -103,7 +103,7 @@ def test_overlay_draws_every_run_on_every_panel(tmp_path):
 
 def test_wall_clock_continues_across_a_resume():
     """Mutation that makes it fail: WallClock.load_state_dict not restoring the saved seconds."""
-    from seq2seq.callbacks import WallClock
+    from seq2seq.training.callbacks import WallClock
 
     before = WallClock()
     before._saved = 100.0  # as if it had run for 100 s

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from seq2seq.data import (ParallelDataset, TokenBucketBatchSampler, collate, collate_source,
+from seq2seq.data.batching import (ParallelDataset, TokenBucketBatchSampler, collate, collate_source,
                           token_budget_batches)
-from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from seq2seq.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 
 def test_collate_adds_special_tokens_and_masks():

@@ -1,6 +1,6 @@
 """Distributed training on the CPU: 2 processes, gloo, ddp_spawn (trainer=ddp_cpu).
 
-One real run of `python -m seq2seq.train debug=tiny trainer=ddp_cpu trainer.devices=2` is shared by
+One real run of `python -m seq2seq.training.run debug=tiny trainer=ddp_cpu trainer.devices=2` is shared by
 the tests below: it must train, validate, checkpoint and test (once, in the launching process); each
 rank must see its own shard of the batches; validation BLEU under DDP must equal the single-process
 figure for the same weights; its checkpoints must resume in one process and translate. Last, data
@@ -20,14 +20,14 @@ import numpy as np
 import pytest
 import torch
 
-from seq2seq.checkpoint import PAYLOAD_KEY, read_checkpoint
+from seq2seq.checkpoint.format import PAYLOAD_KEY, read_checkpoint
 from seq2seq.config import (BatchingConfig, ConfigError, DataConfig, ModelConfig, OptimConfig, SchedulerConfig,
                             SearchConfig, TokenizerConfig, ValidationConfig, section)
-from seq2seq.data import TokenBucketBatchSampler
-from seq2seq.datamodule import EvalShardSampler, TranslationDataModule
-from seq2seq.lit_module import TranslationModule, _rng_state, _set_rng_state
-from seq2seq.prepare import prepare_corpus
-from seq2seq.train import check_hardware, check_launch, train
+from seq2seq.data.batching import TokenBucketBatchSampler
+from seq2seq.data.datamodule import EvalShardSampler, TranslationDataModule
+from seq2seq.training.module import TranslationModule, _rng_state, _set_rng_state
+from seq2seq.data.cache import prepare_corpus
+from seq2seq.training.run import check_hardware, check_launch, train
 
 from .helpers import TINY, compose_train, learn, read_metrics, run_script, series
 
@@ -68,7 +68,7 @@ class BatchRecorder(pl.Callback):
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory, learnable_corpus):
-    """`python -m seq2seq.train debug=tiny trainer=ddp_cpu trainer.devices=2` on the learnable toy pair
+    """`python -m seq2seq.training.run debug=tiny trainer=ddp_cpu trainer.devices=2` on the learnable toy pair
     (long enough to translate it), with the final test."""
     tmp = tmp_path_factory.mktemp("ddp")
     run_dir, probe = tmp / "run", tmp / "probe"
@@ -236,7 +236,7 @@ def test_each_rank_restores_its_own_rng_state():
 
 
 def test_ddp_checkpoint_translates_like_its_final_test(ddp_run, tmp_path):
-    from seq2seq.translate import main as translate_main
+    from seq2seq.cli.translate import main as translate_main
 
     ckpt = ddp_run["dir"] / "checkpoints" / "best.ckpt"
     written = (ddp_run["dir"] / "checkpoints" / "test_2016_flickr.de-en.hyp").read_text(encoding="utf-8")
@@ -249,7 +249,7 @@ def test_ddp_checkpoint_translates_like_its_final_test(ddp_run, tmp_path):
 
 
 def _prepare_in_process(root: str, cache: str, barrier, results) -> None:
-    from seq2seq.prepare import prepare_corpus as prepare
+    from seq2seq.data.cache import prepare_corpus as prepare
 
     cfg = DataConfig(root=root, cache_dir=cache, download=False, mirrors=[],
                      tokenizer=TokenizerConfig(vocab_size=60, byte_fallback=False))

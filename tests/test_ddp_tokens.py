@@ -18,8 +18,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from seq2seq.config import ModelConfig, OptimConfig, SchedulerConfig, SearchConfig, ValidationConfig, section
-from seq2seq.data import collate
-from seq2seq.lit_module import TranslationModule
+from seq2seq.data.batching import collate
+from seq2seq.training.module import TranslationModule
 
 # Rank 0: two short pairs (~8 target tokens); rank 1: six long ones (~90). Normalising each rank by its
 # own count and averaging ranks would weigh a token of rank 0 about 11 times more than one of rank 1.

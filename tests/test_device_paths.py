@@ -13,12 +13,12 @@ import torch
 from torch import nn
 
 import seq2seq.model.encoder as encoder_module
-from seq2seq import search
+from seq2seq.decoding import search
 from seq2seq.config import ModelConfig, SearchConfig, section
-from seq2seq.data import collate, token_budget_batches
+from seq2seq.data.batching import collate, token_budget_batches
 from seq2seq.model import Seq2Seq
-from seq2seq.precision import precision_dtype
-from seq2seq.translator import Translator
+from seq2seq.model.precision import precision_dtype
+from seq2seq.decoding.translator import Translator
 
 from .helpers import TINY, compose_train
 
@@ -226,7 +226,7 @@ def test_training_steps_read_nothing_back_from_the_device(tmp_path, multi30k_dir
     guard's `if float(flag) > 0` in StepGuard.on_before_optimizer_step, reading the skip counters every
     step (dropping the log_every_n_steps test in StepGuard.on_train_batch_end), or the schedule reading
     the applied-update count as a number (`float(step)` in WarmupDecayPlateau.get_lr) -> fails."""
-    from seq2seq.train import train
+    from seq2seq.training.run import train
 
     HostReadCounter.seen, HostReadCounter.ran = [], False
     cfg = compose_train([*TINY, "test_after_training=false", "trainer.max_steps=6", "trainer.val_check_interval=6",
@@ -250,7 +250,7 @@ def test_the_progress_bar_refreshes_at_the_logging_rate(tmp_path):
     import lightning.pytorch as pl
 
     from seq2seq.config import OptimConfig, SchedulerConfig, ValidationConfig
-    from seq2seq.lit_module import TranslationModule
+    from seq2seq.training.module import TranslationModule
 
     model = section(ModelConfig, dict(cell="gru", embedding_size=8, encoder_hidden_size=6, decoder_hidden_size=8,
                                       encoder_layers=1, attention_size=6), "model")

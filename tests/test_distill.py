@@ -11,11 +11,11 @@ import shlex
 
 import pytest
 
-from seq2seq.checkpoint import CheckpointError, load_members, read_checkpoint
+from seq2seq.checkpoint.format import CheckpointError, load_members, read_checkpoint
 from seq2seq.config import ConfigError
-from seq2seq.search import Ensemble
-from seq2seq.train import train
-from seq2seq.translator import Translator
+from seq2seq.decoding.search import Ensemble
+from seq2seq.training.run import train
+from seq2seq.decoding.translator import Translator
 
 from .conftest import synthetic_pairs, write_lines
 from .helpers import TINY, compose_train, load_script, run_script

@@ -10,13 +10,13 @@ import json
 import pytest
 import torch
 
-from seq2seq import translate
-from seq2seq.checkpoint import MODEL_PREFIX, PAYLOAD_KEY, make_payload
+from seq2seq.cli import translate
+from seq2seq.checkpoint.format import MODEL_PREFIX, PAYLOAD_KEY, make_payload
 from seq2seq.config import DataConfig, ModelConfig, SearchConfig
-from seq2seq.evaluation import score_set
-from seq2seq.search import Ensemble
-from seq2seq.tokenizer import EOS_ID
-from seq2seq.translator import Translator
+from seq2seq.evaluation.tables import score_set
+from seq2seq.decoding.search import Ensemble
+from seq2seq.data.tokenizer import EOS_ID
+from seq2seq.decoding.translator import Translator
 
 from .conftest import synthetic_pairs, write_lines
 from .helpers import load_script, tiny_model_and_tokenizer

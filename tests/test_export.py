@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from seq2seq.config import ModelConfig
-from seq2seq.data import collate_source
+from seq2seq.data.batching import collate_source
 from seq2seq.model import Seq2Seq
 
 ort = pytest.importorskip("onnxruntime", reason='onnxruntime is missing: pip install -e ".[onnx]"')
 pytest.importorskip("onnx", reason='onnx is missing: pip install -e ".[onnx]"')
 
-from seq2seq.onnx_graphs import ExportEncoder, export_graphs, graph_names, state_layout  # noqa: E402
+from seq2seq.deploy.onnx_graphs import ExportEncoder, export_graphs, graph_names, state_layout  # noqa: E402
 
 CELLS = ("rnn_tanh", "rnn_relu", "gru", "lstm")
 DESIGNS = [("bahdanau", False), ("bahdanau", True), ("luong_dot", False), ("luong_dot", True),

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from seq2seq.checkpoint import CheckpointError
+from seq2seq.checkpoint.format import CheckpointError
 from seq2seq.config import ConfigError
-from seq2seq.train import train
+from seq2seq.training.run import train
 
 from .conftest import synthetic_pairs, write_lines
 from .helpers import TINY, compose_train, run_script

@@ -14,15 +14,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from seq2seq import search
-from seq2seq.checkpoint import MODEL_PREFIX, CheckpointError, load_language_model, make_payload
+from seq2seq.decoding import search
+from seq2seq.checkpoint.format import MODEL_PREFIX, CheckpointError, load_language_model, make_payload
 from seq2seq.config import ConfigError, LanguageModelConfig, ModelConfig, TokenizerConfig
-from seq2seq.fusion import ShallowFusion, VocabularyMismatch, check_vocabularies, rerank
-from seq2seq.generation import generate, next_token_distribution
-from seq2seq.lm_score import sequence_log_probs
+from seq2seq.lm.fusion import ShallowFusion, VocabularyMismatch, check_vocabularies, rerank
+from seq2seq.lm.generation import generate, next_token_distribution
+from seq2seq.lm.perplexity import sequence_log_probs
 from seq2seq.model import Seq2Seq
 from seq2seq.model.lm import RecurrentLM
-from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, train_sentencepiece
+from seq2seq.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, train_sentencepiece
 
 from .conftest import synthetic_pairs, write_lines
 from .helpers import compose_train, run_script
@@ -50,7 +50,7 @@ def tiny_translator(vocab: int = VOCAB, seed: int = 1) -> Seq2Seq:
 
 
 def sources(batch: int = 5, seed: int = 3):
-    from seq2seq.data import collate_source
+    from seq2seq.data.batching import collate_source
 
     g = torch.Generator().manual_seed(seed)
     seqs = [torch.randint(4, VOCAB, (int(n),), generator=g).tolist() for n in torch.randint(2, 9, (batch,), generator=g)]
@@ -264,7 +264,7 @@ def forced_score(step, state, h) -> float:
 
 def test_rerank_orders_by_combined_score():
     """Mutation: ranking by the LM score alone (or forgetting the weight) picks another hypothesis."""
-    from seq2seq.translator import Translation
+    from seq2seq.decoding.translator import Translation
 
     spm = train_sentencepiece(synthetic_pairs(200, 0)[1], TokenizerConfig(vocab_size=60, byte_fallback=False))
     tok = Tokenizer(spm, spm)
@@ -313,7 +313,7 @@ def lm_overrides(root: Path, steps: int, extra: tuple[str, ...] = ()) -> list[st
 @pytest.fixture(scope="module")
 def counting_lm(tmp_path_factory) -> tuple[Path, Path, dict]:
     """A character-level LM trained by `train(cfg)` on a^n b^n (train text gzipped) -> (root, best.ckpt, metrics)."""
-    from seq2seq.train import train
+    from seq2seq.training.run import train
 
     root = tmp_path_factory.mktemp("counting")
     write_lines(root / "train.txt.gz", counting(1500, 1))
@@ -424,8 +424,8 @@ def test_monolingual_text_is_validated_and_held_out(tmp_path):
     valid_holdout lines validate; tokenizer_from takes a checkpoint's target model.
     Mutation: reading the training files without `corpus.read_lines` (errors='replace') fails the first case."""
     from seq2seq.config import MonolingualDataConfig
-    from seq2seq.corpus import CorpusError
-    from seq2seq.lm_data import prepare_monolingual
+    from seq2seq.data.corpus import CorpusError
+    from seq2seq.lm.data import prepare_monolingual
 
     lines = synthetic_pairs(120, 0)[1]
     good = write_lines(tmp_path / "good.txt.gz", lines)
@@ -446,7 +446,7 @@ def test_monolingual_text_is_validated_and_held_out(tmp_path):
 
 
 def test_lm_and_translation_sections_do_not_mix(tmp_path):
-    from seq2seq.train import train
+    from seq2seq.training.run import train
 
     with pytest.raises(ConfigError, match="use data=monolingual"):
         train(compose_train(["model=rnn_lm"], tmp_path / "a"))
@@ -463,7 +463,7 @@ def test_lm_trains_under_ddp_and_resumes_in_one_process(tmp_path):
     that validation; the run then resumes from last.ckpt in a single process.
     Mutation: `LanguageModelModule.on_validation_epoch_end` skipping the reduce over ranks (one shard's
     sums) fails the equality."""
-    from seq2seq.lm_score import score_text
+    from seq2seq.lm.perplexity import score_text
 
     from .helpers import read_metrics, series
 

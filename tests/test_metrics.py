@@ -7,7 +7,7 @@ import logging
 import pytest
 import sacrebleu
 
-from seq2seq.metrics import (METRICS, OFFLINE_TOKENIZERS, format_score, paired_bootstrap,
+from seq2seq.evaluation.metrics import (METRICS, OFFLINE_TOKENIZERS, format_score, paired_bootstrap,
                              report_lines, score_corpus)
 
 REFS = [
@@ -155,7 +155,7 @@ def test_moses_bleu_against_hand_computed_figures(case):
     from .helpers import require
 
     require("sacremoses")
-    from seq2seq.metrics import score_moses_bleu
+    from seq2seq.evaluation.metrics import score_moses_bleu
 
     lang, ref, hyp, p13a, pmoses = MOSES_CASES[case]
     assert score_corpus([hyp], [[ref]], metrics=["bleu"])["bleu"] == pytest.approx(100 * p13a ** 0.25)
@@ -174,7 +174,7 @@ def test_moses_tokenization_follows_the_multi30k_release():
     from .helpers import require
 
     require("sacremoses")
-    from seq2seq.metrics import moses_tokenize
+    from seq2seq.evaluation.metrics import moses_tokenize
 
     assert moses_tokenize(["Un chien court sur l'herbe, près d'un arbre.", "Un t-shirt « rouge »"], "fr") == [
         "un chien court sur l' herbe , près d' un arbre .", 'un t-shirt " rouge "']
@@ -191,7 +191,7 @@ def test_moses_bleu_of_a_whole_test_set_warns_of_nothing(caplog):
     from .helpers import require
 
     require("sacremoses")
-    from seq2seq.metrics import score_moses_bleu
+    from seq2seq.evaluation.metrics import score_moses_bleu
 
     lines = [f"A dog number {i} runs on the grass." for i in range(120)]
     with caplog.at_level(logging.WARNING, logger="sacrebleu"):
@@ -202,7 +202,7 @@ def test_moses_bleu_of_a_whole_test_set_warns_of_nothing(caplog):
 def test_moses_without_sacremoses_names_the_extra(monkeypatch):
     import sys
 
-    from seq2seq.metrics import score_moses_bleu
+    from seq2seq.evaluation.metrics import score_moses_bleu
 
     monkeypatch.setitem(sys.modules, "sacremoses", None)  # `import sacremoses` raises ImportError
     with pytest.raises(RuntimeError, match=r"needs sacremoses: pip install 'seq2seq\[moses\]'"):

@@ -1,4 +1,4 @@
-"""seq2seq.prepare: building, reusing and invalidating the cache; the seq2seq-prepare script."""
+"""seq2seq.data.cache: building, reusing and invalidating the cache; the seq2seq-prepare script."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from seq2seq import prepare as prep
+from seq2seq.data import cache as prep
 from seq2seq.config import CONF_DIR, ConfigError, DataConfig, FilterConfig, TokenizerConfig, hydra_errors
-from seq2seq.corpus import CorpusError, read_lines
-from seq2seq.prepare import EncodedSplit, PreparedCorpus, load_prepared, prepare, prepare_corpus
-from seq2seq.tokenizer import TokenizerError
+from seq2seq.data.corpus import CorpusError, read_lines
+from seq2seq.data.cache import EncodedSplit, PreparedCorpus, load_prepared, prepare, prepare_corpus
+from seq2seq.data.tokenizer import TokenizerError
 
 from .conftest import write_lines
 
@@ -43,7 +43,7 @@ def data_cfg(root: Path, cache: Path, **kw) -> DataConfig:
 @pytest.fixture
 def built(toy_corpus, tmp_path, caplog):
     """A toy corpus with bad pairs in every split, prepared once."""
-    caplog.set_level(logging.INFO, logger="seq2seq.prepare")
+    caplog.set_level(logging.INFO, logger="seq2seq.data.cache")
     root = toy_corpus(extra=EXTRA, gz=True)
     cfg = data_cfg(root, tmp_path / "cache")
     return cfg, prepare_corpus(cfg)
@@ -223,7 +223,7 @@ def test_damaged_cache_is_rebuilt(built, caplog):
 
 
 def test_another_process_finished_first(toy_corpus, tmp_path, monkeypatch, caplog):
-    caplog.set_level(logging.INFO, logger="seq2seq.prepare")
+    caplog.set_level(logging.INFO, logger="seq2seq.data.cache")
     real_build = prep._build
 
     def build_and_race(cfg, files, hashes, settings, key, out, given=None):
@@ -260,7 +260,7 @@ def test_prepare_from_composed_config(toy_corpus, tmp_path):
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, "-m", "seq2seq.prepare", *args, f"hydra.run.dir={cwd}/run"],
+    return subprocess.run([sys.executable, "-m", "seq2seq.data.cache", *args, f"hydra.run.dir={cwd}/run"],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -290,7 +290,7 @@ def test_cli_run_folder_is_named_after_the_prepare_step(toy_corpus, tmp_path):
             f"data.cache_dir={tmp_path / 'cache'}", "data.tokenizer.vocab_size=60", "data.tokenizer.byte_fallback=false"]
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     for extra in ([], ["experiment=quickstart"]):
-        proc = subprocess.run([sys.executable, "-m", "seq2seq.prepare", *args, *extra], cwd=tmp_path, env=env,
+        proc = subprocess.run([sys.executable, "-m", "seq2seq.data.cache", *args, *extra], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
         assert [p.name for p in (tmp_path / "outputs").iterdir()] == ["prepare"]

@@ -15,12 +15,12 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from seq2seq.checkpoint import load_for_translation
-from seq2seq.checkpoint_io import AtomicCheckpointIO
-from seq2seq.callbacks import TrainingDivergedError
-from seq2seq.lit_module import TranslationModule
-from seq2seq.train import train
-from seq2seq.translator import Translator
+from seq2seq.checkpoint.format import load_for_translation
+from seq2seq.training.checkpoint_io import AtomicCheckpointIO
+from seq2seq.training.callbacks import TrainingDivergedError
+from seq2seq.training.module import TranslationModule
+from seq2seq.training.run import train
+from seq2seq.decoding.translator import Translator
 
 from .helpers import REPO, TINY, compose_train, read_metrics, series
 
@@ -118,13 +118,13 @@ def train_until_sigkill(args: list[str], run_dir, hook: str, when: str) -> None:
         import os, signal, sys
         import torch
         torch.set_num_threads({torch.get_num_threads()})  # as in this process: same float sums, same numbers
-        from seq2seq.lit_module import TranslationModule
+        from seq2seq.training.module import TranslationModule
         def {hook}:
             if {when}:
                 os.kill(os.getpid(), signal.SIGKILL)
         TranslationModule.{name} = {name}
         sys.argv = ["seq2seq-train", *{args!r}, "hydra.run.dir={run_dir}"]
-        from seq2seq.train import main
+        from seq2seq.training.run import main
         main()
     """)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(torch.get_num_threads())}
@@ -301,7 +301,7 @@ def test_repeated_out_of_memory_stops_with_a_usable_last_checkpoint_and_advice(t
     """`max_oom_steps` steps in a row out of memory end the run with last.ckpt written and a message that
     names the setting to lower; the run then resumes. Mutation that makes it fail: StepGuard not counting
     out-of-memory runs (`oom` always 0): the run goes on skipping every step to the end of its epoch."""
-    from seq2seq.callbacks import OutOfMemoryStop
+    from seq2seq.training.callbacks import OutOfMemoryStop
 
     run_out_of_memory(monkeypatch, from_step=2)
     args = overrides(data_dir, "max_oom_steps=3", "max_bad_steps=10", "trainer.max_epochs=1")

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from seq2seq import translate
-from seq2seq.checkpoint import MODEL_PREFIX, load_for_translation, make_payload
+from seq2seq.cli import translate
+from seq2seq.checkpoint.format import MODEL_PREFIX, load_for_translation, make_payload
 from seq2seq.config import ModelConfig, SearchConfig
-from seq2seq.data import collate
-from seq2seq.tokenizer import EOS_ID, PAD_ID
-from seq2seq.translator import Translator, one_line
+from seq2seq.data.batching import collate
+from seq2seq.data.tokenizer import EOS_ID, PAD_ID
+from seq2seq.decoding.translator import Translator, one_line
 
 from .conftest import synthetic_pairs, write_lines
 from .helpers import REPO, tiny_model_and_tokenizer
@@ -28,8 +28,8 @@ from .helpers import REPO, tiny_model_and_tokenizer
 pytest.importorskip("onnxruntime", reason='onnxruntime is missing: pip install -e ".[onnx]"')
 pytest.importorskip("onnx", reason='onnx is missing: pip install -e ".[onnx]"')
 
-from seq2seq.export import export  # noqa: E402
-from seq2seq.runtime import OnnxTranslator  # noqa: E402
+from seq2seq.deploy.export import export  # noqa: E402
+from seq2seq.deploy.runtime import OnnxTranslator  # noqa: E402
 
 MODEL = ModelConfig(cell="gru", embedding_size=32, encoder_hidden_size=32, decoder_hidden_size=48,
                     encoder_layers=1, attention="luong_general", dropout=0.0, rnn_dropout=0.0)
@@ -210,9 +210,9 @@ BLOCK_TORCH = "import sys\nsys.modules['torch'] = None\n"
 
 @pytest.mark.slow
 def test_runtime_runs_where_importing_torch_fails(folder, tmp_path):
-    """Mutation caught: `import torch` (or importing seq2seq.search) at the top of seq2seq/runtime.py."""
+    """Mutation caught: `import torch` (or importing seq2seq.decoding.search) at the top of seq2seq/deploy/runtime.py."""
     code = BLOCK_TORCH + textwrap.dedent(f"""
-        from seq2seq.runtime import OnnxTranslator
+        from seq2seq.deploy.runtime import OnnxTranslator
         t = OnnxTranslator({str(folder)!r}, threads=1)
         greedy = t.translate(["the man runs", "", "a red ball"])
         t.cfg.beam_size = 3
@@ -231,7 +231,8 @@ def test_without_the_extra_the_commands_name_it(trained_ckpt, tmp_path):
     """seq2seq-export and the onnxruntime backend say which extra to install when onnx is missing."""
     block = "import sys\nsys.modules['onnx'] = sys.modules['onnxruntime'] = None\n"
     code = block + textwrap.dedent(f"""
-        from seq2seq import export, translate
+        from seq2seq.deploy import export
+        from seq2seq.cli import translate
         print("export", export.main(["--checkpoint", {str(trained_ckpt)!r}, "--output-dir", {str(tmp_path / "x")!r}]))
         (__import__("pathlib").Path({str(tmp_path)!r}) / "m").mkdir()
         (__import__("pathlib").Path({str(tmp_path)!r}) / "m" / "config.json").write_text('{{"format_version": 1, '
@@ -265,7 +266,7 @@ def test_bad_export_folders_are_named(folder, tmp_path, capsys):
 
 
 def test_export_refuses_to_overwrite_a_folder_that_is_not_an_export(trained_ckpt, folder, tmp_path, capsys):
-    from seq2seq.export import main
+    from seq2seq.deploy.export import main
 
     other = tmp_path / "mine"
     other.mkdir()
@@ -281,7 +282,7 @@ def test_export_refuses_to_overwrite_a_folder_that_is_not_an_export(trained_ckpt
 
 
 def test_output_cleaning_matches_the_torch_side():
-    from seq2seq.runtime import one_line as runtime_one_line
+    from seq2seq.deploy.runtime import one_line as runtime_one_line
 
     for text in ["a\nb", "x\r\ny", " \t lots   of\x0b space ", "\x00\x1b[31mred\x7f", "\ufeffbom\u2028sep", "\x85nel"]:
         assert runtime_one_line(text) == one_line(text), repr(text)

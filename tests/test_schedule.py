@@ -3,7 +3,7 @@
 import pytest
 
 from seq2seq.config import SchedulerConfig
-from seq2seq.schedule import lr_factor
+from seq2seq.training.schedule import lr_factor
 
 
 def cfg(**kw):
@@ -36,7 +36,7 @@ def test_the_schedule_follows_applied_updates_on_the_device():
     Mutation that makes it fail: WarmupDecayPlateau.applied_updates returning `self.last_epoch`."""
     import torch
 
-    from seq2seq.schedule import WarmupDecayPlateau
+    from seq2seq.training.schedule import WarmupDecayPlateau
 
     weight = torch.nn.Parameter(torch.ones(3))
     opt = torch.optim.Adam([weight], lr=torch.tensor(1e-3), fused=True)
@@ -58,7 +58,7 @@ def test_plateau_cuts_after_patience_and_its_state_is_checkpointed():
     comparing with `>=`/`<=` (an equal score counted as an improvement)."""
     import torch
 
-    from seq2seq.schedule import WarmupDecayPlateau
+    from seq2seq.training.schedule import WarmupDecayPlateau
 
     weight = torch.nn.Parameter(torch.ones(1))
     opt = torch.optim.Adam([weight], lr=1.0)
@@ -88,10 +88,10 @@ def test_a_checkpoint_from_before_this_scheduler_resumes_with_its_plateau_and_sk
 
     import torch
 
-    from seq2seq.checkpoint import PAYLOAD_KEY
+    from seq2seq.checkpoint.format import PAYLOAD_KEY
     from seq2seq.config import ModelConfig, OptimConfig, SearchConfig, ValidationConfig, section
-    from seq2seq.lit_module import TranslationModule
-    from seq2seq.schedule import WarmupDecayPlateau
+    from seq2seq.training.module import TranslationModule
+    from seq2seq.training.schedule import WarmupDecayPlateau
 
     model = section(ModelConfig, dict(cell="gru", embedding_size=8, encoder_hidden_size=6, decoder_hidden_size=8,
                                       encoder_layers=1, attention_size=6), "model")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from seq2seq.metrics import score_corpus
-from seq2seq.score import main, read_lines
+from seq2seq.evaluation.metrics import score_corpus
+from seq2seq.cli.score import main, read_lines
 
 REFS = [
     "The cat sits on the mat.",
@@ -143,10 +143,10 @@ def test_compare_bootstrap(files, capsys):
 
 
 def test_console_module_runs(files):
-    """`python -m seq2seq.score`, hypotheses from stdin."""
+    """`python -m seq2seq.cli.score`, hypotheses from stdin."""
     root = Path(__file__).resolve().parents[1]
     run = lambda *argv, **kw: subprocess.run(  # noqa: E731
-        [sys.executable, "-m", "seq2seq.score", *argv], capture_output=True, text=True, cwd=root, **kw)
+        [sys.executable, "-m", "seq2seq.cli.score", *argv], capture_output=True, text=True, cwd=root, **kw)
     proc = run("--hyp", "-", "--ref", files["ref"], "--metrics", "bleu",
                input=Path(files["hyp"]).read_text())
     assert proc.returncode == 0, proc.stderr

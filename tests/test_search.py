@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from seq2seq.search import (Ensemble, Hypothesis, beam_search, greedy, max_lengths, sample,
+from seq2seq.decoding.search import (Ensemble, Hypothesis, beam_search, greedy, max_lengths, sample,
                             score_reference)
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3

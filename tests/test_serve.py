@@ -24,11 +24,13 @@ pytest.importorskip("fastapi", reason="the serve extra is not installed: pip ins
 import httpx  # noqa: E402  (the TestClient's transport; installed with the serve extra)
 from fastapi.testclient import TestClient  # noqa: E402
 
-from seq2seq import serve, translate  # noqa: E402
-from seq2seq.batcher import DynamicBatcher  # noqa: E402
-from seq2seq.serve import Engine, Limits, create_app  # noqa: E402
-from seq2seq.train import train  # noqa: E402
-from seq2seq.translator import Translator  # noqa: E402
+from seq2seq.serving import app as serve  # noqa: E402
+
+from seq2seq.cli import translate
+from seq2seq.serving.dynamic_batcher import DynamicBatcher  # noqa: E402
+from seq2seq.serving.app import Engine, Limits, create_app  # noqa: E402
+from seq2seq.training.run import train  # noqa: E402
+from seq2seq.decoding.translator import Translator  # noqa: E402
 
 from .conftest import synthetic_pairs, write_lines  # noqa: E402
 from .helpers import REPO, TINY, compose_train  # noqa: E402
@@ -380,13 +382,13 @@ def free_port() -> int:
 
 
 class Server:
-    """`python -m seq2seq.serve` on 127.0.0.1 and a free port, waited for until /health answers."""
+    """`python -m seq2seq.serving.app` on 127.0.0.1 and a free port, waited for until /health answers."""
 
     def __init__(self, ckpt: Path, *flags: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "seq2seq.serve", "--checkpoint", str(ckpt),
+        self.proc = subprocess.Popen([sys.executable, "-m", "seq2seq.serving.app", "--checkpoint", str(ckpt),
                                       "--port", str(self.port), "--threads", "1", *flags],
                                      env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 90

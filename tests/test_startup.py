@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from seq2seq import translate
-from seq2seq.app_help import _defaults, _options, app_help
-from seq2seq.checkpoint import MODEL_PREFIX, load_for_translation, make_payload
+from seq2seq.cli import translate
+from seq2seq.cli.hydra_help import _defaults, _options, app_help
+from seq2seq.checkpoint.format import MODEL_PREFIX, load_for_translation, make_payload
 from seq2seq.config import CONF_DIR, ModelConfig, SearchConfig
 
 from .conftest import synthetic_pairs, write_lines
@@ -99,12 +99,12 @@ def test_usage_errors_need_no_torch(tmp_path):
     src = write_lines(tmp_path / "in.de", ["ein Satz"])
     blocked = ("torch", "lightning", "pytorch_lightning")
     cases = [
-        (("seq2seq.translate", "--checkpoint", str(missing), "--bogus"), "unrecognized arguments: --bogus"),
-        (("seq2seq.translate", "--checkpoint", str(missing), "--input", str(tmp_path / "no.de")), "no.de"),
-        (("seq2seq.translate", "--checkpoint", str(missing), "--input", str(src)),
+        (("seq2seq.cli.translate", "--checkpoint", str(missing), "--bogus"), "unrecognized arguments: --bogus"),
+        (("seq2seq.cli.translate", "--checkpoint", str(missing), "--input", str(tmp_path / "no.de")), "no.de"),
+        (("seq2seq.cli.translate", "--checkpoint", str(missing), "--input", str(src)),
          f"error: checkpoint {missing} does not exist"),
-        (("seq2seq.average", "-o", str(tmp_path / "avg.ckpt"), str(missing)), f"checkpoint {missing} does not exist"),
-        (("seq2seq.score", "--hyp", str(tmp_path / "no.txt"), "--ref", str(src)), "file not found"),
+        (("seq2seq.checkpoint.averaging", "-o", str(tmp_path / "avg.ckpt"), str(missing)), f"checkpoint {missing} does not exist"),
+        (("seq2seq.cli.score", "--hyp", str(tmp_path / "no.txt"), "--ref", str(src)), "file not found"),
     ]
     for (module, *args), message in cases:
         proc = run_blocked(blocked, module, *args)
@@ -151,22 +151,22 @@ def test_translate_average_score_without_training_stack(lightning_style_ckpt, tm
     expected = in_process_translation(lightning_style_ckpt, src, tmp_path)
     assert len(expected.split("\n")) == len(lines) + 1
 
-    proc = run_blocked(TRAINING_STACK, "seq2seq.translate", "--checkpoint", str(lightning_style_ckpt),
+    proc = run_blocked(TRAINING_STACK, "seq2seq.cli.translate", "--checkpoint", str(lightning_style_ckpt),
                        "--quiet", stdin="".join(line + "\n" for line in lines))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout == expected
 
     averaged = tmp_path / "avg.ckpt"
-    proc = run_blocked(TRAINING_STACK, "seq2seq.average", "-o", str(averaged), str(lightning_style_ckpt),
+    proc = run_blocked(TRAINING_STACK, "seq2seq.checkpoint.averaging", "-o", str(averaged), str(lightning_style_ckpt),
                        str(lightning_style_ckpt))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = run_blocked(TRAINING_STACK, "seq2seq.translate", "--checkpoint", str(averaged), "--input", str(src),
+    proc = run_blocked(TRAINING_STACK, "seq2seq.cli.translate", "--checkpoint", str(averaged), "--input", str(src),
                        "--quiet")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout == expected  # the mean of two equal checkpoints is the same model
 
     ref = write_lines(tmp_path / "ref.en", synthetic_pairs(12, 9)[1])
-    proc = run_blocked(TRAINING_STACK, "seq2seq.score", "--hyp", str(ref), "--ref", str(ref))
+    proc = run_blocked(TRAINING_STACK, "seq2seq.cli.score", "--hyp", str(ref), "--ref", str(ref))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith("BLEU = 100.00")
 
@@ -202,6 +202,6 @@ def test_quick_help_lists_every_group_and_default():
 
 def test_help_with_overrides_is_hydras():
     """`--help` with an override is Hydra's own help, showing the config those overrides compose."""
-    proc = run_blocked(("torch", "lightning", "pytorch_lightning"), "seq2seq.train", "seed=4321", "--help")
+    proc = run_blocked(("torch", "lightning", "pytorch_lightning"), "seq2seq.training.run", "seed=4321", "--help")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "seed: 4321" in proc.stdout and "Powered by Hydra" in proc.stdout

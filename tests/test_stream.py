@@ -25,10 +25,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seq2seq import corpus, translate
-from seq2seq.checkpoint import MODEL_PREFIX, make_payload
+from seq2seq.data import corpus
+
+from seq2seq.cli import translate
+from seq2seq.checkpoint.format import MODEL_PREFIX, make_payload
 from seq2seq.config import ModelConfig, SearchConfig
-from seq2seq.translator import Translator
+from seq2seq.decoding.translator import Translator
 
 from .conftest import synthetic_pairs, write_lines
 from .helpers import REPO, tiny_model_and_tokenizer
@@ -188,7 +190,7 @@ def test_bad_line_in_a_later_window_stops_before_any_output(ckpt, lines, tmp_pat
 DRIVER = textwrap.dedent("""
     # seq2seq-translate, SIGKILLed by itself after KILL_AT finished batches (0: never).
     import os, signal, sys
-    from seq2seq import translate
+    from seq2seq.cli import translate
     kill_at, calls = int(sys.argv[1]), []
     def progress(self, n):
         calls.append(n)
@@ -311,7 +313,7 @@ def stream_process(ckpt: Path, stdin, *flags) -> subprocess.Popen:
     # SIGINT back to its default in the child, as for a terminal's foreground process: a test run started in
     # the background by a shell without job control (`pytest &` in a script) inherits SIGINT ignored, and
     # Python then never raises KeyboardInterrupt.
-    return subprocess.Popen([sys.executable, "-m", "seq2seq.translate", "--checkpoint", str(ckpt), "--format",
+    return subprocess.Popen([sys.executable, "-m", "seq2seq.cli.translate", "--checkpoint", str(ckpt), "--format",
                              "jsonl", *flags], stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             cwd=REPO, env=ENV, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 

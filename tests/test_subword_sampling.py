@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from seq2seq.config import BatchingConfig, ConfigError, DataConfig, MonolingualDataConfig, TokenizerConfig, section
-from seq2seq.datamodule import TranslationDataModule
-from seq2seq.subword_sampling import draw
-from seq2seq.tokenizer import Tokenizer, train_sentencepiece
+from seq2seq.data.datamodule import TranslationDataModule
+from seq2seq.data.subword_sampling import draw
+from seq2seq.data.tokenizer import Tokenizer, train_sentencepiece
 
 from .conftest import synthetic_pairs
 
@@ -171,8 +171,8 @@ def test_ddp_ranks_and_dataloader_workers_agree_on_the_batches(corpus, monkeypat
 _EPOCH_IN_A_NEW_PROCESS = """
 import hashlib, sys
 from seq2seq.config import BatchingConfig, DataConfig, section
-from seq2seq.datamodule import TranslationDataModule
-from seq2seq.subword_sampling import draw
+from seq2seq.data.datamodule import TranslationDataModule
+from seq2seq.data.subword_sampling import draw
 cfg = section(DataConfig, dict(corpus="toy", root=sys.argv[1], mirrors=[], download=False, cache_dir=sys.argv[2],
               tokenizer=dict(vocab_size=100, byte_fallback=False, sampling_alpha=0.2)), "data")
 dm = TranslationDataModule(cfg, BatchingConfig(max_tokens=300), seed=7)
@@ -227,7 +227,7 @@ class _Crash(Exception):
 
 def _record(monkeypatch, crash_at: int | None = None) -> list:
     """Patch training_step to record (epoch, step, example indices, source ids) of every batch."""
-    from seq2seq.lit_module import TranslationModule
+    from seq2seq.training.module import TranslationModule
 
     seen: list = []
     original = TranslationModule.training_step
@@ -248,7 +248,7 @@ def test_training_resumed_mid_epoch_with_sampling_sees_the_batches_of_an_uninter
     segmentation of that epoch and continues its batches. Mutations: an unseeded generator for the pick in
     SampledParallelDataset.set_epoch fails the resumed batches; seeding it from the seed alone (not the
     epoch) fails `sampled`."""
-    from seq2seq.train import train
+    from seq2seq.training.run import train
 
     from .helpers import TINY, compose_train, learn
 

@@ -1,4 +1,4 @@
-"""seq2seq.tokenizer: training, special ids, encode/decode, serialisation, clear errors."""
+"""seq2seq.data.tokenizer: training, special ids, encode/decode, serialisation, clear errors."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from seq2seq.config import TokenizerConfig
-from seq2seq.corpus import clean_text
-from seq2seq.tokenizer import (BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, TokenizerError,
+from seq2seq.data.corpus import clean_text
+from seq2seq.data.tokenizer import (BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, TokenizerError,
                                train_sentencepiece)
 
 from .conftest import synthetic_pairs

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from seq2seq.checkpoint import load_for_translation
-from seq2seq.train import train
-from seq2seq.translator import Translator
+from seq2seq.checkpoint.format import load_for_translation
+from seq2seq.training.run import train
+from seq2seq.decoding.translator import Translator
 
 from .helpers import TINY, compose_train, learn, read_metrics, require, run_script, series
 
@@ -24,7 +24,7 @@ def test_fast_dev_run_through_the_console_script(tmp_path, multi30k_dir):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, learnable_corpus):
-    """One real tiny training run through `python -m seq2seq.train`, on the learnable toy pair, long
+    """One real tiny training run through `python -m seq2seq.training.run`, on the learnable toy pair, long
     enough (200 steps, seconds) for the model to translate: its scores are not the trivial 0."""
     tmp = tmp_path_factory.mktemp("tiny")
     run_dir = tmp / "run"
@@ -87,7 +87,7 @@ def test_moses_bleu_switch_is_checked_before_training(tmp_path, monkeypatch, cap
     import sys
 
     from seq2seq.config import ConfigError, hydra_errors
-    from seq2seq.train import moses_language
+    from seq2seq.training.run import moses_language
 
     cfg = compose_train(TINY, tmp_path)
     assert moses_language(cfg, "fr") == "fr"
@@ -97,7 +97,7 @@ def test_moses_bleu_switch_is_checked_before_training(tmp_path, monkeypatch, cap
     with pytest.raises(ConfigError, match="'test_moses_bleu' must be true or false"), hydra_errors():
         compose_train([*TINY, "test_moses_bleu=maybe"], tmp_path)  # the schema refuses it while composing
     monkeypatch.setitem(sys.modules, "sacremoses", None)  # not installed
-    with caplog.at_level(logging.INFO, logger="seq2seq.train"):
+    with caplog.at_level(logging.INFO, logger="seq2seq.training.run"):
         assert moses_language(cfg, "fr") is None
     assert "pip install 'seq2seq[moses]'" in caplog.text
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from seq2seq.config import ConfigError
-from seq2seq.train import train
+from seq2seq.training.run import train
 
 from .conftest import synthetic_pairs, write_lines
 from .helpers import TINY, compose_train, read_metrics, run_script, series

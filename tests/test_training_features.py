@@ -18,10 +18,10 @@ import torch.nn.functional as F
 
 from seq2seq.config import (BatchingConfig, DataConfig, ModelConfig, OptimConfig, SchedulerConfig, SearchConfig,
                             ValidationConfig, section)
-from seq2seq.datamodule import TranslationDataModule
-from seq2seq.lit_module import TranslationModule
-from seq2seq.train import run_config, train
-from seq2seq.tokenizer import BOS_ID, PAD_ID
+from seq2seq.data.datamodule import TranslationDataModule
+from seq2seq.training.module import TranslationModule
+from seq2seq.training.run import run_config, train
+from seq2seq.data.tokenizer import BOS_ID, PAD_ID
 
 from .helpers import TINY, compose_train, learn, read_metrics, require, run_script, series
 
@@ -141,7 +141,7 @@ def test_smoothing_over_real_tokens_puts_no_target_mass_on_pad_or_bos():
     """The smoothed loss's gradient w.r.t. the logits is softmax - q, q the target distribution it pulls
     towards: q(PAD) = q(BOS) = 0 and every other wrong piece eps / (V - 2). Mutation: dropping the
     exclusion in `label_smoothed_nll` gives q(PAD) = eps / V."""
-    from seq2seq.loss import label_smoothed_nll
+    from seq2seq.training.loss import label_smoothed_nll
 
     V, eps, gold = 12, 0.2, 7
     logits = torch.randn(1, 1, V, requires_grad=True)
@@ -163,7 +163,7 @@ def test_the_written_out_loss_gradient_is_autograds(excluded, dtype):
     autograd's gradient of the plain formula, padding positions included (zero), under an outer scale,
     and come back in the logits' dtype. Mutations that make it fail: dropping the mask from the
     backward; scattering +(1 - eps) at the gold id; ignoring the incoming gradient."""
-    from seq2seq.loss import label_smoothed_nll
+    from seq2seq.training.loss import label_smoothed_nll
 
     def plain(logits, target, mask, eps):
         log_probs = torch.log_softmax(logits.float(), dim=-1)

@@ -1,6 +1,6 @@
 """seq2seq-translate and seq2seq-average on a real tiny checkpoint (trained once for the module).
 
-Most runs call `seq2seq.translate.main([...])` in-process (seconds instead of a Python start-up
+Most runs call `seq2seq.cli.translate.main([...])` in-process (seconds instead of a Python start-up
 each); one runs the console script for real. The tiny model is barely trained, so its output is
 junk that mostly runs to the maximum length: fine for the line contract and the file handling; the
 tests that need finished translations use a model trained on the learnable toy pair instead.
@@ -20,12 +20,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from seq2seq import average, translate
-from seq2seq.checkpoint import PAYLOAD_KEY, load_for_translation
+from seq2seq.checkpoint import averaging as average
+
+from seq2seq.cli import translate
+from seq2seq.checkpoint.format import PAYLOAD_KEY, load_for_translation
 from seq2seq.config import TokenizerConfig
-from seq2seq.tokenizer import EOS_ID, Tokenizer, train_sentencepiece
-from seq2seq.train import train
-from seq2seq.translator import Translator
+from seq2seq.data.tokenizer import EOS_ID, Tokenizer, train_sentencepiece
+from seq2seq.training.run import train
+from seq2seq.decoding.translator import Translator
 
 from .conftest import synthetic_pairs
 from .helpers import REPO, TINY, compose_train, learn
@@ -213,7 +215,7 @@ def _stdin(data: bytes):
 def test_console_script_reads_gzip_stdin_and_reports_progress(ckpt, sources):
     data = gzip.compress(("\n".join(sources) + "\n\n").encode("utf-8"))
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "seq2seq.translate", "--checkpoint", str(ckpt),
+    proc = subprocess.run([sys.executable, "-m", "seq2seq.cli.translate", "--checkpoint", str(ckpt),
                            "--max-len-a", "2", "--max-len-b", "0.5"], input=data, capture_output=True,
                           cwd=REPO, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr.decode()

@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from seq2seq import translate, tune_search
-from seq2seq.checkpoint import MODEL_PREFIX, PAYLOAD_KEY, load_for_translation, make_payload
+from seq2seq.cli import translate
+
+from seq2seq.evaluation import search_tuning as tune_search
+from seq2seq.checkpoint.format import MODEL_PREFIX, PAYLOAD_KEY, load_for_translation, make_payload
 from seq2seq.config import ConfigError, DataConfig, ModelConfig, SearchConfig, section
-from seq2seq.tokenizer import EOS_ID
-from seq2seq.translator import Translator
+from seq2seq.data.tokenizer import EOS_ID
+from seq2seq.decoding.translator import Translator
 
 from .conftest import synthetic_pairs, write_lines
 from .helpers import tiny_model_and_tokenizer
@@ -117,7 +119,7 @@ def test_ensemble_tuning_picks_the_ensembles_point_and_writes_nothing(setup, tmp
     import copy
     import json
 
-    from seq2seq.search import Ensemble
+    from seq2seq.decoding.search import Ensemble
 
     path, model, tokenizer, search_cfg, sources = setup
     a, b = tmp_path / "a.ckpt", tmp_path / "b.ckpt"

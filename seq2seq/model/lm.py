@@ -10,7 +10,7 @@ starts at zero, so `step` from BOS scores the first piece exactly as `forward` d
 
 The search side is the decoder-step contract without a source: `init_state(batch_size, device)`,
 `step(prev_tokens [N], state) -> (log_probs [N, V] float32, state)`, `reorder_state(state, rows)`.
-Shallow fusion (`seq2seq.fusion`) carries this state beside the translation model's.
+Shallow fusion (`seq2seq.lm.fusion`) carries this state beside the translation model's.
 """
 
 from __future__ import annotations
