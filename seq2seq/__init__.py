@@ -1,3 +1,3 @@
 """seq2seq: recurrent neural machine translation with attention."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

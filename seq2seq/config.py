@@ -480,6 +480,7 @@ def section(cls: type, values: Any, prefix: str) -> Any:
 
 
 # ------------------------------------------------------------------------------- Hydra's side of it
+# Hydra and omegaconf are imported inside these functions: translation imports this module without them.
 def register_configs() -> None:
     """Register `train_schema` (every value `???`: the YAML files must set them) and the resolvers."""
     from hydra.core.config_store import ConfigStore

@@ -54,9 +54,11 @@ def compose_train(overrides: list[str], output_dir: Path):
 
 
 def load_script(name: str):
-    """scripts/<name>.py imported as a module (the scripts folder is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    """scripts/<name>.py imported as a module (scripts/ is not a package), e.g. "gpu/concurrent_runs".
+    It is registered in sys.modules (as scripts.gpu.concurrent_runs): dataclasses look their module up there."""
+    spec = importlib.util.spec_from_file_location("scripts." + name.replace("/", "."), REPO / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 

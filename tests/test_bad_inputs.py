@@ -3,8 +3,8 @@ a non-zero exit, and no partial output that looks complete.
 
 Config and corpus errors found at the function level are tested in test_config.py, test_corpus.py
 and test_prepare.py; here they go through `seq2seq-train` itself. To keep this file fast, one
-subprocess runs the `seq2seq-train` entry point (`seq2seq.training.run.main`, Hydra included) once per case,
-and one case also runs as its own `python -m seq2seq.training.run` process.
+subprocess runs the `seq2seq-train` entry point (`seq2seq.cli.train.main`, Hydra included) once per case,
+and one case also runs as its own `python -m seq2seq.cli.train` process.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from seq2seq.checkpoint.format import FORMAT_VERSION, MODEL_PREFIX, make_payload
 from seq2seq.config import ModelConfig, SearchConfig
 
 from .conftest import synthetic_pairs, write_lines
-from .helpers import REPO, load_script, tiny_model_and_tokenizer
+from .helpers import REPO, tiny_model_and_tokenizer
 
 # ---------------------------------------------------------------------------------------- seq2seq-train
 
@@ -35,7 +35,7 @@ DRIVER = textwrap.dedent("""
     # Run the seq2seq-train entry point once per case; report exit code and stderr as JSON.
     import contextlib, io, json, sys
     from hydra.core.global_hydra import GlobalHydra
-    import seq2seq.training.run as entry
+    import seq2seq.cli.train as entry
     results = []
     for argv in json.load(open(sys.argv[1])):
         GlobalHydra.instance().clear()
@@ -115,7 +115,7 @@ def train_results(tmp_path_factory):
     env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": ""}
     env.pop("HYDRA_FULL_ERROR")
     # Meanwhile, one case as its own process, exactly as a user types it.
-    single = subprocess.Popen([sys.executable, "-m", "seq2seq.training.run", "model.cel=gru", f"hydra.run.dir={tmp / 'r0'}"],
+    single = subprocess.Popen([sys.executable, "-m", "seq2seq.cli.train", "model.cel=gru", f"hydra.run.dir={tmp / 'r0'}"],
                               cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     proc = subprocess.run([sys.executable, str(tmp / "driver.py"), str(tmp / "cases.json")], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
@@ -349,18 +349,17 @@ def test_translate_gzip_input_that_is_not_gzip(tiny_ckpt, tmp_path, capsys):
 @pytest.mark.parametrize("tool", ["translate", "tune-search", "generate", "distill", "ensemble_runs"])
 def test_every_checkpoint_tool_refuses_device_cuda_without_a_gpu(tool, tiny_ckpt, source, tmp_path, capsys):
     """`--device cuda` on a machine without one: exit 2 with one line saying so, and nothing written
-    (all of them ask `checkpoint.load_device`)."""
-    from seq2seq.cli import generate
+    (all of them ask `checkpoint.loading.load_device`)."""
+    from seq2seq.cli import distill, ensemble, generate, tune_search
 
-    from seq2seq.evaluation import search_tuning as tune_search
     out = tmp_path / "out"
     argv = {"translate": ["--checkpoint", str(tiny_ckpt), "--input", str(source), "--output", str(out)],
             "tune-search": ["--checkpoint", str(tiny_ckpt), "--dry-run"],
             "generate": ["--checkpoint", str(tiny_ckpt), "--prompt", "a", "--output", str(out)],
             "distill": [str(tiny_ckpt), "--out", str(out)],
             "ensemble_runs": [str(tiny_ckpt), str(tiny_ckpt), "--out", str(out)]}[tool]
-    entry = {"translate": translate.main, "tune-search": tune_search.main, "generate": generate.main}.get(tool)
-    entry = entry or load_script(tool).main
+    entry = {"translate": translate.main, "tune-search": tune_search.main, "generate": generate.main,
+             "distill": distill.main, "ensemble_runs": ensemble.main}[tool]
     try:
         code = entry([*argv, "--device", "cuda"])
     except SystemExit as e:  # seq2seq-tune-search exits rather than returning its code

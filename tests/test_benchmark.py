@@ -12,10 +12,9 @@ import sys
 
 import pytest
 
-from .helpers import REPO, learn
+from .helpers import REPO, learn, load_script
 
-sys.path.insert(0, str(REPO / "scripts"))
-import _bench  # noqa: E402
+common = load_script("bench/common")
 
 TINY = ["debug=tiny", "test_after_training=false"]
 # One thread: tiny per-step ops would otherwise spin in OpenMP behind other processes on a shared CPU.
@@ -41,11 +40,11 @@ THRESHOLD = 5.0
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory, learnable_corpus):
-    """benchmark.py: training throughput, decoding and time-to-quality on a tiny run of the learnable toy
+    """bench/train.py: training throughput, decoding and time-to-quality on a tiny run of the learnable toy
     pair, whose validation BLEU climbs from 0 past THRESHOLD within a few hundred steps."""
     tmp = tmp_path_factory.mktemp("bench")
     out = tmp / "bench.json"
-    proc = run("benchmark.py", *TINY, *learn(learnable_corpus, 400, VAL_EVERY), f"paths.data_dir={tmp / 'data'}",
+    proc = run("bench/train.py", *TINY, *learn(learnable_corpus, 400, VAL_EVERY), f"paths.data_dir={tmp / 'data'}",
                *COMMON, "--train-steps", "2", "--warmup-steps", "1", "--beams", "1,2",
                "--bleu-threshold", str(THRESHOLD), "--output-dir", str(tmp / "run"), "--json", str(out))
     return tmp, json.loads(out.read_text()), proc.stdout
@@ -84,7 +83,7 @@ def test_benchmark_json_has_every_figure(bench):
 def test_bench_translate_on_the_checkpoint(bench):
     tmp, _, _ = bench
     out = tmp / "translate.json"
-    proc = run("bench_translate.py", f"paths.data_dir={tmp / 'data'}", "--checkpoint",
+    proc = run("bench/translate.py", f"paths.data_dir={tmp / 'data'}", "--checkpoint",
                str(tmp / "run/checkpoints/best.ckpt"), *COMMON, "--batch-tokens", "40,400",
                "--beams", "1,2", "--warmup-sentences", "2", "--json", str(out))
     report = json.loads(out.read_text())
@@ -96,16 +95,16 @@ def test_bench_translate_on_the_checkpoint(bench):
         assert DECODE_ROW <= set(row)
     assert "peak memory" in proc.stdout
     # the README's decoding table is regenerated from this JSON
-    table = run("json_table.py", str(out), "--rows", "results", "--columns", "search,batch_tokens,bleu").stdout
+    table = run("bench/table.py", str(out), "--rows", "results", "--columns", "search,batch_tokens,bleu").stdout
     lines = table.splitlines()
     assert lines[0] == "| search | batch_tokens | bleu |" and len(lines) == 2 + 4
     assert lines[2] == f"| greedy | 40 | {report['results'][0]['bleu']:.2f} |"
 
 
 def test_bench_data_reports_encoding_and_cache_loading(learnable_corpus, tmp_path):
-    """scripts/bench_data.py: the data-side figures that used to be wall-clock limits in unit tests."""
+    """scripts/bench/data.py: the data-side figures that used to be wall-clock limits in unit tests."""
     out = tmp_path / "data.json"
-    proc = run("bench_data.py", *learn(learnable_corpus), f"paths.data_dir={tmp_path / 'data'}", "--repeat", "1",
+    proc = run("bench/data.py", *learn(learnable_corpus), f"paths.data_dir={tmp_path / 'data'}", "--repeat", "1",
                "--json", str(out))
     report = json.loads(out.read_text())
     assert report["corpus"]["train_sentences"] == 600
@@ -122,4 +121,4 @@ def test_kernel_busy_time_is_the_union_of_gpu_intervals():
         {"ph": "X", "cat": "cpu_op", "ts": 0, "dur": 100},  # host side: ignored
         {"ph": "i", "cat": "kernel", "ts": 50},  # not a complete event
     ]}
-    assert _bench.kernel_busy_seconds(trace) == pytest.approx(20e-6)
+    assert common.kernel_busy_seconds(trace) == pytest.approx(20e-6)

@@ -1,4 +1,4 @@
-"""`scripts/concurrent_runs.py`: the presets in several directions at once (how a short GPU lease
+"""`scripts/gpu/concurrent_runs.py`: the presets in several directions at once (how a short GPU lease
 measures the quality table), here tiny on the CPU so the script cannot rot without a GPU."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 
 from .helpers import REPO, load_script
 
-SCRIPT = str(REPO / "scripts" / "concurrent_runs.py")
+SCRIPT = str(REPO / "scripts" / "gpu" / "concurrent_runs.py")
 TINY = ["debug=tiny", "search.tune_beam_sizes=[1,2]", "search.tune_length_penalties=[1.0]"]
 
 
@@ -23,7 +23,6 @@ def concurrent(tmp_path, *args: str, timeout: float = 300) -> subprocess.Complet
                           capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.slow
 def test_runs_side_by_side_share_a_cache_and_each_gets_its_test_row(tmp_path, multi30k_dir):
     """Three runs, two of them seeds of one variant: each gets its test row, and with --ensemble-s those
     two (only) are ensembled after their tests; the plain run has no seed to pair with."""
@@ -54,7 +53,6 @@ def test_runs_side_by_side_share_a_cache_and_each_gets_its_test_row(tmp_path, mu
     assert "## Ensembles of the seeds" in md and "### An ensemble of 2 (de-en)" in md and "| **ensemble** |" in md
 
 
-@pytest.mark.slow
 def test_a_run_still_going_at_the_deadline_is_stopped_and_reported(tmp_path, multi30k_dir):
     started = time.monotonic()
     # Without a test after training: stopped by SIGTERM, a run would otherwise test its best checkpoint, and
@@ -92,7 +90,7 @@ def test_a_bad_run_spec_is_refused_before_anything_starts(tmp_path, args, messag
 
 
 def test_variants_share_a_corpus_cache_unless_their_data_settings_differ():
-    module = load_script("concurrent_runs")
+    module = load_script("gpu/concurrent_runs")
     variants = module.parse_variants(["reg=model.dropout=0.3 model.word_dropout=0.1",
                                       "v4=data.tokenizer.vocab_size=4000 model.dropout=0.3",
                                       "v4only=data.tokenizer.vocab_size=4000"])

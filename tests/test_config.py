@@ -144,7 +144,7 @@ def test_the_app_prints_one_line_naming_the_key(capsys, tmp_path):
     Mutation: calling `hydra_main()` without `run_hydra_app` prints Hydra's multi-line text and exits 1."""
     import sys
 
-    from seq2seq.training import run as train
+    from seq2seq.cli import train
 
     argv = sys.argv
     sys.argv = ["seq2seq-train", "model.cell=transformer", f"hydra.run.dir={tmp_path}"]

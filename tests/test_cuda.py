@@ -1,4 +1,4 @@
-"""The CUDA tier: runs wherever a GPU is visible (`pytest -m cuda`; scripts/gpu_check.sh stage a) and
+"""The CUDA tier: runs wherever a GPU is visible (`pytest -m cuda`; scripts/gpu/check.sh stage a) and
 skips elsewhere. Tiny models, seconds each. The CPU half of these checks is tests/test_device_paths.py."""
 
 from __future__ import annotations
@@ -242,9 +242,9 @@ def test_one_gpu_ddp_smoke_run(tmp_path):
 
     from .helpers import REPO, TINY
 
-    root = os.environ.get("SEQ2SEQ_DATA_ROOT")  # gpu_check.sh: the carried corpus
+    root = os.environ.get("SEQ2SEQ_DATA_ROOT")  # scripts/gpu/check.sh: the carried corpus
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-m", "seq2seq.training.run", *TINY, "trainer=ddp", "trainer.devices=1",
+    proc = subprocess.run([sys.executable, "-m", "seq2seq.cli.train", *TINY, "trainer=ddp", "trainer.devices=1",
                            "trainer.strategy=ddp_spawn", "trainer.max_steps=4", "trainer.val_check_interval=2",
                            "test_after_training=false", "data.max_valid_pairs=8", f"paths.data_dir={tmp_path / 'data'}",
                            f"hydra.run.dir={tmp_path / 'run'}", *([f"data.root={root}"] if root else [])],

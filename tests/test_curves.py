@@ -1,4 +1,4 @@
-"""Training curves: plots/curves.png of a run and the sweep overlay of scripts/collect_runs.py --plot, drawn
+"""Training curves: plots/curves.png of a run and the sweep overlay of seq2seq-runs --plot, drawn
 from a CSV log laid out as Lightning's CSVLogger writes it (checked through the figure's axes, not pixels)."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Distributed training on the CPU: 2 processes, gloo, ddp_spawn (trainer=ddp_cpu).
 
-One real run of `python -m seq2seq.training.run debug=tiny trainer=ddp_cpu trainer.devices=2` is shared by
+One real run of `python -m seq2seq.cli.train debug=tiny trainer=ddp_cpu trainer.devices=2` is shared by
 the tests below: it must train, validate, checkpoint and test (once, in the launching process); each
 rank must see its own shard of the batches; validation BLEU under DDP must equal the single-process
 figure for the same weights; its checkpoints must resume in one process and translate. Last, data
@@ -27,7 +27,8 @@ from seq2seq.data.batching import TokenBucketBatchSampler
 from seq2seq.data.datamodule import EvalShardSampler, TranslationDataModule
 from seq2seq.training.module import TranslationModule, _rng_state, _set_rng_state
 from seq2seq.data.cache import prepare_corpus
-from seq2seq.training.run import check_hardware, check_launch, train
+from seq2seq.training.run import train
+from seq2seq.training.trainer import check_hardware, check_launch
 
 from .helpers import TINY, compose_train, learn, read_metrics, run_script, series
 
@@ -68,7 +69,7 @@ class BatchRecorder(pl.Callback):
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory, learnable_corpus):
-    """`python -m seq2seq.training.run debug=tiny trainer=ddp_cpu trainer.devices=2` on the learnable toy pair
+    """`python -m seq2seq.cli.train debug=tiny trainer=ddp_cpu trainer.devices=2` on the learnable toy pair
     (long enough to translate it), with the final test."""
     tmp = tmp_path_factory.mktemp("ddp")
     run_dir, probe = tmp / "run", tmp / "probe"
@@ -277,7 +278,6 @@ class InjectOutOfMemory(pl.Callback):
         pl_module.__dict__.pop("_losses", None)
 
 
-@pytest.mark.slow
 def test_out_of_memory_on_one_rank_is_skipped_by_all_ranks(tmp_path, multi30k_dir):
     """Rank 1 runs out of memory at step 2 of 6 under trainer=ddp_cpu: the run goes on, and rank 0, which
     had memory, skipped that update too (its saved optimiser applied 5 updates), so the replicas stay

@@ -106,7 +106,6 @@ def ddp_worker(rank: int, world: int, store: str, out: str) -> None:
         faulthandler.cancel_dump_traceback_later()
 
 
-@pytest.mark.slow  # two spawned processes: ~30 s on a shared 2-core machine
 def test_ddp_weighs_tokens_globally_and_ranks_agree_on_validation_failures(tmp_path):
     """Mutation: `loss = smoothed / tokens` (each rank by its own count, the old behaviour) -> the DDP
     gradient is the mean of two per-rank averages and differs from the union's by far more than rounding."""

@@ -1,4 +1,4 @@
-"""Knowledge distillation (`scripts/distill.py`) and `data.tokenizer_from`: teachers translate their
+"""Knowledge distillation (`seq2seq-distill`) and `data.tokenizer_from`: teachers translate their
 training sources, a student trains on those translations with the teachers' sentencepiece models and
 can then join their ensemble."""
 
@@ -11,14 +11,16 @@ import shlex
 
 import pytest
 
-from seq2seq.checkpoint.format import CheckpointError, load_members, read_checkpoint
+from seq2seq.checkpoint.format import CheckpointError, read_checkpoint
+from seq2seq.checkpoint.loading import load_members
+from seq2seq.cli import distill
 from seq2seq.config import ConfigError
 from seq2seq.decoding.search import Ensemble
 from seq2seq.training.run import train
 from seq2seq.decoding.translator import Translator
 
 from .conftest import synthetic_pairs, write_lines
-from .helpers import TINY, compose_train, load_script, run_script
+from .helpers import TINY, compose_train, run_script
 
 
 def data_overrides(data_dir) -> list[str]:
@@ -57,7 +59,7 @@ def test_the_student_learns_the_ensembles_translations_with_the_teachers_vocabul
     Mutations that make it fail: translating with the first teacher only; dropping data.max_train_pairs;
     prepare_corpus ignoring data.tokenizer_from (the student trains its own vocabulary)."""
     runs, corpus, _ = teachers
-    script = load_script("distill")
+    script = distill
     assert script.main([*map(str, runs), "--out", str(tmp_path / "kd"), "--beam-size", "2",
                         "--length-penalty", "1.0", "--device", "cpu"]) == 0
     overrides = shlex.split(capsys.readouterr().out)
@@ -92,7 +94,7 @@ def test_the_student_learns_the_ensembles_translations_with_the_teachers_vocabul
 def test_own_vocabulary_trains_the_students_sentencepiece(teachers, tmp_path, capsys):
     """--own-vocabulary leaves data.tokenizer_from out: the student's models come from the distilled text."""
     runs, _, _ = teachers
-    assert load_script("distill").main([str(runs[0]), "--out", str(tmp_path / "kd"), "--own-vocabulary"]) == 0
+    assert distill.main([str(runs[0]), "--out", str(tmp_path / "kd"), "--own-vocabulary"]) == 0
     overrides = shlex.split(capsys.readouterr().out)
     assert not any(o.startswith("data.tokenizer_from=") for o in overrides)
     assert "data.corpus=toy_distilled" in overrides
@@ -102,7 +104,7 @@ def test_bad_teachers_and_vocabularies_are_refused_by_name(teachers, tmp_path, c
     """A missing teacher, a vocabulary that does not match data.tokenizer, a missing tokenizer_from file,
     and tokenizer_from beside init_from: each stops with a message naming the key or file at fault."""
     runs, corpus, tmp = teachers
-    assert load_script("distill").main([str(tmp_path / "nothing"), "--out", str(tmp_path / "kd")]) == 2
+    assert distill.main([str(tmp_path / "nothing"), "--out", str(tmp_path / "kd")]) == 2
     assert f"{tmp_path / 'nothing'}: no checkpoint" in capsys.readouterr().err
 
     ckpt = runs[0] / "checkpoints" / "best.ckpt"

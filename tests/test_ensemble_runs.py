@@ -1,4 +1,4 @@
-"""`scripts/ensemble_runs.py`: an ensemble of trained runs, its search tuned on validation, its test
+"""`seq2seq-ensemble`: an ensemble of trained runs, its search tuned on validation, its test
 translations and scores beside its members' (how the GPU check measures the seed ensembles)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from seq2seq.cli import translate
+from seq2seq.cli import ensemble, translate
 from seq2seq.checkpoint.format import MODEL_PREFIX, PAYLOAD_KEY, make_payload
 from seq2seq.config import DataConfig, ModelConfig, SearchConfig
 from seq2seq.evaluation.tables import score_set
@@ -19,7 +19,7 @@ from seq2seq.data.tokenizer import EOS_ID
 from seq2seq.decoding.translator import Translator
 
 from .conftest import synthetic_pairs, write_lines
-from .helpers import load_script, tiny_model_and_tokenizer
+from .helpers import tiny_model_and_tokenizer
 
 TINY_MODEL = ModelConfig(embedding_size=16, encoder_hidden_size=16, decoder_hidden_size=32, encoder_layers=1,
                          attention_size=16, dropout=0.0, rnn_dropout=0.0)
@@ -75,7 +75,7 @@ def test_ensemble_is_tuned_on_validation_tested_and_shown_beside_its_members(run
     the test set with the first member alone, or with the untuned search (greedy), changes the hyps."""
     folders, _, test_src = runs
     out = tmp_path / "ens"
-    assert load_script("ensemble_runs").main([*map(str, folders), "--out", str(out), "--device", "cpu"]) == 0
+    assert ensemble.main([*map(str, folders), "--out", str(out), "--device", "cpu"]) == 0
     result = json.loads((out / "test_scores.json").read_text())
     assert result["search_tuning"]["chosen"] == {"beam_size": 2, "length_penalty": 3.0, "min_len": 0}
     assert result["search_tuning"]["score"] == pytest.approx(100.0)
@@ -104,7 +104,7 @@ def test_a_run_without_a_checkpoint_is_named(runs, tmp_path, capsys):
     folders, _, _ = runs
     empty = tmp_path / "empty_run"
     empty.mkdir()
-    assert load_script("ensemble_runs").main([str(folders[0]), str(empty), "--out", str(tmp_path / "o"), "--device", "cpu"]) == 2
+    assert ensemble.main([str(folders[0]), str(empty), "--out", str(tmp_path / "o"), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert f"{empty}: no checkpoint at {empty / 'checkpoints' / 'best.ckpt'}" in err, err
     assert not (tmp_path / "o").exists()

@@ -1,4 +1,4 @@
-"""`scripts/gpu_check.sh --smoke`: every stage of the one-call GPU check runs tiny on the CPU and its
+"""`scripts/gpu/check.sh --smoke`: every stage of the one-call GPU check runs tiny on the CPU and its
 report holds every stage's figures, so the script cannot rot while no GPU is around."""
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ import pytest
 from .helpers import REPO
 
 
-@pytest.mark.slow
 def test_gpu_check_smoke_writes_every_stage_of_the_report(tmp_path, multi30k_dir):
     env = {**os.environ, "OUT": str(tmp_path / "out"), "SMOKE_DATA_DIR": str(tmp_path / "data")}
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--smoke"], cwd=REPO, env=env,
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu" / "check.sh"), "--smoke"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=460)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "gpu_report.json").read_text())
@@ -46,13 +45,12 @@ def test_gpu_check_smoke_writes_every_stage_of_the_report(tmp_path, multi30k_dir
         assert heading in md
 
 
-@pytest.mark.slow
 def test_gpu_check_quality_smoke_distills_teachers_into_students(tmp_path, multi30k_dir):
     """`--quality-smoke`: two teachers side by side and their ensemble, its translations of the training
     sources, two students trained on them with the teachers' vocabulary, and the students' ensemble,
     all in the two report files."""
     env = {**os.environ, "OUT": str(tmp_path / "out"), "SMOKE_DATA_DIR": str(tmp_path / "data")}
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--quality-smoke"], cwd=REPO, env=env,
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu" / "check.sh"), "--quality-smoke"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert set(os.listdir(tmp_path / "out")) == {"gpu_report.json", "gpu_report.md"}

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from seq2seq.decoding import search
-from seq2seq.checkpoint.format import MODEL_PREFIX, CheckpointError, load_language_model, make_payload
+from seq2seq.checkpoint.format import MODEL_PREFIX, CheckpointError, make_payload
+from seq2seq.checkpoint.loading import load_language_model
 from seq2seq.config import ConfigError, LanguageModelConfig, ModelConfig, TokenizerConfig
 from seq2seq.lm.fusion import ShallowFusion, VocabularyMismatch, check_vocabularies, rerank
 from seq2seq.lm.generation import generate, next_token_distribution
@@ -264,6 +265,7 @@ def forced_score(step, state, h) -> float:
 
 def test_rerank_orders_by_combined_score():
     """Mutation: ranking by the LM score alone (or forgetting the weight) picks another hypothesis."""
+    from seq2seq.decoding.output import Candidate
     from seq2seq.decoding.translator import Translation
 
     spm = train_sentencepiece(synthetic_pairs(200, 0)[1], TokenizerConfig(vocab_size=60, byte_fallback=False))
@@ -273,13 +275,13 @@ def test_rerank_orders_by_combined_score():
     lm_scores = sequence_log_probs(lm, tok.encode_tgt(texts), "cpu")
     lengths = [len(s) + 1 for s in tok.encode_tgt(texts)]
     tm_scores = [-3.0, -4.0, -5.0, -6.0]
-    t = Translation(text=texts[0], score=tm_scores[0], tokens=[], src_tokens=[5], nbest=list(zip(texts, tm_scores)))
+    t = Translation(text=texts[0], score=tm_scores[0], tokens=[], src_tokens=[5], nbest=[Candidate(x, s, s) for x, s in zip(texts, tm_scores)])
     for weight in (0.0, 0.3, 3.0):
         (out,) = rerank([t], lm, tok, weight, 1.0, "cpu")
         keys = [(s + weight * l) / n for s, l, n in zip(tm_scores, lm_scores, lengths)]
         best = max(range(4), key=lambda i: keys[i])
         assert out.text == texts[best] and out.score == pytest.approx(tm_scores[best] + weight * lm_scores[best])
-        assert [text for text, _ in out.nbest] == [texts[i] for i in sorted(range(4), key=lambda i: -keys[i])]
+        assert [c.text for c in out.nbest] == [texts[i] for i in sorted(range(4), key=lambda i: -keys[i])]
 
 
 def test_vocabulary_mismatch_is_named():
@@ -313,7 +315,7 @@ def lm_overrides(root: Path, steps: int, extra: tuple[str, ...] = ()) -> list[st
 @pytest.fixture(scope="module")
 def counting_lm(tmp_path_factory) -> tuple[Path, Path, dict]:
     """A character-level LM trained by `train(cfg)` on a^n b^n (train text gzipped) -> (root, best.ckpt, metrics)."""
-    from seq2seq.training.run import train
+    from seq2seq.cli.train import train
 
     root = tmp_path_factory.mktemp("counting")
     write_lines(root / "train.txt.gz", counting(1500, 1))
@@ -323,7 +325,6 @@ def counting_lm(tmp_path_factory) -> tuple[Path, Path, dict]:
     return root, root / "run" / "checkpoints" / "best.ckpt", metrics
 
 
-@pytest.mark.slow
 def test_lm_learns_a_counting_language_near_its_entropy(counting_lm):
     """seq2seq-train's pipeline (char sentencepiece, .gz text) learns a^n b^n: test cross-entropy per sentence
     within 0.25 nats of the entropy ln 6 (a model that cannot count the b's pays ~1 nat more).
@@ -344,7 +345,6 @@ def test_lm_learns_a_counting_language_near_its_entropy(counting_lm):
     assert tok.decode_tgt([tok.encode_tgt(["aaab"])[0] + samples.tokens])[0] == "aaabbb" and samples.finished
 
 
-@pytest.mark.slow
 def test_generate_and_score_console_script(counting_lm, tmp_path):
     """seq2seq-generate: text and jsonl samples (prompts from the flag, a file, stdin), --temperature 0 = greedy,
     the same seed = the same samples, --score prints perplexity; usage errors exit 2."""
@@ -446,7 +446,7 @@ def test_monolingual_text_is_validated_and_held_out(tmp_path):
 
 
 def test_lm_and_translation_sections_do_not_mix(tmp_path):
-    from seq2seq.training.run import train
+    from seq2seq.cli.train import train
 
     with pytest.raises(ConfigError, match="use data=monolingual"):
         train(compose_train(["model=rnn_lm"], tmp_path / "a"))
@@ -456,7 +456,6 @@ def test_lm_and_translation_sections_do_not_mix(tmp_path):
         train(compose_train(["experiment=lm_quickstart", "validation.metric=bleu"], tmp_path / "c"))
 
 
-@pytest.mark.slow
 def test_lm_trains_under_ddp_and_resumes_in_one_process(tmp_path):
     """`seq2seq-train` of an LM with 2 processes (trainer=ddp_cpu): the validation perplexities, summed over
     the ranks' shards, equal the perplexity of the whole validation text under the checkpoint written at

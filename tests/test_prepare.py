@@ -1,4 +1,4 @@
-"""seq2seq.data.cache: building, reusing and invalidating the cache; the seq2seq-prepare script."""
+"""seq2seq.data.cache: building, reusing and invalidating the cache; seq2seq-prepare (seq2seq.cli.prepare)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import pytest
 from seq2seq.data import cache as prep
 from seq2seq.config import CONF_DIR, ConfigError, DataConfig, FilterConfig, TokenizerConfig, hydra_errors
 from seq2seq.data.corpus import CorpusError, read_lines
-from seq2seq.data.cache import EncodedSplit, PreparedCorpus, load_prepared, prepare, prepare_corpus
+from seq2seq.cli.prepare import prepare
+from seq2seq.data.cache import EncodedSplit, PreparedCorpus, load_prepared, prepare_corpus
 from seq2seq.data.tokenizer import TokenizerError
 
 from .conftest import write_lines
@@ -260,7 +261,7 @@ def test_prepare_from_composed_config(toy_corpus, tmp_path):
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, "-m", "seq2seq.data.cache", *args, f"hydra.run.dir={cwd}/run"],
+    return subprocess.run([sys.executable, "-m", "seq2seq.cli.prepare", *args, f"hydra.run.dir={cwd}/run"],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -290,7 +291,7 @@ def test_cli_run_folder_is_named_after_the_prepare_step(toy_corpus, tmp_path):
             f"data.cache_dir={tmp_path / 'cache'}", "data.tokenizer.vocab_size=60", "data.tokenizer.byte_fallback=false"]
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     for extra in ([], ["experiment=quickstart"]):
-        proc = subprocess.run([sys.executable, "-m", "seq2seq.data.cache", *args, *extra], cwd=tmp_path, env=env,
+        proc = subprocess.run([sys.executable, "-m", "seq2seq.cli.prepare", *args, *extra], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
         assert [p.name for p in (tmp_path / "outputs").iterdir()] == ["prepare"]
@@ -303,7 +304,7 @@ def test_cli_real_multi30k_from_another_folder(multi30k_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "prepared train 29000, valid 1014, test 1000 pairs" in result.stdout
     (directory,) = cache.iterdir()
-    corpus = load_prepared(directory)  # its speed: scripts/bench_data.py (no wall-clock limit in tests)
+    corpus = load_prepared(directory)  # its speed: scripts/bench/data.py (no wall-clock limit in tests)
     assert corpus.report["train"]["kept"] == len(corpus.splits["train"].src) > 28000
     assert corpus.splits["valid"].tgt_text == read_lines(multi30k_dir / "val.fr.gz")
     assert corpus.report["valid"]["src_unk"] == corpus.report["test"]["tgt_unk"] == 0  # byte fallback

@@ -15,7 +15,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from seq2seq.checkpoint.format import load_for_translation
+from seq2seq.checkpoint.loading import load_for_translation
 from seq2seq.training.checkpoint_io import AtomicCheckpointIO
 from seq2seq.training.callbacks import TrainingDivergedError
 from seq2seq.training.module import TranslationModule
@@ -124,7 +124,7 @@ def train_until_sigkill(args: list[str], run_dir, hook: str, when: str) -> None:
                 os.kill(os.getpid(), signal.SIGKILL)
         TranslationModule.{name} = {name}
         sys.argv = ["seq2seq-train", *{args!r}, "hydra.run.dir={run_dir}"]
-        from seq2seq.training.run import main
+        from seq2seq.cli.train import main
         main()
     """)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(torch.get_num_threads())}

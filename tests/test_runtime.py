@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from seq2seq.cli import translate
-from seq2seq.checkpoint.format import MODEL_PREFIX, load_for_translation, make_payload
+from seq2seq.checkpoint.format import MODEL_PREFIX, make_payload
+from seq2seq.checkpoint.loading import load_for_translation
 from seq2seq.config import ModelConfig, SearchConfig
 from seq2seq.data.batching import collate
 from seq2seq.data.tokenizer import EOS_ID, PAD_ID
@@ -36,6 +37,7 @@ MODEL = ModelConfig(cell="gru", embedding_size=32, encoder_hidden_size=32, decod
 # Empty, whitespace-only, control characters, emoji, combining marks, a very long line, a lone CR.
 AWKWARD = ["", "   ", "\u2028x\u2029", "e\u0301\u0308 \U0001f600", "\x00\x1b[31m", "a" * 600, "\r",
            "the man runs", " ".join(["dog"] * 300)]
+SLOW_FIXTURES = ("trained_ckpt",)  # seconds of training (tests/conftest.py: its tests are in the slow tier)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +116,7 @@ def test_beam5_gives_the_same_best_hypotheses(trained_ckpt, folder, sentences):
     ties, wrong = [], []
     for i, (a, b) in enumerate(zip(ours, theirs)):
         if a.text == b.text and abs(a.score - b.score) < 1e-4:
-            assert [s for _, s in a.nbest] == pytest.approx([s for _, s in b.nbest], abs=1e-4), f"line {i + 1}"
+            assert [c[1] for c in a.nbest] == pytest.approx([c[1] for c in b.nbest], abs=1e-4), f"line {i + 1}"
             continue
         norm = lambda t: t.score / t.length  # noqa: E731
         (ties if abs(norm(a) - norm(b)) < 1e-4 else wrong).append(i + 1)
@@ -139,7 +141,6 @@ def test_min_len_agrees_with_torch(trained_ckpt, folder, sentences, beam):
     assert max(abs(a.score - b.score) for a, b in zip(ours, theirs)) < 1e-4
 
 
-@pytest.mark.slow
 def test_translate_cli_onnxruntime_backend_writes_the_torch_formats(trained_ckpt, folder, sentences, tmp_path):
     """text, jsonl with alignments, n-best TSV and reference scores: the same lines as the torch
     backend (scores compared to 1e-4, the rest exactly)."""
@@ -208,7 +209,6 @@ def test_int8_export_is_smaller_and_still_translates(folder, folder_int8, senten
 BLOCK_TORCH = "import sys\nsys.modules['torch'] = None\n"
 
 
-@pytest.mark.slow
 def test_runtime_runs_where_importing_torch_fails(folder, tmp_path):
     """Mutation caught: `import torch` (or importing seq2seq.decoding.search) at the top of seq2seq/deploy/runtime.py."""
     code = BLOCK_TORCH + textwrap.dedent(f"""
@@ -226,12 +226,11 @@ def test_runtime_runs_where_importing_torch_fails(folder, tmp_path):
     assert proc.stdout.split() == ["3", "3", "True", "2"]
 
 
-@pytest.mark.slow
 def test_without_the_extra_the_commands_name_it(trained_ckpt, tmp_path):
     """seq2seq-export and the onnxruntime backend say which extra to install when onnx is missing."""
     block = "import sys\nsys.modules['onnx'] = sys.modules['onnxruntime'] = None\n"
     code = block + textwrap.dedent(f"""
-        from seq2seq.deploy import export
+        from seq2seq.cli import export
         from seq2seq.cli import translate
         print("export", export.main(["--checkpoint", {str(trained_ckpt)!r}, "--output-dir", {str(tmp_path / "x")!r}]))
         (__import__("pathlib").Path({str(tmp_path)!r}) / "m").mkdir()
@@ -266,7 +265,7 @@ def test_bad_export_folders_are_named(folder, tmp_path, capsys):
 
 
 def test_export_refuses_to_overwrite_a_folder_that_is_not_an_export(trained_ckpt, folder, tmp_path, capsys):
-    from seq2seq.deploy.export import main
+    from seq2seq.cli.export import main
 
     other = tmp_path / "mine"
     other.mkdir()

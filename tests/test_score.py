@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from seq2seq.evaluation.metrics import score_corpus
-from seq2seq.cli.score import main, read_lines
+from seq2seq.cli.score import main
+from seq2seq.evaluation.scoring import read_lines
 
 REFS = [
     "The cat sits on the mat.",

@@ -24,6 +24,7 @@ pytest.importorskip("fastapi", reason="the serve extra is not installed: pip ins
 import httpx  # noqa: E402  (the TestClient's transport; installed with the serve extra)
 from fastapi.testclient import TestClient  # noqa: E402
 
+from seq2seq.cli import serve as serve_cli  # noqa: E402
 from seq2seq.serving import app as serve  # noqa: E402
 
 from seq2seq.cli import translate
@@ -368,9 +369,9 @@ def test_bad_command_lines_are_usage_errors(ckpt, capsys):
     for argv, words in [(["--checkpoint", str(ckpt), "--max-lines", "0"], "--max-lines must be >= 1"),
                         (["--checkpoint", str(ckpt), "--max-wait-ms", "-1"], "--max-wait-ms")]:
         with pytest.raises(SystemExit) as e:
-            serve.main(argv)
+            serve_cli.main(argv)
         assert e.value.code == 2 and words in capsys.readouterr().err
-    assert serve.main(["--checkpoint", str(ckpt.parent / "missing.ckpt")]) == 2
+    assert serve_cli.main(["--checkpoint", str(ckpt.parent / "missing.ckpt")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 
@@ -382,13 +383,13 @@ def free_port() -> int:
 
 
 class Server:
-    """`python -m seq2seq.serving.app` on 127.0.0.1 and a free port, waited for until /health answers."""
+    """`python -m seq2seq.cli.serve` on 127.0.0.1 and a free port, waited for until /health answers."""
 
     def __init__(self, ckpt: Path, *flags: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "seq2seq.serving.app", "--checkpoint", str(ckpt),
+        self.proc = subprocess.Popen([sys.executable, "-m", "seq2seq.cli.serve", "--checkpoint", str(ckpt),
                                       "--port", str(self.port), "--threads", "1", *flags],
                                      env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 90
@@ -414,7 +415,6 @@ class Server:
         return self.proc.stdout.read()
 
 
-@pytest.mark.slow
 def test_disconnected_client_costs_no_search_and_sigterm_finishes_in_flight_requests(ckpt):
     """Real uvicorn: (1) a client that disconnects while queued is never translated and the server
     goes on; (2) SIGTERM: the request in flight gets its answer, new connections are refused, and the
@@ -464,7 +464,6 @@ def chromium_or_skip():
     return sync_playwright
 
 
-@pytest.mark.slow
 def test_page_translates_and_draws_the_heatmap_in_chromium(ckpt, tmp_path):
     """Type a sentence, press Translate: the page shows the API's translation, its n-best list and an
     attention heatmap with one row per target piece (+ EOS) and one column per source piece (+ EOS).
@@ -507,12 +506,11 @@ def test_page_translates_and_draws_the_heatmap_in_chromium(ckpt, tmp_path):
     assert (tmp_path / "page.png").stat().st_size > 5000
 
 
-@pytest.mark.slow
 def test_load_test_script_reports_both_modes_without_errors(ckpt, tmp_path):
-    """scripts/bench_serve.py end to end, shortened: both modes, two levels, a JSON record, exit 0."""
+    """scripts/bench/serve.py end to end, shortened: both modes, two levels, a JSON record, exit 0."""
     src = write_lines(tmp_path / "src.txt", synthetic_pairs(20, seed=5)[0])
     out = tmp_path / "serve.json"
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_serve.py"), "--checkpoint", str(ckpt),
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench" / "serve.py"), "--checkpoint", str(ckpt),
                            "--input", str(src), "--clients", "1,4", "--duration", "1", "--warmup", "0.5",
                            "--threads", "1", "--json", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=300,

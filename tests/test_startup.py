@@ -4,7 +4,7 @@
 fails; translation, averaging and scoring run in a process where importing Lightning, Hydra or
 omegaconf fails. Each subprocess installs an import blocker (a meta-path finder that raises
 ImportError) before running the script's module as `python -m` would. Timings are not tested here:
-scripts/bench_startup.py measures them.
+scripts/bench/startup.py measures them.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import torch
 
 from seq2seq.cli import translate
 from seq2seq.cli.hydra_help import _defaults, _options, app_help
-from seq2seq.checkpoint.format import MODEL_PREFIX, load_for_translation, make_payload
+from seq2seq.checkpoint.format import MODEL_PREFIX, make_payload
+from seq2seq.checkpoint.loading import load_for_translation
 from seq2seq.config import CONF_DIR, ModelConfig, SearchConfig
 
 from .conftest import synthetic_pairs, write_lines
@@ -103,7 +104,7 @@ def test_usage_errors_need_no_torch(tmp_path):
         (("seq2seq.cli.translate", "--checkpoint", str(missing), "--input", str(tmp_path / "no.de")), "no.de"),
         (("seq2seq.cli.translate", "--checkpoint", str(missing), "--input", str(src)),
          f"error: checkpoint {missing} does not exist"),
-        (("seq2seq.checkpoint.averaging", "-o", str(tmp_path / "avg.ckpt"), str(missing)), f"checkpoint {missing} does not exist"),
+        (("seq2seq.cli.average", "-o", str(tmp_path / "avg.ckpt"), str(missing)), f"checkpoint {missing} does not exist"),
         (("seq2seq.cli.score", "--hyp", str(tmp_path / "no.txt"), "--ref", str(src)), "file not found"),
     ]
     for (module, *args), message in cases:
@@ -157,7 +158,7 @@ def test_translate_average_score_without_training_stack(lightning_style_ckpt, tm
     assert proc.stdout == expected
 
     averaged = tmp_path / "avg.ckpt"
-    proc = run_blocked(TRAINING_STACK, "seq2seq.checkpoint.averaging", "-o", str(averaged), str(lightning_style_ckpt),
+    proc = run_blocked(TRAINING_STACK, "seq2seq.cli.average", "-o", str(averaged), str(lightning_style_ckpt),
                        str(lightning_style_ckpt))
     assert proc.returncode == 0, proc.stderr[-3000:]
     proc = run_blocked(TRAINING_STACK, "seq2seq.cli.translate", "--checkpoint", str(averaged), "--input", str(src),
@@ -202,6 +203,6 @@ def test_quick_help_lists_every_group_and_default():
 
 def test_help_with_overrides_is_hydras():
     """`--help` with an override is Hydra's own help, showing the config those overrides compose."""
-    proc = run_blocked(("torch", "lightning", "pytorch_lightning"), "seq2seq.training.run", "seed=4321", "--help")
+    proc = run_blocked(("torch", "lightning", "pytorch_lightning"), "seq2seq.cli.train", "seed=4321", "--help")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "seed: 4321" in proc.stdout and "Powered by Hydra" in proc.stdout

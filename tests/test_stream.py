@@ -39,6 +39,7 @@ MODEL = ModelConfig(embedding_size=16, encoder_hidden_size=16, decoder_hidden_si
                     attention_size=16, dropout=0.0, rnn_dropout=0.0)
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}  # buffered, as for a user: no PYTHONUNBUFFERED
 ENV.pop("PYTHONUNBUFFERED", None)
+SLOW_FIXTURES = ("lines",)  # translated end to end several times by each test (tests/conftest.py: slow tier)
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +210,7 @@ def translate_process(kill_at: int, *args) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("flags", [["--format", "jsonl"],
-                                   pytest.param(["--nbest", "2", "--beam-size", "2"], marks=pytest.mark.slow)])
+                                   ["--nbest", "2", "--beam-size", "2"]])
 def test_resume_after_kill_equals_uninterrupted_run(ckpt, lines, tmp_path, flags):
     """A job SIGKILLed at a random batch continues with --resume and ends with the bytes of an
     uninterrupted run; so does one whose partial file ends mid-line (killed while writing). Only the

@@ -1,4 +1,4 @@
-"""Hydra sweeps: `seq2seq-train -m` runs every job in its own folder, `scripts/collect_runs.py` turns
+"""Hydra sweeps: `seq2seq-train -m` runs every job in its own folder, `seq2seq-runs` turns
 the folders into one table, a script-relaunching DDP launch is refused inside a sweep, and the SLURM
 launcher config composes into the expected sbatch resources (the slurm extra: installed in CI)."""
 
@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import REPO, TINY, load_script, read_metrics, require, run_script, series
+from seq2seq.cli import runs as collect
 
-COLLECT = REPO / "scripts" / "collect_runs.py"
+from .helpers import TINY, read_metrics, require, run_script, series
+
 FAST_DECODE = ["search.max_len_a=3", "search.max_len_b=0.5"]  # plumbing, not quality: a quick final test
 
 
@@ -47,7 +48,7 @@ def test_collect_runs_tabulates_the_sweep(sweep, tmp_path):
     sweep_dir, _ = sweep
     out_csv, out_md, out_png = tmp_path / "runs.csv", tmp_path / "runs.md", tmp_path / "sweep.png"
     plot = ["--plot", str(out_png)] if importlib.util.find_spec("matplotlib") else []
-    subprocess.run([sys.executable, str(COLLECT), str(sweep_dir), "--csv", str(out_csv), "--markdown", str(out_md),
+    subprocess.run([sys.executable, "-m", "seq2seq.cli.runs", str(sweep_dir), "--csv", str(out_csv), "--markdown", str(out_md),
                     *plot], check=True, capture_output=True, text=True)
     if plot:  # every run drew its own curves, and the sweep's overlay exists
         assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -89,7 +90,6 @@ def _fake_run(root: Path, overrides: list[str], metric_rows: list[dict] | None, 
 
 
 def test_collect_runs_last_best_varied_columns_and_failed_runs(tmp_path):
-    collect = load_script("collect_runs")
     rows = [{"step": 9, "train/loss": 2.5, "time/elapsed_s": 30.0}, {"step": 9, "val/ter": 60.0, "val/bleu": 20.0},
             {"step": 19, "val/ter": 70.0, "val/bleu": 22.0}, {"step": 19, "time/elapsed_s": 75.0}]
     scores = {"cased": {"bleu": 21.5, "chrf": 50.0, "ter": 65.0}, "lowercase": {"bleu": 22.5},
@@ -119,12 +119,11 @@ def test_collect_runs_last_best_varied_columns_and_failed_runs(tmp_path):
 
 def test_collect_runs_plot_overlays_the_runs_with_logs(tmp_path, monkeypatch):
     """--plot: one line per run that has a CSV log on each panel, labelled by its folder and the settings
-    that differ between runs, even with --all-settings. Mutation that makes it fail: collect_runs.plot_runs
+    that differ between runs, even with --all-settings. Mutation that makes it fail: training.run_table.plot_runs
     labelling with every settings column (the shared `debug=tiny` would appear in the labels)."""
     require("matplotlib")
     from matplotlib.figure import Figure
 
-    collect = load_script("collect_runs")
     rows = [{"step": 9, "train/loss": 2.5, "time/elapsed_s": 30.0}, {"step": 9, "val/bleu": 20.0},
             {"step": 9, "time/elapsed_s": 40.0}]
     _fake_run(tmp_path / "s" / "0", ["debug=tiny", "optim.lr=0.01"], rows, None)

@@ -174,7 +174,7 @@ def test_byte_fallback_has_no_unk(byte_tok):
 
 
 def test_real_multi30k_encodes_and_decodes_back(multi30k_dir):
-    """The whole German training side round-trips. (Its speed is a figure of scripts/bench_data.py,
+    """The whole German training side round-trips. (Its speed is a figure of scripts/bench/data.py,
     not an assertion here: wall-clock limits fail at random on a busy machine.)"""
     import gzip
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from seq2seq.checkpoint.format import load_for_translation
+from seq2seq.checkpoint.loading import load_for_translation
 from seq2seq.training.run import train
 from seq2seq.decoding.translator import Translator
 
@@ -24,7 +24,7 @@ def test_fast_dev_run_through_the_console_script(tmp_path, multi30k_dir):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, learnable_corpus):
-    """One real tiny training run through `python -m seq2seq.training.run`, on the learnable toy pair, long
+    """One real tiny training run through `python -m seq2seq.cli.train`, on the learnable toy pair, long
     enough (200 steps, seconds) for the model to translate: its scores are not the trivial 0."""
     tmp = tmp_path_factory.mktemp("tiny")
     run_dir = tmp / "run"

@@ -149,7 +149,6 @@ def test_a_missing_test_split_is_an_error_at_start(grid):
     assert not (tmp / "missing_data").exists()  # stopped before the corpus was prepared
 
 
-@pytest.mark.slow
 def test_ddp_two_processes_stop_before_validation_then_resume_with_step_validation(grid):
     """The short grid under `trainer=ddp_cpu trainer.devices=2`: max_steps before the first validation
     (last.ckpt written), then a resumed run with an integer val_check_interval and accumulation that

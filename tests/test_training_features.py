@@ -20,7 +20,8 @@ from seq2seq.config import (BatchingConfig, DataConfig, ModelConfig, OptimConfig
                             ValidationConfig, section)
 from seq2seq.data.datamodule import TranslationDataModule
 from seq2seq.training.module import TranslationModule
-from seq2seq.training.run import run_config, train
+from seq2seq.training.run import train
+from seq2seq.training.trainer import run_config
 from seq2seq.data.tokenizer import BOS_ID, PAD_ID
 
 from .helpers import TINY, compose_train, learn, read_metrics, require, run_script, series

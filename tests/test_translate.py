@@ -20,10 +20,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from seq2seq.checkpoint import averaging as average
-
-from seq2seq.cli import translate
-from seq2seq.checkpoint.format import PAYLOAD_KEY, load_for_translation
+from seq2seq.cli import average, translate
+from seq2seq.checkpoint.format import PAYLOAD_KEY
+from seq2seq.checkpoint.loading import load_for_translation
 from seq2seq.config import TokenizerConfig
 from seq2seq.data.tokenizer import EOS_ID, Tokenizer, train_sentencepiece
 from seq2seq.training.run import train
@@ -322,8 +321,8 @@ def test_alignment_and_jsonl_parse_back(learned_ckpt, learnable_corpus, tmp_path
     for i, obj in enumerate(nbest):
         assert set(obj) == {"line", "translation", "score", "normalized_score", "finished", "nbest",
                             "alignment", "src_pieces", "tgt_pieces"}
-        assert len(obj["nbest"]) == (1 if i == 1 else 2) and obj["nbest"][0] == {"translation": obj["translation"],
-                                                              "score": obj["score"]}
+        assert len(obj["nbest"]) == (1 if i == 1 else 2) and obj["nbest"][0] == {
+            "translation": obj["translation"], "score": obj["score"], "normalized_score": obj["normalized_score"]}
         assert all(isinstance(n["score"], float) for n in obj["nbest"])
     assert all(isinstance(o["score"], float) and isinstance(o["finished"], bool) for o in plain)
 

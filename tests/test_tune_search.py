@@ -11,8 +11,10 @@ import torch
 
 from seq2seq.cli import translate
 
-from seq2seq.evaluation import search_tuning as tune_search
-from seq2seq.checkpoint.format import MODEL_PREFIX, PAYLOAD_KEY, load_for_translation, make_payload
+from seq2seq.cli import tune_search
+from seq2seq.evaluation import search_tuning
+from seq2seq.checkpoint.format import MODEL_PREFIX, PAYLOAD_KEY, make_payload
+from seq2seq.checkpoint.loading import load_for_translation
 from seq2seq.config import ConfigError, DataConfig, ModelConfig, SearchConfig, section
 from seq2seq.data.tokenizer import EOS_ID
 from seq2seq.decoding.translator import Translator
@@ -173,10 +175,10 @@ def test_ensemble_tuning_refuses_a_dry_run(setup, capsys):
 def test_best_row_follows_the_metric_direction():
     rows = [{"bleu": 30.0, "chrf": 50.0, "ter": 60.0}, {"bleu": 31.0, "chrf": 49.0, "ter": 55.0},
             {"bleu": 31.0, "chrf": 48.0, "ter": 58.0}]
-    assert tune_search.best_row(rows, "bleu") is rows[1]  # a tie goes to the point listed first
-    assert tune_search.best_row(rows, "chrf") is rows[0]
-    assert tune_search.best_row(rows, "ter") is rows[1]  # lower is better
-    assert tune_search.selection_metric("ppl") == "bleu"
+    assert search_tuning.best_row(rows, "bleu") is rows[1]  # a tie goes to the point listed first
+    assert search_tuning.best_row(rows, "chrf") is rows[0]
+    assert search_tuning.best_row(rows, "ter") is rows[1]  # lower is better
+    assert search_tuning.selection_metric("ppl") == "bleu"
 
 
 @pytest.mark.parametrize("args,message", [
@@ -211,7 +213,6 @@ def test_bad_search_config_names_the_key(key, value, message):
         section(SearchConfig, {key: value}, "search")
 
 
-@pytest.mark.slow
 def test_training_tunes_best_ckpt_before_the_test(tmp_path, learnable_corpus):
     """`test_tune_search=true`: after training, the grid runs on the validation split, best.ckpt gets the
     winner, and the test that follows translates with it; the tuned best.ckpt still resumes training.

@@ -1,3 +1,3 @@
-"""Checkpoints: what one carries besides the weights (format), loading one for translation,
-averaging several, and starting a run from one (init_from).
+"""Checkpoints: what one carries besides the weights (format), building models from one (loading),
+averaging several (averaging), and starting a run from one (init_from).
 """

@@ -1,37 +1,22 @@
-"""`seq2seq-average`: write a checkpoint whose parameters are the mean of several checkpoints'.
-
-    seq2seq-average --output avg.ckpt CKPT [CKPT ...]
-    seq2seq-average --output avg.ckpt --dir RUN/checkpoints --last N
-
-Averaging the last few checkpoints of a run usually translates a little better than any one of them.
-To have several to average, train with one checkpoint per epoch kept:
-
-    seq2seq-train 'callbacks=[default,periodic_checkpoint]'    # writes checkpoints/epoch000.ckpt, ...
-
-`--dir DIR --last N` picks the N newest `*.ckpt` in DIR by the training step stored in each
-(`global_step`), never the output itself nor an earlier average; files saved at the same step
-(last.ckpt, best.ckpt and an epochNNN.ckpt of one step hold the same weights) count once.
+"""The mean of several checkpoints' parameters: `seq2seq-average` (cli/average.py) and the end-of-training
+`average_last` (training/average_last.py).
 
 All inputs must have the same checkpoint format version, sentencepiece models, model config and
-parameter names/shapes; otherwise nothing is written and the error names the checkpoint that differs
-from the first. Floating-point parameters are averaged (in float64, stored back in their own dtype);
-other tensors are taken from the newest input. The output keeps the newest input's seq2seq payload
-(run config, tokenizer) and step counters, plus `averaged_from` (the input paths). It has NO
-optimizer, scheduler or loop state: it is for `seq2seq-translate`, not for resuming training.
-The output is written atomically (temporary file + rename). Exit status: 0 on success, 2 on bad input.
+parameter names/shapes; otherwise an AverageError names the checkpoint that differs from the first.
+Floating-point parameters are averaged (in float64, stored back in their own dtype); other tensors are
+taken from the newest input. The result keeps the newest input's seq2seq payload (run config,
+tokenizer) and step counters, plus `averaged_from` (the input paths). It has NO optimizer, scheduler
+or loop state: it is for translation, not for resuming training.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-# torch and seq2seq.checkpoint.format are imported where checkpoints are read: `--help` and usage errors
-# are answered without them.
+import torch
 
-PROG = "seq2seq-average"
+from seq2seq.checkpoint.format import PAYLOAD_KEY, read_checkpoint
 
 # Top-level entries of a Lightning checkpoint that survive averaging; everything else (optimizer_states,
 # lr_schedulers, loops, callbacks, precision plugin state, ...) describes one training moment only.
@@ -39,26 +24,7 @@ KEEP = ("epoch", "global_step", "pytorch-lightning_version", "hyper_parameters")
 
 
 class AverageError(ValueError):
-    """Inputs that cannot be averaged; reported as `error: ...` with exit status 2."""
-
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoints", nargs="*", metavar="CKPT", help="checkpoints to average (at least one)")
-    p.add_argument("--output", "-o", required=True, help="the averaged checkpoint to write")
-    p.add_argument("--dir", metavar="FOLDER", help="pick inputs from this folder (with --last)")
-    p.add_argument("--last", type=int, metavar="N", help="average the N newest checkpoints of --dir")
-    args = p.parse_args(argv)
-    if args.dir is None and args.last is None and not args.checkpoints:
-        p.error("name the checkpoints to average, or use --dir FOLDER --last N")
-    if (args.dir is None) != (args.last is None):
-        p.error("--dir and --last go together")
-    if args.dir is not None and args.checkpoints:
-        p.error("give either checkpoint paths or --dir/--last, not both")
-    if args.last is not None and args.last < 1:
-        p.error(f"--last must be >= 1, got {args.last}")
-    return args
+    """Inputs that cannot be averaged; the message names the input at fault (seq2seq-average: exit status 2)."""
 
 
 def _step(ckpt: dict[str, Any]) -> int:
@@ -71,8 +37,6 @@ def newest_checkpoints(folder: str | Path, n: int, exclude: Path | None = None) 
     folder = Path(folder)
     if not folder.is_dir():
         raise AverageError(f"--dir {folder} is not a folder")
-    from seq2seq.checkpoint.format import read_checkpoint
-
     skip = exclude.resolve() if exclude is not None else None
     by_step: dict[int, Path] = {}
     for path in sorted(folder.glob("*.ckpt")):
@@ -115,10 +79,6 @@ def _first_difference(a: Any, b: Any, where: str) -> str | None:
 
 def check_compatible(first: dict[str, Any], first_path: Path, other: dict[str, Any], path: Path) -> None:
     """Raise AverageError naming `path` when it cannot be averaged with `first`."""
-    import torch
-
-    from seq2seq.checkpoint.format import PAYLOAD_KEY
-
     pa, pb = first[PAYLOAD_KEY], other[PAYLOAD_KEY]
     prefix = f"{path} cannot be averaged with {first_path} (the first input)"
     if pa.get("format_version") != pb.get("format_version"):
@@ -149,10 +109,6 @@ def average(paths: Sequence[str | Path]) -> dict[str, Any]:
     The first path is the reference for compatibility; metadata comes from the newest input
     (highest global_step; the first among equals).
     """
-    import torch
-
-    from seq2seq.checkpoint.format import PAYLOAD_KEY, read_checkpoint
-
     paths = [Path(p) for p in paths]
     if not paths:
         raise AverageError("no checkpoints to average")
@@ -181,35 +137,3 @@ def average(paths: Sequence[str | Path]) -> dict[str, Any]:
     out[PAYLOAD_KEY] = newest[PAYLOAD_KEY]
     out["averaged_from"] = [str(p) for p in paths]
     return out
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    output = Path(args.output)
-    try:
-        if not output.parent.is_dir():
-            raise AverageError(f"output folder {output.parent} does not exist (for --output {args.output})")
-        if output.is_dir():
-            raise AverageError(f"--output {args.output} is a folder")
-        missing = [p for p in args.checkpoints if not Path(p).is_file()]
-        if missing:  # read_checkpoint's message, before importing torch
-            raise AverageError(f"checkpoint {missing[0]} does not exist")
-        from seq2seq.checkpoint.format import atomic_torch_save
-
-        paths = (newest_checkpoints(args.dir, args.last, exclude=output) if args.dir is not None
-                 else [Path(p) for p in args.checkpoints])
-        averaged = average(paths)
-        atomic_torch_save(averaged, output)
-    except ValueError as e:  # AverageError, CheckpointError
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
-    print(f"averaged {len(paths)} checkpoint(s) into {output}: {', '.join(str(p) for p in paths)}",
-          file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,7 +12,7 @@ weights.
 
 `data.tokenizer_from=<checkpoint>` reuses only the sentencepiece models (`checkpoint_tokenizer`, the
 same vocabulary checks): a new model trained from scratch on the checkpoint's vocabulary, e.g. a
-student distilled from that checkpoint's translations (scripts/distill.py) that can then be ensembled
+student distilled from that checkpoint's translations (seq2seq-distill) that can then be ensembled
 with it.
 """
 

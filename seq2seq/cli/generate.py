@@ -34,7 +34,10 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-log = logging.getLogger("seq2seq.cli.generate")
+# The library (and with it torch) is imported in the functions that use it, not here: `--help` and usage
+# errors are answered without it (tests/test_startup.py).
+
+log = logging.getLogger(__name__)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -77,7 +80,7 @@ def read_prompts(args) -> list[str]:
 
         return [clean_text(p.replace("\n", " ")) for p in args.prompt]
     if args.input:  # a file or stdin, checked whole (UTF-8, the line at fault named)
-        from seq2seq.cli.translate import Input
+        from seq2seq.decoding.files import Input
 
         source = Input(args.input)
         try:
@@ -88,14 +91,13 @@ def read_prompts(args) -> list[str]:
 
 
 def write_output(text: str, path: str) -> None:
-    if path == "-":
-        sys.stdout.flush()
-        sys.stdout.buffer.write(text.encode("utf-8"))
-        sys.stdout.buffer.flush()
-        return
+    from seq2seq.decoding.files import write_stdout
     from seq2seq.temporaries import atomic_write_text
 
-    atomic_write_text(path, text)
+    if path == "-":
+        write_stdout(text)
+    else:
+        atomic_write_text(path, text)
 
 
 def run(args) -> None:
@@ -104,15 +106,16 @@ def run(args) -> None:
             raise ValueError(f"{path}: file not found")
     import torch
 
-    from seq2seq.checkpoint.format import load_device, load_language_model
+    from seq2seq.checkpoint.loading import load_device, load_language_model
     from seq2seq.data.corpus import read_lines
+    from seq2seq.decoding.translator import one_line
+    from seq2seq.lm.generation import generate
+    from seq2seq.lm.perplexity import score_text
 
     device = load_device(args.device)
     if args.score:
         lines = read_lines(args.score)
         lm, tokenizer, _ = load_language_model(args.checkpoint, device)
-        from seq2seq.lm.perplexity import score_text
-
         score = score_text(lm, tokenizer, lines, device)
         summary = (f"{args.score}: {len(lines)} lines, perplexity {score.ppl:.2f} per piece "
                    f"({sum(score.tokens)} pieces), {score.word_ppl:.2f} per word ({sum(score.words)} words, "
@@ -126,16 +129,12 @@ def run(args) -> None:
             write_output(summary + "\n", args.output)
         return
 
-    from seq2seq.lm.generation import generate
-
     prompts = read_prompts(args)
     lm, tokenizer, _ = load_language_model(args.checkpoint, device)
     prompt_ids = tokenizer.encode_tgt(prompts)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     results = generate(lm, prompt_ids, num=args.num, max_len=args.max_len, temperature=args.temperature,
                        top_k=args.top_k, top_p=args.top_p, generator=generator, batch_size=args.batch_size)
-    from seq2seq.decoding.translator import one_line
-
     out = []
     for i, samples in enumerate(results):
         texts = tokenizer.decode_tgt([prompt_ids[i] + s.tokens for s in samples])

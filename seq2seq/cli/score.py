@@ -20,51 +20,16 @@ differ), with the reason on stderr.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import sys
-import zlib
 from typing import Sequence
 
-# seq2seq.evaluation.metrics (and with it sacrebleu and numpy) is imported once the files are read: `--help`
-# and usage errors are answered without it.
+from seq2seq.evaluation.scoring import InputError, bootstrap_lines, check_counts, read_lines, score_record
+
+# seq2seq.evaluation.metrics and tables (and with them sacrebleu and numpy) are imported once the files are
+# read: `--help` and usage errors are answered without them.
 
 PROG = "seq2seq-score"
-
-
-class InputError(Exception):
-    """A problem with the command line's files; reported on stderr with exit status 2."""
-
-
-def read_lines(path: str) -> list[str]:
-    """Lines of a plain or gzip text file (or stdin for '-'), strict UTF-8, CRLF normalised."""
-    try:
-        if path == "-":
-            data = sys.stdin.buffer.read()
-        else:
-            with open(path, "rb") as f:
-                data = f.read()
-    except FileNotFoundError:
-        raise InputError(f"file not found: {path}") from None
-    except OSError as e:
-        raise InputError(f"cannot read {path}: {e.strerror or e}") from None
-    if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as e:
-            raise InputError(f"{path}: not a valid gzip file ({e})") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise InputError(f"{path}: invalid UTF-8 at line {line} (byte {e.start})") from None
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    # Split on LF only: str.splitlines() would also split on \x0b, \x1c, \u2028, ... inside a line.
-    lines = text.replace("\r\n", "\n").split("\n")
-    if lines[-1] == "":
-        lines.pop()  # the final line end (or an empty file)
-    return lines
 
 
 def _metric_list(value: str) -> list[str]:
@@ -112,14 +77,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_counts(first: tuple[str, list[str]], others: Sequence[tuple[str, list[str]]]) -> None:
-    name, lines = first
-    for other, other_lines in others:
-        if len(other_lines) != len(lines):
-            raise InputError(f"line counts differ: {name} has {len(lines)} lines, "
-                             f"{other} has {len(other_lines)} lines")
-
-
 def score_sets(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """`--set NAME HYP REF ...`: one table row per set (seq2seq.evaluation.tables), or its JSON."""
     for flag, given in (("--hyp", args.hyp is not None), ("--ref", bool(args.ref)), ("--compare", args.compare),
@@ -135,7 +92,7 @@ def score_sets(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         texts = []
         for name, hyp, ref in args.sets:
             hyps, refs = read_lines(hyp), read_lines(ref)
-            _check_counts((hyp, hyps), [(ref, refs)])
+            check_counts((hyp, hyps), [(ref, refs)])
             if not hyps:
                 raise InputError(f"{hyp} is empty: nothing to score (set {name!r})")
             texts.append((name, hyps, refs))
@@ -186,15 +143,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise InputError(f"--seed must be a positive integer, got {args.seed}")
         hyps = read_lines(args.hyp)
         refs = [(path, read_lines(path)) for path in args.ref]
-        _check_counts((args.hyp, hyps), refs)
+        check_counts((args.hyp, hyps), refs)
         other = None
         if args.compare is not None:
             other = read_lines(args.compare)
-            _check_counts((args.hyp, hyps), [(args.compare, other)])
+            check_counts((args.hyp, hyps), [(args.compare, other)])
         if not hyps:
             raise InputError(f"{args.hyp} is empty: nothing to score")
-        from seq2seq.evaluation.metrics import (METRICS, OFFLINE_TOKENIZERS, moses_languages, paired_bootstrap, score_corpus,
-                              score_moses_bleu)
+        from seq2seq.evaluation.metrics import (METRICS, OFFLINE_TOKENIZERS, format_score, moses_languages,
+                                                paired_bootstrap, score_corpus, score_moses_bleu)
 
         if args.tokenize not in (*OFFLINE_TOKENIZERS, "moses"):
             parser.error(f"argument --tokenize: invalid choice: {args.tokenize!r} "
@@ -219,25 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
 
-    from seq2seq.evaluation.metrics import format_score
-
     if args.json:
-        out = {"hyp": args.hyp, "refs": list(args.ref), "lines": len(hyps),
-               "lowercase": args.lowercase, "tokenize": args.tokenize,
-               "scores": {m: {"name": scores["name"][m], "score": scores[m],
-                              "signature": scores["signature"][m], "details": scores["details"][m]}
-                          for m in args.metrics}}
-        if moses_scores is not None:
-            out["lang"] = args.lang
-            out["scores"]["bleu_moses"] = {
-                "name": moses_scores["name"]["bleu"], "score": moses_scores["bleu"],
-                "signature": moses_scores["signature"]["bleu"], "details": moses_scores["details"]["bleu"]}
-        if test is not None:
-            out["compare"] = {
-                "hyp": args.compare, "n_samples": test["n_samples"], "seed": test["seed"],
-                "metrics": {m: {"name": test["name"][m], "signature": test["signature"][m],
-                                "baseline": test["baseline"][m], "system": test["system"][m]}
-                            for m in args.metrics}}
+        out = score_record(args.hyp, args.ref, len(hyps), args.lowercase, args.tokenize, args.metrics, scores,
+                           moses_scores, args.lang, args.compare, test)
         print(json.dumps(out, ensure_ascii=False, indent=1))
         return 0
 
@@ -248,14 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(format_score(moses_scores["name"]["bleu"], moses_scores["bleu"],
                                    moses_scores["signature"]["bleu"]))
         return 0
-    print(f"Paired bootstrap resampling ({test['n_samples']} samples, seed {test['seed']}): "
-          f"baseline {args.hyp} vs system {args.compare}")
-    for m in args.metrics:
-        base, system = test["baseline"][m], test["system"][m]
-        print(f"{test['name'][m]}: {args.hyp} = {base['score']:.2f} "
-              f"(mean {base['mean']:.2f} ± {base['ci']:.2f}), "
-              f"{args.compare} = {system['score']:.2f} (mean {system['mean']:.2f} ± {system['ci']:.2f}), "
-              f"p = {system['p_value']:.4f} (signature: {test['signature'][m]})")
+    print("\n".join(bootstrap_lines(test, args.hyp, args.compare, args.metrics)))
     return 0
 
 

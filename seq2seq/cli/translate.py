@@ -64,26 +64,29 @@ output file left behind.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
-# torch and the model code (and json, tempfile) are imported where they are used, not here: `--help`
-# and usage errors (a bad flag, a missing file) are answered without paying for them
-# (scripts/bench_startup.py measures it).
+# The library (seq2seq.decoding, seq2seq.data, and with the checkpoint code torch) is imported in the
+# functions that use it, not here: `--help` and usage errors (a bad flag, a missing file) are answered
+# without paying for it (tests/test_startup.py; scripts/bench/startup.py measures it).
 if TYPE_CHECKING:
-    from seq2seq.decoding.translator import Translation, Translator
+    from seq2seq.decoding.files import Input, Rerank
+    from seq2seq.decoding.output import OutputFormat
+    from seq2seq.decoding.translator import Translator
 
-log = logging.getLogger("seq2seq.cli.translate")
+log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "fp16")  # fp32: no autocast
 
 
 class UsageError(ValueError):
-    """A command-line problem found without importing torch (a missing file, no matplotlib)."""
+    """A command-line problem found without importing torch (a missing file, --stream with --resume)."""
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -190,207 +193,31 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-class Input:
-    """The input file, checked whole before any output is written (in constant memory: one line at a time).
+def output_format(args) -> OutputFormat:
+    from seq2seq.decoding.output import OutputFormat
 
-    Standard input (outside --stream) is first copied to a temporary file, gzip detected, so that
-    it is checked and read like a file; `close()` removes that copy.
-    """
-
-    def __init__(self, path: str):
-        from seq2seq.data.corpus import scan_lines
-
-        self.spooled = path == "-"
-        self.name = "<stdin>" if self.spooled else path  # what errors call it
-        self.path = spool_stdin() if self.spooled else Path(path)
-        try:
-            self.lines, self.sha256 = scan_lines(self.path, name=self.name)
-        except BaseException:
-            self.close()
-            raise
-
-    def read(self, skip: int = 0):
-        """Its cleaned lines, one at a time (`corpus.iter_lines`), the first `skip` passed over."""
-        from seq2seq.data import corpus
-
-        return corpus.iter_lines(self.path, name=self.name, skip=skip)
-
-    def close(self) -> None:
-        if self.spooled:
-            self.path.unlink(missing_ok=True)
+    return OutputFormat(format=args.format, nbest=args.nbest, alignment=args.alignment,
+                        plot_dir=args.plot_attention, plot_limit=args.plot_limit)
 
 
-def spool_stdin() -> Path:
-    """Standard input copied (in blocks) to a temporary file named .gz when it is gzip data."""
-    import shutil
-    import tempfile
-
-    stream = sys.stdin.buffer
-    head = stream.read(2)
-    fd, tmp = tempfile.mkstemp(prefix="seq2seq-translate-stdin.", suffix=".gz" if head == b"\x1f\x8b" else ".txt")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(head)
-            shutil.copyfileobj(stream, f, 1 << 20)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return Path(tmp)
+def checkpoint_paths(args) -> list[str]:
+    return [args.checkpoint] if args.checkpoint else (args.ensemble or [])  # none: --backend onnxruntime
 
 
-def stdin_lines():
-    """--stream from standard input: its cleaned lines as they arrive (gzip data decompressed)."""
-    import gzip
-
-    from seq2seq.data import corpus
-
-    stream = sys.stdin.buffer
-    if hasattr(stream, "peek") and stream.peek(2)[:2] == b"\x1f\x8b":  # peek waits for the first line only
-        stream = gzip.GzipFile(fileobj=stream, mode="rb")
-    return corpus.iter_lines(stream=stream, name="<stdin>")
+# Flags that only say how or where to run, not what the output holds: not part of a job's fingerprint.
+HOW_AND_WHERE = {"input", "output", "score_reference", "checkpoint", "ensemble", "model", "resume", "quiet",
+                 "device", "plot_attention", "plot_limit", "stream", "lm"}
 
 
-def alignment(t: Translation) -> str:
-    """`src-tgt` pairs: for each target piece (EOS excluded), the most attended source piece."""
-    if t.attention is None:
-        return ""
-    att = t.attention[: len(t.tokens), : len(t.src_tokens) + 1]  # [T, S] (source EOS column kept)
-    best = att.argmax(1).tolist() if att.shape[0] and att.shape[1] else []  # torch or numpy (onnxruntime)
-    return " ".join(f"{s}-{j}" for j, s in enumerate(best) if s < len(t.src_tokens))
+def job_id(args, source: Input, refs: Input | None) -> str:
+    """The partial output's JOB: the input and reference contents, the models and every other flag."""
+    from seq2seq.decoding.files import job_fingerprint
 
-
-def format_line(i: int, t: Translation, args, translator: Translator) -> str:
-    import json
-
-    if args.format == "jsonl":
-        obj = {"line": i + 1, "translation": t.text, "score": t.score,
-               "normalized_score": t.score / max(t.length, 1) ** translator.cfg.length_penalty,
-               "finished": t.finished}
-        if args.nbest > 1:
-            obj["nbest"] = [{"translation": text, "score": score} for text, score in t.nbest]
-        if args.alignment:
-            obj["alignment"] = alignment(t)
-            obj["src_pieces"] = translator.tokenizer.src_pieces(t.src_tokens)
-            obj["tgt_pieces"] = translator.tokenizer.tgt_pieces(t.tokens)
-        return json.dumps(obj, ensure_ascii=False) + "\n"
-    if args.nbest > 1:
-        out = "".join(f"{i + 1}\t{r + 1}\t{score:.6f}\t{text}\n" for r, (text, score) in enumerate(t.nbest))
-        return out + "".join(f"{i + 1}\t{r + 1}\t-inf\t\n" for r in range(len(t.nbest), args.nbest))
-    return f"{t.text}\t{alignment(t)}\n" if args.alignment else t.text + "\n"
-
-
-class PartialOutput:
-    """The output file's hidden twin `.NAME.JOB.part` beside it, renamed over NAME when the job is done.
-
-    JOB is a fingerprint of what decides the output (input and reference contents, models, flags), so
-    `--resume` finds the partial output of the same job only, keeps its complete lines and appends
-    the rest. A job that stops after writing lines (killed, interrupted, failed) leaves its partial
-    output for `--resume`; one that wrote nothing removes it. A lock stops two runs of one job from
-    writing the same file at once.
-    """
-
-    def __init__(self, path: str, job: str, resume: bool, unit: int):
-        import glob
-
-        from seq2seq.data.corpus import CorpusError
-
-        self.path = Path(path)
-        if not self.path.parent.is_dir():
-            raise CorpusError(f"output folder {self.path.parent} does not exist (for --output {path})")
-        self.tmp = self.path.parent / f".{self.path.name}.{job}.part"
-        self.unit = unit  # output lines per input line (--nbest K in text: K)
-        others = sorted(p.name for p in self.path.parent.glob(f".{glob.escape(self.path.name)}.*.part")
-                        if p != self.tmp and not p.name.endswith(".stream.part"))  # --stream's: never resumed
-        existed = self.tmp.exists()
-        if resume and not existed and others:
-            raise CorpusError(f"--resume: no partial output of this job beside {self.path}; {', '.join(others)} "
-                              "was written with another input, reference, model or setting. Run the same "
-                              "command as before, or remove that file to start over")
-        fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            import fcntl  # POSIX; elsewhere there is no lock
-        except ImportError:
-            fcntl = None
-        try:
-            if fcntl is not None:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released by the system when the process ends
-        except BlockingIOError:
-            os.close(fd)
-            raise CorpusError(f"{self.tmp}: another seq2seq-translate is writing this output now") from None
-        self.file = os.fdopen(fd, "r+b")
-        self.kept = 0  # output lines taken over from an earlier run
-        if existed and resume:
-            self.kept = self._complete_lines()
-        elif existed and self.file.seek(0, os.SEEK_END) > 0:
-            log.warning("%s holds the output of an interrupted run of this job: starting over (--resume "
-                        "would continue it)", self.tmp)
-        self.file.truncate(self.file.seek(self._offset(self.kept)))
-        self.written = 0  # output lines this run
-
-    def resume_point(self, window: int) -> int:
-        """Input lines to skip: the kept ones, cut back to whole windows (the rest is written again), so
-        that the resumed job translates the same windows as an uninterrupted one and writes the same bytes."""
-        done = self.kept // self.unit // window * window
-        self.kept = done * self.unit
-        self.file.truncate(self.file.seek(self._offset(self.kept)))
-        return done
-
-    def _complete_lines(self) -> int:
-        self.file.seek(0)
-        return sum(block.count(b"\n") for block in iter(lambda: self.file.read(1 << 20), b""))
-
-    def _offset(self, lines: int) -> int:
-        """Byte offset just after the first `lines` lines (all of them complete)."""
-        self.file.seek(0)
-        offset = 0
-        while lines > 0:
-            block = self.file.read(1 << 20)
-            count = block.count(b"\n")
-            if not block:
-                raise ValueError(f"{self.tmp} holds fewer than {lines} more lines")
-            if count < lines:
-                offset, lines = offset + len(block), lines - count
-                continue
-            end = -1
-            for _ in range(lines):
-                end = block.index(b"\n", end + 1)
-            return offset + end + 1
-        return offset
-
-    def write(self, text: str) -> None:
-        self.file.write(text.encode("utf-8"))
-        self.file.flush()  # whole lines reach the file as soon as they are done: a killed job keeps them
-        self.written += text.count("\n")
-
-    def commit(self) -> None:
-        self.file.close()
-        os.replace(self.tmp, self.path)
-
-    def abort(self) -> None:
-        """Keep the lines done (for --resume), or leave nothing behind when there are none."""
-        self.file.close()
-        if self.kept + self.written == 0:
-            self.tmp.unlink(missing_ok=True)
-        else:
-            print(f"{self.kept + self.written} output lines kept in {self.tmp}: run the same command with "
-                  "--resume to continue", file=sys.stderr)
-
-
-def job_fingerprint(args, source: Input, refs: Input | None) -> str:
-    """What decides the output bytes: the input and reference contents, the models (path, size, time)
-    and every flag except those that only say how or where to run."""
-    import hashlib
-    import json
-
-    ignored = {"input", "output", "score_reference", "checkpoint", "ensemble", "model", "resume", "quiet",
-               "device", "plot_attention", "plot_limit", "stream", "lm"}
     models = [Path(p) for p in checkpoint_paths(args) + ([args.lm] if args.lm else [])]
     if args.model:
         models = sorted(p for p in Path(args.model).iterdir() if p.is_file())
-    job = {"input": source.sha256, "reference": refs.sha256 if refs else None,
-           "models": [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in models],
-           "flags": {k: v for k, v in sorted(vars(args).items()) if k not in ignored}}
-    return hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest()[:12]
+    flags = {k: v for k, v in sorted(vars(args).items()) if k not in HOW_AND_WHERE}
+    return job_fingerprint(source, refs, models, flags)
 
 
 def apply_search_overrides(args, search_cfg) -> None:
@@ -404,10 +231,6 @@ def apply_search_overrides(args, search_cfg) -> None:
         search_cfg.beam_size = args.nbest  # n-best needs at least that many beams
 
 
-def checkpoint_paths(args) -> list[str]:
-    return [args.checkpoint] if args.checkpoint else (args.ensemble or [])  # none: --backend onnxruntime
-
-
 def build_translator(args) -> Translator:
     if args.backend == "onnxruntime":
         from seq2seq.deploy.runtime import OnnxTranslator  # numpy + onnxruntime + sentencepiece, no torch
@@ -418,16 +241,16 @@ def build_translator(args) -> Translator:
 
     import torch
 
-    from seq2seq.checkpoint.format import CheckpointError, load_device, load_members
-    from seq2seq.model.precision import bf16_supported, precision_dtype
+    from seq2seq.checkpoint.format import CheckpointError
+    from seq2seq.checkpoint.loading import load_device, load_members
     from seq2seq.decoding.search import Ensemble
     from seq2seq.decoding.translator import Sampling, Translator
+    from seq2seq.deploy.quantize import quantize_torch_int8
+    from seq2seq.model.precision import bf16_supported, precision_dtype
 
     device = load_device(args.device)
     models, tokenizer, search_cfg, _ = load_members(checkpoint_paths(args), device)
     if args.quantize:
-        from seq2seq.deploy.quantize import quantize_torch_int8
-
         models = [quantize_torch_int8(m) for m in models]
     model = Ensemble(models) if len(models) > 1 else models[0]
     apply_search_overrides(args, search_cfg)
@@ -441,11 +264,12 @@ def build_translator(args) -> Translator:
     return Translator(model, tokenizer, search_cfg, device=device, dtype=dtype, sampling=sampling)
 
 
-def attach_lm(args, translator: Translator):
+def attach_lm(args, translator: Translator) -> Rerank | None:
     """Load --lm and check its vocabulary (before any translation); fusion wraps the translator's model,
-    reranking returns the LM for `rerank` after the search."""
-    from seq2seq.checkpoint.format import CheckpointError, load_language_model
-    from seq2seq.lm.fusion import ShallowFusion, check_vocabularies
+    reranking returns the `rerank` to apply to the beam's n-best lists."""
+    from seq2seq.checkpoint.format import CheckpointError
+    from seq2seq.checkpoint.loading import load_language_model
+    from seq2seq.lm.fusion import ShallowFusion, check_vocabularies, rerank
 
     lm, lm_tokenizer, _ = load_language_model(args.lm, translator.device)
     check_vocabularies(translator.tokenizer, lm_tokenizer, checkpoint_paths(args)[0], args.lm)
@@ -453,7 +277,8 @@ def attach_lm(args, translator: Translator):
         if translator.cfg.beam_size < 2:
             raise CheckpointError(f"--lm-rerank rescores an n-best list, but the beam size is "
                                   f"{translator.cfg.beam_size}; give --beam-size K (K >= 2)")
-        return lm
+        return functools.partial(rerank, lm=lm, tokenizer=translator.tokenizer, weight=args.lm_weight,
+                                 length_penalty=translator.cfg.length_penalty, device=translator.device)
     translator.model = ShallowFusion(translator.model, lm, args.lm_weight)
     return None
 
@@ -479,48 +304,10 @@ class Progress:
             print(file=sys.stderr)
 
 
-def pyplot():
-    """matplotlib.pyplot on the file-only Agg backend, or a clear error naming the optional extra."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise UsageError("--plot-attention needs matplotlib: pip install 'seq2seq[plot]'") from None
-    return plt
-
-
-def _labels(pieces: list[str]) -> list[str]:
-    return [p.replace("$", r"\$") for p in pieces]  # a '$' would start matplotlib's math mode
-
-
-def plot_attention(translations: list[Translation], first: int, translator: Translator, folder: str,
-                   limit: int) -> None:
-    """Heatmaps of the translations of input lines first + 1, ... that are among the first `limit` lines."""
-    import numpy as np
-
-    plt = pyplot()
-    mine = translations[: max(limit - first, 0)]
-    if first == 0 and all(t.attention is None for t in mine if t.tokens):
-        log.warning("--plot-attention: nothing to plot (the model has no attention, or the first %d lines "
-                    "are empty)", limit)
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    for i, t in enumerate(mine, first):
-        if t.attention is None or not t.tokens:
-            continue
-        src = _labels(translator.tokenizer.src_pieces(t.src_tokens)) + ["</s>"]
-        tgt = _labels(translator.tokenizer.tgt_pieces(t.tokens)) + (["</s>"] if t.finished else [])
-        att = np.asarray(t.attention[: len(tgt), : len(src)], dtype=np.float32)
-        fig, ax = plt.subplots(figsize=(max(4, 0.35 * len(src)), max(3, 0.35 * len(tgt))))
-        ax.imshow(att, cmap="Greys", aspect="auto", vmin=0.0, vmax=1.0)
-        ax.set_xticks(range(len(src)), src, rotation=90, fontsize=8)
-        ax.set_yticks(range(len(tgt)), tgt, fontsize=8)
-        ax.set_xlabel("source")
-        ax.set_ylabel("target")
-        fig.tight_layout()
-        fig.savefig(out / f"attention_{i + 1:05d}.png", dpi=100)
-        plt.close(fig)
+def report(n_lines: int, n_tokens: int, elapsed: float) -> None:
+    elapsed = max(elapsed, 1e-9)
+    print(f"{n_lines} lines in {elapsed:.2f} s: {n_lines / elapsed:.1f} sentences/s, "
+          f"{n_tokens / elapsed:.0f} target tokens/s", file=sys.stderr)
 
 
 def check_files(args) -> None:
@@ -538,6 +325,8 @@ def run(args) -> None:
     if args.stream or (args.input == "-" and sys.stdin is not None and sys.stdin.isatty()):
         return run_stream(args)
     from seq2seq.data.corpus import CorpusError
+    from seq2seq.decoding.files import Input, PartialOutput, translate_windows, write_stdout
+    from seq2seq.decoding.output import prepare_plots
 
     source = Input(args.input)  # checked whole (UTF-8, line count) before any output
     refs = None
@@ -548,20 +337,24 @@ def run(args) -> None:
                 raise CorpusError(f"--score-reference {args.score_reference} has {refs.lines} lines but "
                                   f"--input {source.name} has {source.lines}")
         if args.plot_attention:  # fail before any work: no matplotlib, or a folder that cannot be made
-            pyplot()
-            Path(args.plot_attention).mkdir(parents=True, exist_ok=True)
+            prepare_plots(args.plot_attention)
         out = None
         if args.output != "-":
             unit = args.nbest if args.format == "text" and args.nbest > 1 else 1
-            out = PartialOutput(args.output, job_fingerprint(args, source, refs), args.resume, unit)
+            out = PartialOutput(args.output, job_id(args, source, refs), args.resume, unit)
         try:
             translator = build_translator(args)
-            reranker = attach_lm(args, translator) if args.lm else None
+            rerank = attach_lm(args, translator) if args.lm else None
             skip = out.resume_point(args.window) if out is not None else 0
             if skip and not args.quiet:
                 print(f"resuming: {skip} of {source.lines} lines were done", file=sys.stderr)
-            translate_windows(args, translator, reranker, source, refs, skip,
-                              out.write if out is not None else write_stdout)
+            progress = Progress(source.lines, not args.quiet, done=skip)
+            start = time.perf_counter()
+            n_tokens = translate_windows(translator, rerank, source, refs, skip, args.window, output_format(args),
+                                         out.write if out is not None else write_stdout, progress)
+            progress.close()
+            if not args.quiet and refs is None:
+                report(source.lines - skip, n_tokens, time.perf_counter() - start)
             if out is not None:
                 out.commit()
         except BaseException:
@@ -574,100 +367,30 @@ def run(args) -> None:
             refs.close()
 
 
-def write_stdout(text: str) -> None:
-    sys.stdout.flush()
-    sys.stdout.buffer.write(text.encode("utf-8"))  # UTF-8 whatever the locale says
-    sys.stdout.buffer.flush()
-
-
-def translate_lines(args, translator: Translator, reranker, lines: list[str], **kwargs: Any) -> list:
-    """`translator.translate(lines)` with --nbest; with --lm-rerank (`reranker`, the LM) the beam's whole
-    n-best list is rescored by the LM first, and the best --nbest of it kept."""
-    if reranker is None:
-        return translator.translate(lines, nbest=args.nbest, **kwargs)
-    import dataclasses
-
-    from seq2seq.lm.fusion import rerank
-
-    results = translator.translate(lines, nbest=translator.cfg.beam_size, **kwargs)
-    results = rerank(results, reranker, translator.tokenizer, args.lm_weight, translator.cfg.length_penalty,
-                     translator.device)
-    return [dataclasses.replace(r, nbest=r.nbest[:args.nbest]) for r in results]
-
-
-def translate_windows(args, translator: Translator, reranker, source: Input, refs: Input | None, skip: int,
-                      write) -> None:
-    """Translate `source` after its first `skip` lines, --window lines at a time (each window length-sorted
-    into batches by the translator), writing each window's output, in input order, as it is done."""
-    import json
-    from itertools import islice
-
-    lines = source.read(skip)
-    ref_lines = refs.read(skip) if refs is not None else None
-    progress = Progress(source.lines, not args.quiet, done=skip)
-    want_attention = args.alignment or bool(args.plot_attention)
-    start, first, n_tokens = time.perf_counter(), skip, 0
-    while True:
-        window = list(islice(lines, args.window))  # the previous window is released: one in memory at a time
-        if not window:
-            break
-        if ref_lines is not None:
-            scores = translator.score_references(window, list(islice(ref_lines, len(window))), first_line=first + 1)
-            progress(len(window))
-            if args.format == "jsonl":
-                text = "".join(json.dumps({"line": first + i + 1, "score": s}) + "\n" for i, s in enumerate(scores))
-            else:
-                text = "".join(f"{s:.6f}\n" for s in scores)
-        else:
-            results = translate_lines(args, translator, reranker, window, with_attention=want_attention,
-                                           progress=progress, first_line=first + 1)
-            text = "".join(format_line(first + i, t, args, translator) for i, t in enumerate(results))
-            n_tokens += sum(t.length for t in results)
-            if args.plot_attention and first < args.plot_limit:
-                plot_attention(results, first, translator, args.plot_attention, args.plot_limit)
-        write(text)
-        first += len(window)
-        window = results = scores = text = None  # noqa: F841 (released before the next window is read)
-    progress.close()
-    if not args.quiet and refs is None:
-        report(first - skip, n_tokens, time.perf_counter() - start)
-
-
-def report(n_lines: int, n_tokens: int, elapsed: float) -> None:
-    elapsed = max(elapsed, 1e-9)
-    print(f"{n_lines} lines in {elapsed:.2f} s: {n_lines / elapsed:.1f} sentences/s, "
-          f"{n_tokens / elapsed:.0f} target tokens/s", file=sys.stderr)
-
-
 def run_stream(args) -> None:
     """--stream: each line translated and written (flushed) as soon as it arrives; for a terminal or a pipe."""
-    from seq2seq.data import corpus
+    from seq2seq.data.corpus import iter_lines
+    from seq2seq.decoding.files import PartialOutput, stdin_lines, translate_stream, write_stdout
+    from seq2seq.decoding.output import prepare_plots
 
     if args.resume or args.score_reference:
         flag = "--resume" if args.resume else "--score-reference"
         why = "--stream was given" if args.stream else "standard input is a terminal (which turns on --stream)"
         raise UsageError(f"{flag} needs a whole input file, but {why}")
     if args.plot_attention:
-        pyplot()
-        Path(args.plot_attention).mkdir(parents=True, exist_ok=True)
+        prepare_plots(args.plot_attention)
     out = None
     if args.output != "-":  # flushed line by line too; renamed into place at the end of the input
         out = PartialOutput(args.output, f"{os.getpid()}.stream", resume=False, unit=1)
     try:
         translator = build_translator(args)
-        reranker = attach_lm(args, translator) if args.lm else None
-        lines = stdin_lines() if args.input == "-" else corpus.iter_lines(args.input)
+        rerank = attach_lm(args, translator) if args.lm else None
+        lines = stdin_lines() if args.input == "-" else iter_lines(args.input)
         if args.input == "-" and sys.stdin.isatty() and not args.quiet:
             print("seq2seq-translate: one sentence per line, Ctrl-D to end", file=sys.stderr)
-        write = out.write if out is not None else write_stdout
-        want_attention = args.alignment or bool(args.plot_attention)
-        start, n_lines, n_tokens = time.perf_counter(), 0, 0
-        for i, line in enumerate(lines):
-            [t] = translate_lines(args, translator, reranker, [line], with_attention=want_attention, first_line=i + 1)
-            write(format_line(i, t, args, translator))
-            if args.plot_attention and i < args.plot_limit:
-                plot_attention([t], i, translator, args.plot_attention, args.plot_limit)
-            n_lines, n_tokens = n_lines + 1, n_tokens + t.length
+        start = time.perf_counter()
+        n_lines, n_tokens = translate_stream(translator, rerank, lines, output_format(args),
+                                             out.write if out is not None else write_stdout)
         if out is not None:
             out.commit()
     except BaseException as e:
@@ -686,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         run(args)
-    except (ValueError, OSError) as e:  # CorpusError, CheckpointError, UsageError are ValueErrors
+    except (ValueError, OSError) as e:  # CorpusError, CheckpointError, UsageError, PlotError are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -1,6 +1,6 @@
 """Batches: padding, masks and the token-budget length-bucket batch sampler.
 
-Sequences arrive as bare sentencepiece ids (see `prepare.py`). Here they gain their special tokens:
+Sequences arrive as bare sentencepiece ids (see `seq2seq.data.cache`). Here they gain their special tokens:
 source = pieces + EOS (never empty, so packing always works), target input = BOS + pieces, target
 output = pieces + EOS. Batches are built by token budget over length-sorted examples, so a batch
 holds sentences of similar length and little padding; batch order is reshuffled every epoch from

@@ -1,4 +1,4 @@
-"""The prepared-corpus cache and the `seq2seq-prepare` console script.
+"""The prepared-corpus cache (built by `seq2seq-prepare`, `seq2seq.cli.prepare`, and by training).
 
 `prepare_corpus(data_cfg)` turns three pairs of text files into integer arrays once:
 
@@ -24,27 +24,21 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import hydra
-from omegaconf import DictConfig
+import numpy as np
 
 from seq2seq import __version__
-from seq2seq.cli.hydra_help import app_help, wants_quick_help
-from seq2seq.config import CONF_DIR, SAMPLING_KEYS, ConfigError, DataConfig, run_hydra_app, section
-from seq2seq.data.corpus import CorpusError, file_sha256, filter_pairs, find_corpus_files, read_parallel
+from seq2seq.config import SAMPLING_KEYS, DataConfig
+from seq2seq.data.corpus import file_sha256, filter_pairs, find_corpus_files, read_parallel
+from seq2seq.data.tokenizer import UNK_ID, Tokenizer, train_sentencepiece
 from seq2seq.temporaries import owned_prefix, remove_stale
-from seq2seq.data.tokenizer import UNK_ID, Tokenizer, TokenizerError, train_sentencepiece
 
-if TYPE_CHECKING:
-    import numpy as np  # imported where arrays are made: Hydra's --help and override errors do without
-
-log = logging.getLogger("seq2seq.data.cache")
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2  # bump whenever the cache layout or the preparation steps change
 SPLITS = ("train", "valid", "test")
@@ -117,17 +111,15 @@ def cache_key(settings: dict[str, Any], input_hashes: dict[str, list[str]]) -> s
 
 def prepare_corpus(cfg: DataConfig, tokenizer: Tokenizer | None = None) -> PreparedCorpus:
     """Return the prepared corpus for `cfg`, building the cache only when it does not exist yet.
-    `tokenizer`: encode with these sentencepiece models instead of training new ones (fine-tuning);
-    without it, `cfg.tokenizer_from` names a checkpoint whose models are reused so.
+    `tokenizer`: encode with these sentencepiece models instead of training new ones: a checkpoint's
+    (fine-tuning with `init_from`, or `cfg.tokenizer_from`, which the caller loads and passes here).
 
-    Raises CorpusError (files missing, unreadable, misaligned, nothing left after filtering),
-    TokenizerError (sentencepiece cannot be trained with these settings), or for `tokenizer_from`
-    CheckpointError (no usable checkpoint) and ConfigError (its vocabulary settings differ from `cfg`'s).
+    Raises CorpusError (files missing, unreadable, misaligned, nothing left after filtering) or
+    TokenizerError (sentencepiece cannot be trained with these settings).
     """
     if tokenizer is None and cfg.tokenizer_from:
-        from seq2seq.checkpoint.init_from import checkpoint_tokenizer
-
-        tokenizer = checkpoint_tokenizer(Path(cfg.tokenizer_from).expanduser(), cfg)
+        raise ValueError(f"data.tokenizer_from is {cfg.tokenizer_from!r} but no tokenizer was given: the caller "
+                         "loads the checkpoint's models (seq2seq.checkpoint.init_from.checkpoint_tokenizer)")
     files = {split: find_corpus_files(cfg, name) for split, name in split_names(cfg).items()}
     hashes = {split: [file_sha256(p) for p in pair] for split, pair in files.items()}
     settings = cache_settings(cfg, tokenizer)
@@ -300,8 +292,6 @@ def _save_npz(path: Path, src: list[list[int]], tgt: list[list[int]]) -> tuple[l
 
     Returns the per-sentence arrays (views into the flat arrays), exactly as `_load_npz` gives them.
     """
-    import numpy as np
-
     arrays = {}
     for side, seqs in (("src", src), ("tgt", tgt)):
         lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
@@ -314,16 +304,12 @@ def _save_npz(path: Path, src: list[list[int]], tgt: list[list[int]]) -> tuple[l
 
 
 def _unflatten(ids: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
-    import numpy as np
-
     if len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != len(ids):
         raise ValueError("ids and offsets do not match")
     return np.split(ids, offsets[1:-1])
 
 
 def _load_npz(path: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    import numpy as np
-
     with np.load(path) as z:
         return _unflatten(z["src_ids"], z["src_offsets"]), _unflatten(z["tgt_ids"], z["tgt_offsets"])
 
@@ -359,43 +345,3 @@ def load_prepared(directory: str | os.PathLike, key: str | None = None, train_te
             raise ValueError(f"{split}: text and ids differ in length")
         splits[split] = EncodedSplit(src, tgt, src_text, tgt_text)
     return PreparedCorpus(directory, tokenizer, splits, meta["report"])
-
-
-# ---------------------------------------------------------------------------------------------- CLI
-
-
-def prepare(cfg: DictConfig) -> PreparedCorpus:
-    """Prepare from a composed Hydra config (uses its `data` section only)."""
-    return prepare_corpus(section(DataConfig, cfg.data, "data"))
-
-
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
-def hydra_main(cfg: DictConfig) -> None:
-    """`seq2seq-prepare [overrides]`: build (or confirm) the cache for the configured data section."""
-    from seq2seq.checkpoint.format import CheckpointError  # data.tokenizer_from names a checkpoint
-
-    try:
-        corpus = prepare(cfg)
-    except (CorpusError, TokenizerError, ConfigError, CheckpointError) as e:
-        # A user mistake, not a bug: the message says what to change; a traceback would bury it.
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    counts = ", ".join(f"{s} {len(corpus.splits[s])}" for s in SPLITS)
-    print(f"prepared {counts} pairs in {corpus.directory}")
-
-
-def main() -> None:
-    """`seq2seq-prepare`: a bare --help is answered from conf/ (app_help.py), the rest by Hydra."""
-    if wants_quick_help(sys.argv[1:]):
-        print(app_help("seq2seq-prepare", "build (or confirm) the prepared-corpus cache of the configured "
-                       "data section (seq2seq-train's config).", "experiment=quickstart", CONF_DIR))
-        return
-    # The run folder (outputs/<task_name>/<time>, conf/hydra/default.yaml) is named after this step,
-    # not after training, unless the user names it.
-    if not any(arg.lstrip("+").startswith("task_name=") for arg in sys.argv[1:]):
-        sys.argv.append("task_name=prepare")
-    run_hydra_app(hydra_main)
-
-
-if __name__ == "__main__":
-    main()

@@ -66,7 +66,8 @@ class TranslationDataModule(pl.LightningDataModule):
 
     `prepare_data` builds the cache (once per node); `setup` loads it in every process (a cache hit
     does no work). The training sampler shards batches by rank itself, so the Trainer runs with
-    `use_distributed_sampler=False`.
+    `use_distributed_sampler=False`. `tokenizer`: a checkpoint's sentencepiece models to encode with
+    (`init_from`, `data.tokenizer_from`: the caller loads them); None trains the corpus's own.
     """
 
     def __init__(self, data: DataConfig, batching: BatchingConfig, seed: int, tokenizer: Tokenizer | None = None):
@@ -74,7 +75,7 @@ class TranslationDataModule(pl.LightningDataModule):
         self.data_cfg = data
         self.batching = batching
         self.seed = seed
-        self.given_tokenizer = tokenizer  # fine-tuning: encode with a checkpoint's models, train none
+        self.given_tokenizer = tokenizer
         self.corpus: PreparedCorpus | None = None
 
     def prepare_data(self) -> None:

@@ -34,7 +34,7 @@ import numpy as np
 from seq2seq.data.batching import EpochBatch, ParallelDataset
 from seq2seq.data.tokenizer import Tokenizer
 
-log = logging.getLogger("seq2seq.data.subword_sampling")
+log = logging.getLogger(__name__)
 
 SIDES = ("src", "tgt")
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from seq2seq.decoding import search
+from seq2seq.decoding.output import Candidate, normalized
 from seq2seq.data.corpus import clean_text
 from seq2seq.config import SearchConfig
 from seq2seq.data.batching import collate_source, token_budget_batches
@@ -42,7 +43,7 @@ class Translation:
     tokens: list[int]  # its target piece ids (no BOS/EOS)
     attention: torch.Tensor | None = None  # [T, S] attention per output token (EOS row included), CPU
     src_tokens: list[int] = field(default_factory=list)  # source piece ids as fed (after truncation)
-    nbest: list[tuple[str, float]] = field(default_factory=list)  # (text, score), best first
+    nbest: list[Candidate] = field(default_factory=list)  # best first
     finished: bool = True  # the best hypothesis ended with EOS (False: cut at the maximum length)
 
     @property
@@ -156,7 +157,7 @@ class Translator:
         if nbest > max(self.cfg.beam_size, 1) and self.sampling is None:
             raise ValueError(f"nbest={nbest} needs a beam at least that wide (search.beam_size={self.cfg.beam_size})")
         ids, _ = self._encode(lines, first_line)
-        results = [Translation(text="", score=0.0, tokens=[], nbest=[("", 0.0)]) for _ in lines]
+        results = [Translation(text="", score=0.0, tokens=[], nbest=[Candidate("", 0.0, 0.0)]) for _ in lines]
         todo = [i for i, line in enumerate(lines) if line.strip()]
         if progress is not None and len(todo) < len(lines):
             progress(len(lines) - len(todo))  # empty lines are done already
@@ -174,7 +175,10 @@ class Translator:
                 results[i] = Translation(
                     text=row_texts[0], score=float(best.score), tokens=list(best.tokens),
                     attention=best.attention if with_attention else None, src_tokens=ids[i],
-                    nbest=[(t, float(h.score)) for t, h in zip(row_texts, row)], finished=best.finished,
+                    nbest=[Candidate(t, float(h.score), normalized(float(h.score), len(h.tokens) + int(h.finished),
+                                                                  self.cfg.length_penalty))
+                           for t, h in zip(row_texts, row)],
+                    finished=best.finished,
                 )
             if progress is not None:
                 progress(len(group))

@@ -1,12 +1,6 @@
-"""`seq2seq-export`: a checkpoint as ONNX graphs + sentencepiece models + JSON, for `seq2seq.deploy.runtime`.
-
-The export folder (docs/deploy.md describes it for porters):
-
-    encoder.onnx         src [B, S] int64, src_lengths [B] int64 -> the state before the first step
-    decoder_step.onnx    prev_tokens [N] int64, k [] int64 + state -> log_probs [N, V], each row's k best
-                         (log-probs and ids [N, k]), attention [N, S], the new per-row state
-    source.model, target.model   sentencepiece models (the same bytes twice for a joint vocabulary)
-    config.json          special ids, language pair, model settings, search defaults, the state layout
+"""A checkpoint as an export folder for `seq2seq.deploy.runtime`: encoder.onnx, decoder_step.onnx, the
+source and target sentencepiece models and config.json (`seq2seq-export`, cli/export.py, lists them;
+docs/deploy.md describes them for porters).
 
 The two graphs are the decoder-step contract of docs/design.md with the state spelled out as named
 tensors: "hidden" / "cell" [L, N, H] (rows on axis 1), "feed" [N, O] (rows on axis 0) change every
@@ -24,32 +18,30 @@ need not sort the whole vocabulary outside the graph. Both use the TorchScript-b
 (`dynamo=False`): the dynamo exporter breaks the graph on RNNs or fixes their time axis to the
 example's length (known issues of the PyTorch and onnxruntime trackers).
 
-`--quantize int8` then applies onnxruntime's dynamic quantization (int8 weights, activations
-quantized per call) to the matrix products, LSTM operators and embedding tables.
+`quantize_int8` (seq2seq-export --quantize int8) then applies onnxruntime's dynamic quantization (int8
+weights, activations quantized per call) to the matrix products, LSTM operators and embedding tables.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
-import sys
 import tempfile
 from pathlib import Path
-from typing import Sequence
 
-# torch and the model code are imported in `export`, not here: `--help` and usage errors are answered
-# without them (tests/test_startup.py).
+from seq2seq.checkpoint.format import special_ids
+from seq2seq.checkpoint.loading import load_for_translation
+from seq2seq.config import SearchConfig
+from seq2seq.deploy.onnx_graphs import OPSET, ExportError, export_graphs, graph_names, state_layout
 
-log = logging.getLogger("seq2seq.deploy.export")
+# onnx and onnxruntime (the `onnx` extra) are imported where they are used, after require_onnx() has
+# named the extra if they are missing.
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 EXTRA_HINT = 'pip install -e ".[onnx]"'  # the extra that brings onnx and onnxruntime
-
-
-class ExportError(ValueError):
-    """A model or folder that cannot be exported; the message says what is unsupported."""
 
 
 def require_onnx() -> None:
@@ -130,10 +122,6 @@ def export(checkpoint: str | Path, output_dir: str | Path, quantize: str | None 
     `output_dir` is replaced only when it is empty or an earlier export folder (holds config.json).
     """
     require_onnx()
-    from seq2seq.checkpoint.format import load_for_translation, special_ids
-    from seq2seq.config import SearchConfig
-    from seq2seq.deploy.onnx_graphs import OPSET, export_graphs, graph_names, state_layout
-
     if quantize not in (None, "int8"):
         raise ExportError(f"--quantize {quantize!r} is not supported; valid options: int8")
     out = Path(output_dir)
@@ -172,26 +160,3 @@ def export(checkpoint: str | Path, output_dir: str | Path, quantize: str | None 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    p = argparse.ArgumentParser(prog="seq2seq-export", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="a .ckpt written by seq2seq-train (or seq2seq-average)")
-    p.add_argument("--output-dir", required=True, help="the export folder to write")
-    p.add_argument("--quantize", choices=("int8",), help="onnxruntime dynamic int8 quantization")
-    args = p.parse_args(argv)
-    from seq2seq.checkpoint.format import CheckpointError
-
-    try:
-        out = export(args.checkpoint, args.output_dir, args.quantize)
-    except (ExportError, CheckpointError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {out}: " + ", ".join(sorted(p.name for p in out.iterdir())), file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """The torch side of `seq2seq-export`: a `Seq2Seq` as an ONNX encoder graph and an ONNX decoder-step graph.
 
-See `seq2seq/deploy/export.py` (the command) and docs/deploy.md (the folder) for what the graphs hold. The
+See `deploy/export.py` and docs/deploy.md (the export folder) for what the graphs hold. The
 encoder is not a trace of `Encoder.forward`: packed sequences export badly, so each recurrent layer
 becomes one ONNX RNN / GRU / LSTM operator with `sequence_lens`, and its torch reference (`_onnx_rnn`)
 is written from the ONNX operator definitions. The decoder step is a trace of `Decoder.step` with the
@@ -17,17 +17,19 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from seq2seq.deploy.export import ExportError
 from seq2seq.model import Seq2Seq
 from seq2seq.model.decoder import DecoderState
 
 OPSET = 17
 
 
+class ExportError(ValueError):
+    """A model or folder that cannot be exported; the message says what is unsupported."""
+
+
 # GRU torch (r, z, n) -> ONNX (z, r, h). One gate for plain RNNs.
 _GATE_ORDER = {"lstm": (0, 3, 1, 2), "gru": (1, 0, 2), "rnn_tanh": (0,), "rnn_relu": (0,)}
 _ONNX_OP = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN", "rnn_relu": "RNN"}
-
 
 
 # ------------------------------------------------------------------------------ encoder on masks

@@ -6,6 +6,8 @@ import warnings
 
 import torch
 from torch import nn
+from torch.ao.nn.quantized.dynamic.modules.rnn import RNNBase as QuantizedRNN
+from torch.ao.quantization import quantize_dynamic
 
 from seq2seq.model import Seq2Seq
 
@@ -18,9 +20,6 @@ def quantize_torch_int8(model: Seq2Seq) -> nn.Module:
     `torch.ao.quantization.quantize_dynamic` is deprecated in favour of torchao, whose int8 configs
     cover Linear layers only; it is still the one torch API that quantizes recurrent layers.
     """
-    from torch.ao.nn.quantized.dynamic.modules.rnn import RNNBase as QuantizedRNN
-    from torch.ao.quantization import quantize_dynamic
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)

@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
+import sentencepiece as spm
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,14 @@ class Hypothesis:
         return len(self.tokens) + int(self.finished)
 
 
+class Candidate(NamedTuple):
+    """One entry of an n-best list (the fields of seq2seq.decoding.output.Candidate)."""
+
+    text: str
+    score: float  # float32 sum of the token log-probabilities, EOS included
+    normalized_score: float  # score / length ** length_penalty: what the list is ranked by
+
+
 @dataclass
 class Translation:
     """The result for one input line (the fields of seq2seq.decoding.translator.Translation)."""
@@ -99,7 +107,7 @@ class Translation:
     tokens: list[int]
     attention: np.ndarray | None = None
     src_tokens: list[int] = field(default_factory=list)
-    nbest: list[tuple[str, float]] = field(default_factory=list)
+    nbest: list[Candidate] = field(default_factory=list)  # best first
     finished: bool = True
 
     @property
@@ -111,8 +119,6 @@ class Pieces:
     """The source and target sentencepiece models of the folder."""
 
     def __init__(self, src_path: Path, tgt_path: Path) -> None:
-        import sentencepiece as spm
-
         self.src = spm.SentencePieceProcessor(model_file=str(src_path))
         self.tgt = spm.SentencePieceProcessor(model_file=str(tgt_path))
 
@@ -137,7 +143,7 @@ class OnnxModel:
 
     def __init__(self, folder: Path, config: dict, threads: int = 0) -> None:
         try:
-            import onnxruntime as ort
+            import onnxruntime as ort  # the optional `onnx` extra: imported here to name it when missing
         except ImportError:
             raise ExportFolderError(f"onnxruntime is not installed; install the extra: {EXTRA_HINT}") from None
         options = ort.SessionOptions()
@@ -407,7 +413,7 @@ class OnnxTranslator:
         if nbest > max(cfg.beam_size, 1):
             raise ValueError(f"nbest={nbest} needs a beam at least that wide (beam_size={cfg.beam_size})")
         ids = self._encode(lines, first_line)
-        results = [Translation(text="", score=0.0, tokens=[], nbest=[("", 0.0)]) for _ in lines]
+        results = [Translation(text="", score=0.0, tokens=[], nbest=[Candidate("", 0.0, 0.0)]) for _ in lines]
         todo = [i for i, line in enumerate(lines) if line.strip()]
         if progress is not None and len(todo) < len(lines):
             progress(len(lines) - len(todo))
@@ -427,7 +433,8 @@ class OnnxTranslator:
                 results[i] = Translation(text=row_texts[0], score=best.score, tokens=best.tokens,
                                          attention=best.attention if with_attention else None,
                                          src_tokens=ids[i], finished=best.finished,
-                                         nbest=[(text, h.score) for text, h in zip(row_texts, row)])
+                                         nbest=[Candidate(text, h.score, h.score / max(h.length, 1) ** cfg.length_penalty)
+                                                for text, h in zip(row_texts, row)])
             if progress is not None:
                 progress(len(group))
         return results

@@ -1,2 +1,3 @@
-"""Evaluation: sacrebleu metrics, the table of several evaluation sets, and search tuning on validation.
+"""Evaluation: sacrebleu metrics, scoring text files (scoring), the table of several evaluation sets
+(tables), search tuning on validation (search_tuning), and ensembles of trained runs (ensembles).
 """

@@ -1,35 +1,21 @@
-"""`seq2seq-tune-search`: choose beam size and length penalty on the validation split, and store the
-winner in the checkpoint as its search defaults.
+"""Search tuning: beam size and length penalty chosen on the validation split, stored in the checkpoint
+as its search defaults (`seq2seq-tune-search`, cli/tune_search.py; `seq2seq-train test_tune_search=true`).
 
-The validation split is the one training validated on: `data.valid_split` of the checkpoint's own data
-config, found as training finds it (`corpus.find_corpus_files`: `data.root`, then `data.mirrors`) and
-cut to `data.max_valid_pairs`. Every point of the grid (beam sizes x length penalties; beam size 1 is
-greedy search, which has no length penalty, so it is decoded once) translates the whole split; the
-table shows BLEU, chrF, the hypothesis/reference length ratio (BLEU's) and the seconds it took. The
-best point by the run's `validation.metric` (BLEU when that metric does not depend on the search: ppl,
-loss) wins; a tie goes to the point listed first.
+Every point of the grid (beam sizes x length penalties; beam size 1 is greedy search, which has no
+length penalty, so it is decoded once) translates the whole split and is scored by BLEU, chrF and the
+hypothesis/reference length ratio. The best point by the run's `validation.metric` (BLEU when that
+metric does not depend on the search: ppl, loss) wins; a tie goes to the point listed first.
 
 The winner replaces `beam_size`, `length_penalty` and `min_len` in the checkpoint's stored config
 (`seq2seq["config"]["search"]`), which is where every tool reads "the checkpoint's defaults" from
-(`checkpoint.load_for_translation`: seq2seq-translate, seq2seq-serve, seq2seq-export, the end-of-training
-test), and `seq2seq["search_tuning"]` records how: split, metric, grid, scores, and the defaults it
-replaced. Nothing else changes, so the checkpoint stays loadable and resumable (a resumed run writes its
-own config into the checkpoints it saves afterwards). The file is rewritten atomically.
-
-`--ensemble A.ckpt B.ckpt ...` tunes the search of those checkpoints' ensemble instead (the members
-must share a direction and a sentencepiece model; the validation split, grid and metric are the first
-member's). It writes no checkpoint: it prints the winner as the flags of `seq2seq-translate --ensemble`.
-`--json FILE` writes the record (either way) to FILE.
-
-`seq2seq-train test_tune_search=true` runs the same grid (`search.tune_beam_sizes`,
-`search.tune_length_penalties`) on best.ckpt after training, before the test (`tune_after_training`).
+(`checkpoint.loading.load_for_translation`), and `seq2seq["search_tuning"]` records how: split, metric,
+grid, scores, and the defaults it replaced. Nothing else changes, so the checkpoint stays loadable and
+resumable. An ensemble's search (`tune_ensemble`) belongs to no one member: it is reported as the flags
+of `seq2seq-translate --ensemble`, never stored.
 """
-
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import logging
 import sys
 import time
@@ -37,7 +23,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from seq2seq.config import METRIC_MODES, ConfigError, DataConfig, check_grid_values, check_search_grid, section
+import torch
+
+from seq2seq.checkpoint.format import PAYLOAD_KEY, atomic_torch_save, read_checkpoint
+from seq2seq.checkpoint.loading import load_for_translation, load_members
+from seq2seq.config import METRIC_MODES, ConfigError, DataConfig, SearchConfig, check_search_grid, section
+from seq2seq.data.corpus import find_corpus_files, read_parallel
+from seq2seq.decoding.search import Ensemble
+from seq2seq.decoding.translator import Translator
+from seq2seq.evaluation.metrics import make_metric, score_corpus
+from seq2seq.model.precision import precision_dtype
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +50,11 @@ def selection_metric(metric: str) -> str:
 def validation_text(config: dict[str, Any], root: str | None = None) -> tuple[str, list[str], list[str]]:
     """(split name, sources, references) of the validation split named by a checkpoint's data config,
     found as training finds it; `root` replaces `data.root`. Raises CorpusError naming what is missing."""
-    from seq2seq.data.corpus import find_corpus_files, read_parallel
-
     data = section(DataConfig, config.get("data"), "data")
     if root is not None:
         data = dataclasses.replace(data, root=root)
     src, tgt = read_parallel(*find_corpus_files(data, data.valid_split))
-    if data.max_valid_pairs > 0:  # training validated on these only (prepare.py)
+    if data.max_valid_pairs > 0:  # training validated on these only (data/cache.py)
         src, tgt = src[: data.max_valid_pairs], tgt[: data.max_valid_pairs]
     return data.valid_split, src, tgt
 
@@ -72,9 +65,6 @@ def run_grid(model: Any, tokenizer: Any, search_cfg: Any, sources: Sequence[str]
     """Translate `sources` at every grid point and score it -> one row per point, in grid order:
     beam_size, length_penalty (None for beam 1: greedy search has none), bleu, chrf, ter, ratio, seconds.
     `report(row)` is called as each row is done."""
-    from seq2seq.evaluation.metrics import make_metric, score_corpus
-    from seq2seq.decoding.translator import Translator
-
     points = [(1, None)] if 1 in beam_sizes else []
     points += [(b, lp) for b in beam_sizes if b != 1 for lp in length_penalties]
     points.sort(key=lambda p: beam_sizes.index(p[0]))  # the user's beam order
@@ -116,11 +106,6 @@ def table_line(r: dict[str, Any]) -> str:
 def store_search_defaults(path: str | Path, defaults: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
     """Write `defaults` (keys of TUNED) into checkpoint `path` as its search defaults, and `record` as
     its `search_tuning` entry; atomic. Returns the previous values of the keys."""
-    import torch
-
-    from seq2seq.checkpoint.format import PAYLOAD_KEY, atomic_torch_save, read_checkpoint
-    from seq2seq.config import SearchConfig
-
     read_checkpoint(path)  # the checks (and errors naming the file) of every reader
     ckpt = torch.load(path, map_location="cpu", weights_only=True)  # whole, not mapped: the file is replaced
     search = ckpt[PAYLOAD_KEY]["config"]["search"]
@@ -168,8 +153,6 @@ def tune_checkpoint(path: str | Path, sources: Sequence[str], references: Sequen
     """Run the grid for checkpoint `path` on (sources, references), print the table and what changes,
     and (unless `dry_run`) store the best point. None: the checkpoint's own grid and min_len.
     Returns the record (as stored under `search_tuning`)."""
-    from seq2seq.checkpoint.format import load_for_translation
-
     out = out or sys.stdout
     model, tokenizer, search_cfg, config = load_for_translation(path, device)
     stored = {k: getattr(search_cfg, k) for k in TUNED}
@@ -203,9 +186,6 @@ def tune_ensemble(paths: Sequence[str | Path], sources: Sequence[str], reference
     `seq2seq-translate --ensemble`); the grid, min_len and metric default to the first member's.
     No checkpoint is written: an ensemble's search defaults belong to no one member, so the record
     (also "checkpoints" and "translate_flags") says which flags to translate with."""
-    from seq2seq.checkpoint.format import load_members
-    from seq2seq.decoding.search import Ensemble
-
     out = out or sys.stdout
     models, tokenizer, search_cfg, config = load_members(list(paths), device)
     label = f"the ensemble of {len(models)} ({', '.join(map(str, paths))})"
@@ -217,13 +197,10 @@ def tune_ensemble(paths: Sequence[str | Path], sources: Sequence[str], reference
     return {**record, "checkpoints": [str(p) for p in paths], "translate_flags": flags}
 
 
-def tune_after_training(trainer: Any, datamodule: Any, search_cfg: Any) -> None:
-    """`test_tune_search`: the grid of `search_cfg` on the prepared validation split, with best.ckpt,
-    stored into best.ckpt (on rank 0, before the test reads it). Without a best checkpoint: a warning."""
-    from seq2seq.training.averaging import best_checkpoint_path
-    from seq2seq.model.precision import precision_dtype
-
-    best = best_checkpoint_path(trainer)
+def tune_after_training(best: str, trainer: Any, datamodule: Any, search_cfg: Any) -> None:
+    """`test_tune_search`: the grid of `search_cfg` on the prepared validation split, with the best checkpoint
+    `best` (training/average_last.best_checkpoint_path), stored into it (on rank 0, before the test reads it),
+    on the trainer's device and precision. Without a best checkpoint: a warning."""
     if not best or not Path(best).is_file():
         log.warning("test_tune_search: no best checkpoint (no validation ran, or callbacks=none): search not tuned")
         return
@@ -240,64 +217,3 @@ def parse_list(text: str, kind: type, flag: str) -> list:
     except ValueError:
         what = "integers" if kind is int else "numbers"
         raise ConfigError(f"{flag} must be a comma-separated list of {what}, got {text!r}") from None
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(
-        prog="seq2seq-tune-search", description=__doc__.split("\n\n")[0],
-        epilog="Example: seq2seq-tune-search --checkpoint outputs/RUN/checkpoints/best.ckpt --beam-sizes 1,5 "
-               "--length-penalties 0.8,1.0,1.2")
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--checkpoint", help="a .ckpt written by seq2seq-train (rewritten in place)")
-    which.add_argument("--ensemble", nargs="+", metavar="CKPT",
-                       help="tune the search of these checkpoints' ensemble (seq2seq-translate --ensemble); "
-                            "writes no checkpoint, prints the flags to translate with")
-    p.add_argument("--beam-sizes", help="comma-separated beam sizes (default: the checkpoint's "
-                                        "search.tune_beam_sizes, 1,5,10)")
-    p.add_argument("--length-penalties", help="comma-separated length penalties (default: the checkpoint's "
-                                              "search.tune_length_penalties, 0.6,0.8,1.0,1.2,1.4)")
-    p.add_argument("--min-len", type=int, help="min_len for every grid point, stored with the winner "
-                                               "(default: the checkpoint's)")
-    p.add_argument("--data-root", help="folder of the validation files (default: the checkpoint's data.root, "
-                                       "then data.mirrors)")
-    p.add_argument("--max-sentences", type=int, default=0, help="tune on the first N sentences only (0 = all)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--dry-run", action="store_true", help="print the table and the change; write nothing")
-    p.add_argument("--json", metavar="FILE", help="also write the record (grid rows, the winner) to this JSON file")
-    args = p.parse_args(argv)
-    if args.dry_run and args.ensemble:
-        p.error("--dry-run goes with --checkpoint: --ensemble never writes a checkpoint")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from seq2seq.checkpoint.format import PAYLOAD_KEY, CheckpointError, load_device, read_checkpoint
-    from seq2seq.data.corpus import CorpusError
-
-    try:
-        beams = parse_list(args.beam_sizes, int, "--beam-sizes") if args.beam_sizes is not None else None
-        lps = parse_list(args.length_penalties, float, "--length-penalties") if args.length_penalties is not None else None
-        for values, flag, integers in ((beams, "--beam-sizes", True), (lps, "--length-penalties", False)):
-            if values is not None:  # before the checkpoint and corpus are read
-                check_grid_values(values, flag, integers)
-        if args.min_len is not None and args.min_len < 0:
-            raise ConfigError(f"--min-len must be >= 0 (0 = no minimum), got {args.min_len}")
-        if args.max_sentences < 0:
-            raise ConfigError(f"--max-sentences must be >= 0 (0 = all), got {args.max_sentences}")
-        device = load_device(args.device)
-        first = args.checkpoint or args.ensemble[0]
-        config = read_checkpoint(first)[PAYLOAD_KEY]["config"]
-        split, src, ref = validation_text(config, args.data_root)
-        if args.max_sentences:
-            src, ref = src[: args.max_sentences], ref[: args.max_sentences]
-        if args.ensemble:
-            record = tune_ensemble(args.ensemble, src, ref, split, beams, lps, args.min_len, device)
-        else:
-            record = tune_checkpoint(args.checkpoint, src, ref, split, beams, lps, args.min_len, device,
-                                     dry_run=args.dry_run)
-        if args.json:
-            Path(args.json).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    except (ConfigError, CheckpointError, CorpusError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
 """Monolingual text for language models: read, validate, filter, tokenize, cache, batch.
 
-`prepare_monolingual(cfg)` mirrors `prepare.prepare_corpus` for one language:
+`prepare_monolingual(cfg)` mirrors `seq2seq.data.cache.prepare_corpus` for one language:
 
 1. locate the text: `data.train_files` / `valid_files` / `test_files` (plain or .gz, several files are
    concatenated), else Multi30k's `{split}.{lang}[.gz]` under `data.root` or a mirror (downloaded when
@@ -34,12 +34,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from seq2seq.checkpoint.format import PAYLOAD_KEY, read_checkpoint
 from seq2seq.config import SAMPLING_KEYS, ConfigError, MonolingualDataConfig
-from seq2seq.data.corpus import CorpusError, _candidates, _find_in, _search_folders, download_multi30k, file_sha256, read_lines
 from seq2seq.data.batching import _pad, lengths_to_mask
+from seq2seq.data.corpus import (CorpusError, _candidates, _find_in, _search_folders, download_multi30k, file_sha256,
+                                 read_lines)
 from seq2seq.data.tokenizer import BOS_ID, EOS_ID, Tokenizer, train_sentencepiece
 
-log = logging.getLogger("seq2seq.lm.data")
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 META = "meta.json"
@@ -115,8 +117,6 @@ def _tokenizer_model(cfg: MonolingualDataConfig) -> bytes | None:
     if not path.is_file():
         raise ConfigError(f"config key 'data.tokenizer_from': {path} does not exist")
     if path.suffix == ".ckpt":
-        from seq2seq.checkpoint.format import PAYLOAD_KEY, read_checkpoint
-
         return read_checkpoint(path)[PAYLOAD_KEY]["tokenizer"]["tgt_model"]
     return path.read_bytes()
 

@@ -1,4 +1,4 @@
-"""LightningDataModule of monolingual text: the translation data module's samplers over `lm_data` batches."""
+"""LightningDataModule of monolingual text: the translation data module's samplers over `seq2seq.lm.data` batches."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ Shallow fusion (Gulcehre et al., 2015) scores each next piece by
     log p_TM(y_t | y_<t, x) + w * log p_LM(y_t | y_<t)
 
 at every step of greedy, beam or sampling search. `ShallowFusion` wraps the translation model (or an
-`Ensemble`) behind the decoder-step contract of `search.py`, carrying the LM's own state beside the
+`Ensemble`) behind the decoder-step contract of `decoding/search.py`, carrying the LM's own state beside the
 model's: `step` advances both with the same previous pieces, `reorder_state` reorders both with the
 same rows (the LM has no source side, so it ignores `sources`). Search code is unchanged, so every search works with fusion, and beam size 1 with fusion
 is greedy with fusion. Hypothesis scores are the fused sums (not renormalised: with w = 0 they are
@@ -27,9 +27,10 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from seq2seq.data.tokenizer import Tokenizer
+from seq2seq.decoding.output import Candidate
 from seq2seq.lm.perplexity import sequence_log_probs
 from seq2seq.model.lm import RecurrentLM
-from seq2seq.data.tokenizer import Tokenizer
 
 
 class VocabularyMismatch(ValueError):
@@ -108,16 +109,17 @@ def rerank(translations: Sequence[Any], lm: RecurrentLM, tokenizer: Tokenizer, w
     text, tokens and score are those of the new best (score: the combined sum), and its `nbest` holds the
     combined scores. An empty line stays as it is.
     """
-    texts = [text for t in translations for text, _ in t.nbest]
+    texts = [c.text for t in translations for c in t.nbest]
     ids = tokenizer.encode_tgt(texts)
     lm_scores = iter(sequence_log_probs(lm, ids, device))
     ids_iter = iter(ids)
     out = []
     for t in translations:
         ranked = []
-        for text, score in t.nbest:
+        for candidate in t.nbest:
             pieces, lm_score = next(ids_iter), next(lm_scores)
-            combined = score + weight * lm_score
+            combined = candidate.score + weight * lm_score
+            text = candidate.text
             ranked.append((combined / (len(pieces) + 1) ** length_penalty, combined, text, pieces))
         if not t.src_tokens:  # an empty input line: nothing was searched
             out.append(t)
@@ -125,5 +127,5 @@ def rerank(translations: Sequence[Any], lm: RecurrentLM, tokenizer: Tokenizer, w
         ranked.sort(key=lambda r: -r[0])  # stable: ties keep beam order
         _, score, text, pieces = ranked[0]
         out.append(replace(t, text=text, score=score, tokens=list(pieces), attention=None, finished=True,
-                           nbest=[(r[2], r[1]) for r in ranked]))
+                           nbest=[Candidate(r[2], r[1], r[0]) for r in ranked]))
     return out

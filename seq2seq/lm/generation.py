@@ -71,7 +71,7 @@ def generate(lm: RecurrentLM, prompts: Sequence[Sequence[int]], num: int, max_le
              batch_size: int = 64) -> list[list[Sample]]:
     """`num` samples for each prompt (bare piece ids); result[i] holds prompt i's samples.
 
-    Rows (prompt i, sample j) in that order are decoded `batch_size` at a time on the LM's device;
+    Rows (prompt i, sample j), prompts by decreasing length, are decoded `batch_size` at a time on the LM's device;
     `generator` must live there too.
     """
     check_sampling(temperature, top_k, top_p)
@@ -80,7 +80,9 @@ def generate(lm: RecurrentLM, prompts: Sequence[Sequence[int]], num: int, max_le
     if getattr(lm, "training", False):
         raise ValueError("generate with the model in eval mode (dropout would randomise it): call lm.eval()")
     device = lm.embedding.weight.device
-    rows = [i for i in range(len(prompts)) for _ in range(num)]
+    # Rows by decreasing prompt length, so that each batch's prompts pack sorted (`RecurrentLM.prime`).
+    by_length = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    rows = [i for i in by_length for _ in range(num)]
     results: list[list[Sample]] = [[] for _ in prompts]
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]

@@ -10,11 +10,11 @@ import math
 import torch
 
 from seq2seq.config import LanguageModelConfig
-from seq2seq.training.module import TranslationModule
-from seq2seq.lm.data import LMBatch
-from seq2seq.training.loss import label_smoothed_nll
-from seq2seq.model.lm import RecurrentLM
 from seq2seq.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from seq2seq.lm.data import LMBatch
+from seq2seq.model.lm import RecurrentLM
+from seq2seq.training.loss import label_smoothed_nll
+from seq2seq.training.module import TranslationModule
 
 log = logging.getLogger(__name__)
 

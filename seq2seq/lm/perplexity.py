@@ -10,9 +10,9 @@ import numpy as np
 import torch
 
 from seq2seq.data.batching import _pad, lengths_to_mask, token_budget_batches
+from seq2seq.data.tokenizer import Tokenizer
 from seq2seq.lm.data import word_count
 from seq2seq.model.lm import RecurrentLM
-from seq2seq.data.tokenizer import Tokenizer
 
 
 @dataclass

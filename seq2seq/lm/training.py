@@ -1,6 +1,7 @@
-"""`seq2seq-train` for language models (`model.type: rnn_lm`): the same Hydra tree, Trainer, callbacks,
-checkpoints and resume as translation, over monolingual text; at the end the best checkpoint's test
-perplexity (when there is test text). Called by `train.train`, which dispatches on `model.type`."""
+"""Training a language model (`model.type: rnn_lm`): the same Hydra tree, Trainer, callbacks, checkpoints
+and resume as translation (`seq2seq.training.trainer`), over monolingual text; at the end the best
+checkpoint's test perplexity (when there is test text). `seq2seq-train` (`seq2seq.cli.train.train`) calls
+`train_language_model` for such a config."""
 
 from __future__ import annotations
 
@@ -9,13 +10,18 @@ import logging
 import os
 from pathlib import Path
 
+import lightning.pytorch as pl
 from omegaconf import DictConfig
 
+from seq2seq.checkpoint.loading import load_language_model
 from seq2seq.config import (BatchingConfig, ConfigError, LanguageModelConfig, MonolingualDataConfig, OptimConfig,
                             SchedulerConfig, SearchConfig, ValidationConfig, section)
-from seq2seq.training.averaging import average_last_validated, best_checkpoint_path
-from seq2seq.training.run import (build_trainer, check_hardware, quiet_third_party, resolve_ckpt_path, resume_in_place,
-                           run_config, step_limit, write_run_curves)
+from seq2seq.lm.datamodule import LMDataModule
+from seq2seq.lm.module import LM_METRICS, LanguageModelModule
+from seq2seq.lm.perplexity import score_text
+from seq2seq.training.average_last import average_last_validated, best_checkpoint_path
+from seq2seq.training.trainer import (build_trainer, check_hardware, quiet_third_party, resolve_ckpt_path,
+                                      resume_in_place, run_config, step_limit, write_run_curves)
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +37,6 @@ def check_sections(cfg: DictConfig) -> None:
 
 
 def test_perplexity(best: str, lines: list[str], out: Path, device) -> dict[str, float]:
-    from seq2seq.checkpoint.format import load_language_model
-    from seq2seq.lm.perplexity import score_text
-
     lm, tokenizer, _ = load_language_model(best, device)
     score = score_text(lm, tokenizer, lines, device)
     result = {"ppl": score.ppl, "word_ppl": score.word_ppl, "tokens": sum(score.tokens),
@@ -45,11 +48,6 @@ def test_perplexity(best: str, lines: list[str], out: Path, device) -> dict[str,
 def train_language_model(cfg: DictConfig) -> dict[str, float]:
     """Train the language model of `cfg`; returns the final callback metrics (plus test perplexity)."""
     quiet_third_party()
-    import lightning.pytorch as pl
-
-    from seq2seq.lm.datamodule import LMDataModule
-    from seq2seq.lm.module import LM_METRICS, LanguageModelModule
-
     check_sections(cfg)
     data = section(MonolingualDataConfig, cfg.data, "data")
     batching = section(BatchingConfig, cfg.batching, "batching")

@@ -88,7 +88,10 @@ class RecurrentLM(nn.Module):
         after its last real token (packing keeps padding out of the state).
         """
         embedded = self.dropout(self.embedding(tokens))  # [B, T, E]
-        packed = pack_padded_sequence(embedded, lengths, batch_first=True, enforce_sorted=False)
+        # As in the encoder: rows sorted by decreasing length (`generation.generate` sorts its prompts) pack
+        # without the index copies to the device and back that packing an unsorted batch costs.
+        ordered = lengths.numel() < 2 or bool((lengths[:-1] >= lengths[1:]).all())  # CPU op
+        packed = pack_padded_sequence(embedded, lengths, batch_first=True, enforce_sorted=ordered)
         _, final = run_rnn(self.rnn, packed)  # [L, B, H] (x2 for an LSTM), rows in input order
         hidden, cell = final if self.is_lstm else (final, None)
         log_probs = torch.log_softmax(self.output(self.dropout(hidden[-1])).float(), dim=-1)  # [B, V]

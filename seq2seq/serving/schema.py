@@ -29,7 +29,8 @@ class TranslateRequest(BaseModel):
 
 class Hypothesis(BaseModel):
     translation: str
-    score: float
+    score: float = Field(description="sum of its token log-probabilities (EOS included)")
+    normalized_score: float = Field(description="score / length ** length_penalty: what the list is ranked by")
 
 
 class TranslationOut(BaseModel):
@@ -37,7 +38,7 @@ class TranslationOut(BaseModel):
     score: float = Field(description="sum of its token log-probabilities (EOS included)")
     normalized_score: float = Field(description="score / length ** length_penalty")
     finished: bool = Field(description="false: cut at the maximum output length")
-    nbest: list[Hypothesis] = Field(description="best first; one entry unless nbest > 1")
+    nbest: list[Hypothesis] = Field(description="best first by normalized_score; one entry unless nbest > 1")
     alignment: Optional[str] = Field(None, description="`src-tgt` pairs of 0-based piece positions")
     src_pieces: Optional[list[str]] = None
     tgt_pieces: Optional[list[str]] = None

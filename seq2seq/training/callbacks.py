@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from logging.config import dictConfig
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,21 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 log = logging.getLogger(__name__)
+
+
+def lightning_logs_through_root() -> None:
+    """Print each of Lightning's log lines once. Its packages give their loggers console handlers of their
+    own (`lightning`: "INFO: ..." always; `lightning.pytorch`, `lightning.fabric`: a bare one, and no
+    propagation, when imported before logging was configured), so under Hydra's logging every line came
+    out twice, or only outside the run's log file. With the root logger configured (Hydra's console and
+    train.log), those handlers go and the records propagate to it."""
+    if not logging.getLogger().handlers:
+        return  # nothing configured (a library caller, a test): Lightning's own handlers are the only ones
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in [h for h in logger.handlers if type(h) is logging.StreamHandler]:
+            logger.removeHandler(handler)
+        logger.propagate = True
 
 
 class WorkerLogging(pl.Callback):
@@ -24,9 +40,8 @@ class WorkerLogging(pl.Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if not logging.getLogger().handlers:  # a fresh spawned process; the main one keeps its handlers
-            from logging.config import dictConfig
-
             dictConfig(self.config)
+            lightning_logs_through_root()
 
 
 class TrainingStopped(RuntimeError):
@@ -186,7 +201,7 @@ class LastCheckpoint(ModelCheckpoint):
 
 class WallClock(pl.Callback):
     """Log `time/elapsed_s`, the seconds of training so far, with every logged training step and again
-    when each validation has ended: the wall-time axis of plots/curves.png and collect_runs.py --plot.
+    when each validation has ended: the wall-time axis of plots/curves.png and seq2seq-runs --plot.
 
     The clock starts when training starts (after data preparation and the sanity check) and is saved in
     checkpoints, so a resumed run continues its count instead of starting again at 0.

@@ -1,7 +1,7 @@
 """Lightning's side of checkpoint writing: the plugin that makes every save atomic.
 
-Kept apart from `checkpoint.py` so that reading a checkpoint (translation, scoring, averaging)
-never imports Lightning.
+Kept apart from `seq2seq.checkpoint.format` so that reading a checkpoint (translation, scoring,
+averaging) never imports Lightning.
 """
 
 from __future__ import annotations

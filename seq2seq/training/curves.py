@@ -2,7 +2,7 @@
 
 `curves_figure` draws one run: train loss, validation BLEU/chrF and learning rate, each against the
 optimiser step (top row) and against training wall time (bottom row). `overlay_figure` draws several
-runs of a sweep on shared axes (scripts/collect_runs.py --plot). Both return a matplotlib Figure
+runs of a sweep on shared axes (seq2seq-runs --plot). Both return a matplotlib Figure
 without saving it, so tests can read its axes; `write_curves` saves one run's figure as a PNG.
 
 Wall time comes from `time/elapsed_s`, logged by `seq2seq.training.callbacks.WallClock` with the training
@@ -11,7 +11,7 @@ after it in the file: rows are written in the order their values were logged, so
 row's values were known. A log without `time/elapsed_s` (callbacks=none) gets the step row only.
 
 matplotlib is optional (`pip install 'seq2seq[plot]'`), imported only to draw. This module imports
-neither torch nor Lightning: scripts/collect_runs.py uses it where only the run folders are at hand.
+neither torch nor Lightning: seq2seq-runs uses it where only the run folders are at hand.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""LightningModule: training steps (loss in `loss.py`, skipped steps in `callbacks.StepGuard`), the
-optimiser and its schedule (`schedule.py`), and validation with BLEU.
+"""LightningModule: training steps (loss in `training.loss`, skipped steps in `callbacks.StepGuard`), the
+optimiser and its schedule (`training.schedule`), and validation with BLEU.
 
 Validation decodes the validation sources with `Translator` (the same code path as
 `seq2seq-translate` and the final test) and scores them with sacrebleu against the raw references.
@@ -20,17 +20,17 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 
-from seq2seq.training.callbacks import StepGuard
 from seq2seq.checkpoint.format import PAYLOAD_KEY, make_payload
 from seq2seq.config import ModelConfig, OptimConfig, SchedulerConfig, SearchConfig, ValidationConfig
 from seq2seq.data.batching import Batch
-from seq2seq.training.loss import label_smoothed_nll
+from seq2seq.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from seq2seq.decoding.translator import Translator
 from seq2seq.evaluation.metrics import score_corpus
 from seq2seq.model import Seq2Seq
 from seq2seq.model.precision import precision_dtype
+from seq2seq.training.callbacks import StepGuard
+from seq2seq.training.loss import label_smoothed_nll
 from seq2seq.training.schedule import WarmupDecayPlateau
-from seq2seq.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
-from seq2seq.decoding.translator import Translator
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class TranslationModule(pl.LightningModule):
         return [self.step_guard]  # every run has the guard, whatever its callbacks config
 
     def build_model(self, model: ModelConfig, tokenizer: Tokenizer) -> torch.nn.Module:
-        """The trained network (a language model's module overrides this, `lm_module.py`)."""
+        """The trained network (a language model's module overrides this, `seq2seq.lm.module`)."""
         return Seq2Seq(model, src_vocab_size=tokenizer.src_vocab_size, tgt_vocab_size=tokenizer.tgt_vocab_size,
                        pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID)
 

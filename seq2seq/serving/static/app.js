@@ -83,7 +83,10 @@ function showNbest(t) {
     row.insertCell().textContent = r + 1;
     const score = row.insertCell();
     score.className = "num";
-    score.textContent = h.score.toFixed(3);
+    score.textContent = h.normalized_score.toFixed(3);
+    const logProb = row.insertCell();
+    logProb.className = "num";
+    logProb.textContent = h.score.toFixed(3);
     row.insertCell().textContent = h.translation;
   });
 }

@@ -1,8 +1,8 @@
 """Benchmark one experiment config: training throughput, decoding speed, time to a BLEU threshold.
 
-    python scripts/benchmark.py experiment=quickstart --train-steps 50 --json bench.json
-    python scripts/benchmark.py experiment=multi30k_gpu data.src_lang=de --checkpoint best.ckpt
-    python scripts/benchmark.py experiment=quickstart --skip-train --skip-decode --bleu-threshold 20
+    python scripts/bench/train.py experiment=quickstart --train-steps 50 --json bench.json
+    python scripts/bench/train.py experiment=multi30k_gpu data.src_lang=de --checkpoint best.ckpt
+    python scripts/bench/train.py experiment=quickstart --skip-train --skip-decode --bleu-threshold 20
 
 Positional arguments are Hydra overrides, composed exactly as `seq2seq-train` composes them (Hydra's
 compose API over `seq2seq.config.CONF_DIR`). Every figure comes from the project's own code paths:
@@ -44,20 +44,19 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # _bench (also the ttq callback's _target_)
+import lightning.pytorch as pl
+import numpy as np
+import torch
 
-import _bench  # noqa: E402
-import lightning.pytorch as pl  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import common
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=quickstart data.src_lang=de")
-    _bench.add_common_args(p)
+    common.add_common_args(p)
     p.add_argument("--output-dir", help="run folder for --bleu-threshold (default outputs/benchmark/<time>)")
     p.add_argument("--skip-train", action="store_true", help="no training-throughput measurement")
     p.add_argument("--skip-decode", action="store_true", help="no decoding measurement")
@@ -66,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--profile-steps", type=int, default=5,
                    help="CUDA only: steps run under torch.profiler after the timed ones (0 = none)")
     p.add_argument("--checkpoint", help="decode with this trained checkpoint (default: fresh weights)")
-    p.add_argument("--beams", type=_bench.int_list, default=[1, 5], help="beam sizes to decode with (1 = greedy)")
+    p.add_argument("--beams", type=common.int_list, default=[1, 5], help="beam sizes to decode with (1 = greedy)")
     p.add_argument("--decode-batch-tokens", type=int, help="source-token budget per decode batch "
                    "(default: the config's search.batch_tokens)")
     p.add_argument("--bleu-threshold", type=float, help="time a real training run until val/bleu >= this")
@@ -90,11 +89,11 @@ class TrainThroughput(pl.Callback):
         self.tgt_lengths = tgt_lengths  # [N] target pieces + EOS per training example
         self.device = device
         self.trace_dir = trace_dir
-        self.memory = _bench.PeakMemory(device)
+        self.memory = common.PeakMemory(device)
         self.seen = 0
         self.tokens = {"src": 0, "tgt": 0, "sentences": 0, "src_padded": 0, "tgt_padded": 0}
         self.profile_tokens = 0
-        self.timer = _bench.Timer(device)
+        self.timer = common.Timer(device)
         self.t0 = 0.0
         self.seconds: float | None = None
         self.profile_seconds: float | None = None
@@ -141,7 +140,7 @@ class TrainThroughput(pl.Callback):
         self.t0 = time.perf_counter()
 
     def _stop_profiler(self) -> None:
-        _bench.synchronize(self.device)
+        common.synchronize(self.device)
         self.profile_seconds = time.perf_counter() - self.t0
         try:
             self.profiler.stop()
@@ -209,7 +208,7 @@ def bench_train(cfg, device: torch.device, args, workdir: Path) -> dict[str, Any
         **timer.peak,
     }
     result.update(_gpu_share(timer, result))
-    n_params = _bench.count_parameters(module)
+    n_params = common.count_parameters(module)
     del trainer, module, datamodule, timer
     gc.collect()
     if device.type == "cuda":
@@ -224,7 +223,7 @@ def _gpu_share(timer, result: dict[str, Any]) -> dict[str, Any]:
         why = f"profiler failed ({timer.profile_error})" if timer.profile_error else "needs CUDA and --profile-steps > 0"
         return {"outside_kernels_share": None, "outside_kernels_note": f"n/a: {why}"}
     try:
-        busy = _bench.kernel_busy_seconds(json.loads(timer.trace.read_text()))
+        busy = common.kernel_busy_seconds(json.loads(timer.trace.read_text()))
     except (OSError, ValueError, KeyError) as e:
         return {"outside_kernels_share": None, "outside_kernels_note": f"n/a: trace unreadable ({e})"}
     per_tok_busy = busy / max(timer.profile_tokens, 1)
@@ -241,20 +240,53 @@ def _gpu_share(timer, result: dict[str, Any]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------ decoding
 def bench_decode(cfg, device: torch.device, args) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    setup = _bench.decode_setup(cfg, device, args.checkpoint, args.max_sentences)
-    dtype = _bench.autocast_dtype(setup.precision, device)
+    setup = common.decode_setup(cfg, device, args.checkpoint, args.max_sentences)
+    dtype = common.autocast_dtype(setup.precision, device)
     batch_tokens = args.decode_batch_tokens or setup.search_cfg.batch_tokens
-    rows = [_bench.time_decode(setup, device, dtype, beam, batch_tokens) for beam in args.beams]
+    rows = [common.time_decode(setup, device, dtype, beam, batch_tokens) for beam in args.beams]
     info = {"weights": setup.weights, "autocast": str(dtype) if dtype else "fp32",
-            "parameters": _bench.count_parameters(setup.model), "model": _bench.model_summary(setup.model_cfg),
+            "parameters": common.count_parameters(setup.model), "model": common.model_summary(setup.model_cfg),
             "search": {k: getattr(setup.search_cfg, k) for k in ("length_penalty", "max_len_a", "max_len_b")},
             **setup.data}
     if not setup.trained:
-        info["note"] = _bench.FRESH_NOTE
+        info["note"] = common.FRESH_NOTE
     return info, rows
 
 
 # ----------------------------------------------------------------------------------- time to quality
+class BleuThresholdStop(pl.Callback):
+    """Records when val/bleu first reaches `threshold` (seconds since process start) and stops training.
+
+    Instantiated by `train(cfg)` from the `callbacks.bleu_threshold` config node that
+    `bench_time_to_quality` adds (`_target_`: this class where this module is loaded, `__main__` when it
+    runs as a script); instances register themselves in `instances` so the caller can read them.
+    It lives here, not in common.py, because it needs Lightning and common.py must not import torch.
+    """
+
+    instances: list[BleuThresholdStop] = []
+    listener: Callable[[BleuThresholdStop], None] | None = None  # told after every validation
+
+    def __init__(self, threshold: float, metric: str = "val/bleu"):
+        self.threshold = float(threshold)
+        self.metric = metric
+        self.history: list[dict[str, Any]] = []
+        self.reached: dict[str, Any] | None = None
+        BleuThresholdStop.instances.append(self)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or self.metric not in trainer.callback_metrics:
+            return
+        entry = {"step": trainer.global_step, "epoch": trainer.current_epoch,
+                 "seconds_since_process_start": common.since_process_start(),
+                 "bleu": float(trainer.callback_metrics[self.metric])}
+        self.history.append(entry)
+        if self.reached is None and entry["bleu"] >= self.threshold:
+            self.reached = entry
+            trainer.should_stop = True
+        if BleuThresholdStop.listener is not None:
+            BleuThresholdStop.listener(self)
+
+
 def bench_time_to_quality(cfg, threshold: float, report: dict[str, Any], json_path: str | None) -> dict[str, Any]:
     """Run `train(cfg)` with a BleuThresholdStop callback; partial results are written to `json_path`
     after every validation, so a run cut short (a time limit) still leaves its history."""
@@ -265,20 +297,21 @@ def bench_time_to_quality(cfg, threshold: float, report: dict[str, Any], json_pa
     with open_dict(cfg):
         if not cfg.get("callbacks"):
             cfg.callbacks = OmegaConf.create({})
-        cfg.callbacks.bleu_threshold = {"_target_": "_bench.BleuThresholdStop", "threshold": threshold}
-    _bench.BleuThresholdStop.instances.clear()
-    started = _bench.since_process_start()
+        target = f"{BleuThresholdStop.__module__}.{BleuThresholdStop.__qualname__}"
+        cfg.callbacks.bleu_threshold = {"_target_": target, "threshold": threshold}
+    BleuThresholdStop.instances.clear()
+    started = common.since_process_start()
 
     def progress(callback) -> None:
         report["time_to_quality"] = {"threshold": threshold, "in_progress": True,
                                      "process_seconds_before_train": started, "validations": callback.history}
-        _bench.write_json(json_path, report, quiet=True)
+        common.write_json(json_path, report, quiet=True)
 
-    _bench.BleuThresholdStop.listener = progress
+    BleuThresholdStop.listener = progress
     t0 = time.perf_counter()
     metrics = train(cfg)
     total = time.perf_counter() - t0
-    (callback,) = _bench.BleuThresholdStop.instances
+    (callback,) = BleuThresholdStop.instances
     reached = callback.reached
     result: dict[str, Any] = {
         "threshold": threshold,
@@ -307,61 +340,61 @@ def main(argv=None) -> int:
     if not args.verbose:
         for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
             logging.getLogger(name).setLevel(logging.WARNING)
-    _bench.apply_threads(args.threads)
-    device = _bench.pick_device(args.device)
+    common.apply_threads(args.threads)
+    device = common.pick_device(args.device)
     output_dir = Path(args.output_dir or f"outputs/benchmark/{datetime.now():%Y-%m-%d_%H-%M-%S}")
-    cfg = _bench.compose_config([*args.overrides, *_bench.device_overrides(device)], output_dir.resolve())
+    cfg = common.compose_config([*args.overrides, *common.device_overrides(device)], output_dir.resolve())
 
     from seq2seq.config import ModelConfig, section
 
     model_cfg = section(ModelConfig, cfg.model, "model")
     report: dict[str, Any] = {
-        "environment": _bench.environment(device),
+        "environment": common.environment(device),
         "overrides": list(args.overrides),
         "precision": str(cfg.trainer.precision),
         "batch_max_tokens": int(cfg.batching.max_tokens),
-        "model": _bench.model_summary(model_cfg),
+        "model": common.model_summary(model_cfg),
         "vocab_size": int(cfg.data.tokenizer.vocab_size),
         "language_pair": f"{cfg.data.src_lang}-{cfg.data.tgt_lang}",
     }
-    _bench.print_mapping("environment", {**report["environment"], "precision": report["precision"],
+    common.print_mapping("environment", {**report["environment"], "precision": report["precision"],
                                          "batch_max_tokens": report["batch_max_tokens"]})
-    _bench.print_mapping("model", {**report["model"], "vocab_size": report["vocab_size"],
+    common.print_mapping("model", {**report["model"], "vocab_size": report["vocab_size"],
                                    "language_pair": report["language_pair"]})
 
     if args.bleu_threshold is not None:  # first: "since process start" must not include other phases
         ttq = bench_time_to_quality(cfg, args.bleu_threshold, report, args.json)
         report["time_to_quality"] = ttq
-        _bench.print_mapping(f"time to val BLEU {args.bleu_threshold:g}",
+        common.print_mapping(f"time to val BLEU {args.bleu_threshold:g}",
                              {k: v for k, v in ttq.items() if k != "validations"})
-        _bench.write_json(args.json, report)
-        cfg = _bench.compose_config([*args.overrides, *_bench.device_overrides(device)], output_dir.resolve())
+        common.write_json(args.json, report)
+        cfg = common.compose_config([*args.overrides, *common.device_overrides(device)], output_dir.resolve())
 
     with tempfile.TemporaryDirectory(prefix="bench-") as workdir:
         if not args.skip_train:
             train_result = bench_train(cfg, device, args, Path(workdir))
             report["parameters"] = train_result["parameters"]
             report["train"] = train_result
-            _bench.print_table(
+            common.print_table(
                 f"training ({args.train_steps} steps after {args.warmup_steps} warm-up, {train_result['precision']})",
                 [train_result], ["steps", "step_ms", "tgt_tok_per_s", "src_tgt_tok_per_s", "sent_per_s",
                                  "mean_batch_sentences", "padding_share", "process_cpu_util",
                                  "peak_mem_mib", "outside_kernels_share"])
             print(f"  peak memory: {train_result['peak_mem_kind']}; outside-kernel share: "
                   f"{train_result['outside_kernels_note']}")
-            _bench.write_json(args.json, report)
+            common.write_json(args.json, report)
 
     if not args.skip_decode:
         info, rows = bench_decode(cfg, device, args)
         report.setdefault("parameters", info["parameters"])
         report["decode"] = {**info, "results": rows}
-        _bench.print_table(f"decoding {info['sentences']} {info['test_split']} sentences "
+        common.print_table(f"decoding {info['sentences']} {info['test_split']} sentences "
                            f"({info['weights']}, {info['autocast']})", rows,
                            ["search", "batch_tokens", "sentences", "seconds", "sent_per_s", "tgt_tok_per_s",
                             "hyp_ref_len_ratio", "bleu", "process_cpu_util", "peak_mem_mib"])
         if "note" in info:
             print(f"  note: {info['note']}")
-        _bench.write_json(args.json, report)
+        common.write_json(args.json, report)
 
     if "parameters" in report:
         print(f"\nparameters: {report['parameters']:,}")
@@ -369,4 +402,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_bench.run_cli(main))
+    sys.exit(common.run_cli(main))

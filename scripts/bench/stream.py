@@ -1,7 +1,7 @@
 """Peak memory and speed of `seq2seq-translate` as the input grows: does memory stay flat?
 
-    python scripts/bench_stream.py                       # trains a tiny checkpoint first (~30 s)
-    python scripts/bench_stream.py --checkpoint best.ckpt --sizes 10000,1000000 --json docs/figures/stream.json
+    python scripts/bench/stream.py                       # trains a tiny checkpoint first (~30 s)
+    python scripts/bench/stream.py --checkpoint best.ckpt --sizes 10000,1000000 --json docs/figures/stream.json
 
 Each size is the Multi30k test source (test_2016_flickr.<src>, 1,000 lines) repeated to that many
 lines, translated greedily by a fresh `python -m seq2seq.cli.translate` process with the default --window.
@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
-import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -32,7 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+import common
+
+REPO = common.REPO
 DATA = REPO.parent / "shared" / "data" / "multi30k"
 SUMMARY = re.compile(r"(\d+) lines in ([\d.]+) s: ([\d.]+) sentences/s")
 
@@ -52,7 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def train_tiny(folder: Path, data: Path, threads: int) -> Path:
     run = folder / "tiny"
-    cmd = [sys.executable, "-m", "seq2seq.training.run", "debug=tiny", "trainer.max_steps=400", "trainer.max_epochs=100",
+    cmd = [sys.executable, "-m", "seq2seq.cli.train", "debug=tiny", "trainer.max_steps=400", "trainer.max_epochs=100",
            "trainer.val_check_interval=200", "trainer.check_val_every_n_epoch=null", "data.max_train_pairs=5000",
            "data.max_valid_pairs=100", "test_after_training=false", "optim.lr=0.005", f"data.root={data}",
            f"paths.output_dir={run}", f"paths.data_dir={folder / 'data'}"]
@@ -158,12 +158,10 @@ def main(argv=None) -> int:
                   "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
                   "checkpoint": args.checkpoint or "tiny model trained by the script (debug=tiny, 400 steps)",
                   "search": "greedy", "window": args.window or "default", "threads": args.threads,
-                  "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                              "python": platform.python_version(), "load_average_at_end": os.getloadavg(),
+                  "machine": {**common.environment(), "load_average_at_end": os.getloadavg(),
                               "note": "2-core CPU shared with other jobs: compare ratios, not absolute speeds"},
                   "rows": rows}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        common.write_json(args.json, record, quiet=True)
     return 0
 
 

@@ -1,7 +1,7 @@
 """BLEU of a translation checkpoint with and without a language model: shallow fusion at several weights,
 and n-best reranking, on one split (default: Multi30k validation).
 
-    python scripts/lm_fusion_bleu.py --checkpoint tm.ckpt --lm lm.ckpt --weights 0,0.1,0.2,0.3 \
+    python scripts/bench/lm_fusion.py --checkpoint tm.ckpt --lm lm.ckpt --weights 0,0.1,0.2,0.3 \
         --beam 1,5 --rerank-beam 5 --json fusion.json
 
 Sources and references are the raw `{split}.{src}` / `{split}.{tgt}` files (plain or .gz) under --data
@@ -14,21 +14,19 @@ The LM must share the model's target vocabulary (train it with data.tokenizer_fr
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import common
+from seq2seq.checkpoint.loading import load_for_translation, load_language_model
+from seq2seq.data.corpus import read_lines
+from seq2seq.decoding.translator import Translator
+from seq2seq.evaluation.metrics import score_corpus
+from seq2seq.lm.fusion import ShallowFusion, check_vocabularies, rerank
 
-from seq2seq.checkpoint.format import load_for_translation, load_language_model  # noqa: E402
-from seq2seq.data.corpus import read_lines  # noqa: E402
-from seq2seq.lm.fusion import ShallowFusion, check_vocabularies, rerank  # noqa: E402
-from seq2seq.evaluation.metrics import score_corpus  # noqa: E402
-from seq2seq.decoding.translator import Translator  # noqa: E402
+REPO = common.REPO
 
 
 def floats(text: str) -> list[float]:
@@ -98,7 +96,7 @@ def main(argv=None) -> None:
             hyps = [t.text for t in rerank(nbest, lm, tokenizer, weight, search_cfg.length_penalty, "cpu")]
             record("rerank", args.rerank_beam, weight, hyps, searched + time.perf_counter() - t0)
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows}, indent=2) + "\n", encoding="utf-8")
+        common.write_json(args.json, {"environment": common.environment(torch.device("cpu")), "rows": rows}, quiet=True)
 
 
 if __name__ == "__main__":

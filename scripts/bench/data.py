@@ -1,6 +1,6 @@
 """Data-side speed: sentencepiece encoding of a training split and loading a prepared cache.
 
-    python scripts/bench_data.py experiment=quickstart --json data.json
+    python scripts/bench/data.py experiment=quickstart --json data.json
 
 The figures that unit tests used to assert as wall-clock limits (encoding Multi30k's 29,000 training
 sentences "under 5 s", loading the prepared cache "under 2 s") are measured here instead, where a busy
@@ -15,12 +15,10 @@ import argparse
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
 
-import _bench  # noqa: E402
-import torch  # noqa: E402
+import common
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -47,7 +45,7 @@ def main(argv=None) -> int:
     from seq2seq.data.cache import load_prepared, prepare_corpus
 
     with tempfile.TemporaryDirectory() as out:
-        cfg = _bench.compose_config(args.overrides, out)
+        cfg = common.compose_config(args.overrides, out)
     data_cfg = section(DataConfig, cfg.data, "data")
     corpus = prepare_corpus(data_cfg)  # builds the cache on a miss (not timed)
     src_path, _ = find_corpus_files(data_cfg, data_cfg.train_split)
@@ -58,7 +56,7 @@ def main(argv=None) -> int:
     load_s, loaded = best_of(args.repeat, lambda: load_prepared(corpus.directory))
     pieces = sum(len(x) for x in ids)
     report = {
-        "environment": _bench.environment(torch.device("cpu")),
+        "environment": common.environment(torch.device("cpu")),
         "corpus": {"train_src": str(src_path), "pair": f"{data_cfg.src_lang}-{data_cfg.tgt_lang}",
                    "train_sentences": len(lines), "cache": str(corpus.directory)},
         "encode_train_src": {"seconds": encode_s, "sentences_per_s": len(lines) / encode_s,
@@ -67,11 +65,11 @@ def main(argv=None) -> int:
                                 "pairs": sum(len(s.src) for s in loaded.splits.values())},
         "repeat": args.repeat,
     }
-    _bench.print_mapping("sentencepiece encoding of the training sources", report["encode_train_src"])
-    _bench.print_mapping("loading the prepared cache", report["load_prepared_cache"])
-    _bench.write_json(args.json, report)
+    common.print_mapping("sentencepiece encoding of the training sources", report["encode_train_src"])
+    common.print_mapping("loading the prepared cache", report["load_prepared_cache"])
+    common.write_json(args.json, report)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(_bench.run_cli(main))
+    sys.exit(common.run_cli(main))

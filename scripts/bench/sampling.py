@@ -1,6 +1,6 @@
 """What subword sampling (data.tokenizer.sampling_alpha) costs: once per corpus, and per epoch.
 
-    python scripts/bench_sampling.py experiment=quickstart data.tokenizer.sampling_alpha=0.1 --epoch-seconds 100
+    python scripts/bench/sampling.py experiment=quickstart data.tokenizer.sampling_alpha=0.1 --epoch-seconds 100
 
 Positional arguments are Hydra overrides, as for seq2seq-train (sampling_alpha must be > 0). Figures:
 
@@ -25,10 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
 
-import _bench  # noqa: E402
-import torch  # noqa: E402
+import common
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -51,7 +50,7 @@ def main(argv=None) -> int:
     from seq2seq.data.subword_sampling import SampledParallelDataset, draw, load_or_draw
 
     with tempfile.TemporaryDirectory() as out:
-        cfg = _bench.compose_config(args.overrides, out)
+        cfg = common.compose_config(args.overrides, out)
     data_cfg = section(DataConfig, cfg.data, "data")
     batching = section(BatchingConfig, cfg.batching, "batching")
     tok = data_cfg.tokenizer
@@ -92,7 +91,7 @@ def main(argv=None) -> int:
     per_epoch_s = statistics.median(pick_s) + statistics.median(batch_s)
 
     report = {
-        "environment": _bench.environment(torch.device("cpu")),
+        "environment": common.environment(torch.device("cpu")),
         "setup": {"overrides": list(args.overrides), "pairs": len(train), "model_type": tok.model_type,
                   "sampling_alpha": tok.sampling_alpha, "sampling_nbest": tok.sampling_nbest,
                   "sampling_draws": tok.sampling_draws, "repeat": args.repeat},
@@ -105,13 +104,13 @@ def main(argv=None) -> int:
                   "pieces_fixed": int(fixed[0].sum() + fixed[1].sum()),
                   "pieces_sampled": int(lengths[0].sum() + lengths[1].sum())},
     }
-    _bench.print_mapping(f"{tok.sampling_draws} sampled segmentations of the training split, drawn once",
+    common.print_mapping(f"{tok.sampling_draws} sampled segmentations of the training split, drawn once",
                          report["draws"])
-    _bench.print_mapping("per epoch (picking its segmentation, building its batches)", report["epoch"])
+    common.print_mapping("per epoch (picking its segmentation, building its batches)", report["epoch"])
     print("\n(timings on a shared machine are noisy)")
-    _bench.write_json(args.json, report)
+    common.write_json(args.json, report)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(_bench.run_cli(main))
+    sys.exit(common.run_cli(main))

@@ -7,14 +7,15 @@ is part of every run rather than a separate step (`seq2seq-average` remains for 
 1. `ValidatedCheckpoints` keeps the checkpoints of the last N validations in the checkpoint folder
    (`validated-step<step>.ckpt`; older ones are deleted as new ones come). They are files, so a resumed
    run averages the same N checkpoints an uninterrupted one would.
-2. After `trainer.fit`, `average_last_validated` averages them (`average.average`), validates the
-   average exactly as training validates (same split, search and metric), and compares it with the
-   best single checkpoint by `validation.metric`. If the average scores higher, it becomes best.ckpt
-   (the final test, `seq2seq-translate` and export then use it); otherwise best.ckpt stays. Either way
-   the log and the returned metrics say which won, by how much.
+2. After `trainer.fit`, `average_last_validated` averages them (`seq2seq.checkpoint.averaging.average`),
+   validates the average exactly as training validates (same split, search and metric), and compares it
+   with the best single checkpoint by `validation.metric`. If the average scores higher, it becomes
+   best.ckpt (the final test, `seq2seq-translate` and export then use it); otherwise best.ckpt stays.
+   Either way the log and the returned metrics say which won, by how much.
 
-An averaged best.ckpt holds weights, run config and tokenizer but no optimiser state (`average.py`):
-it is for translation. Resuming always uses last.ckpt, which is never replaced.
+An averaged best.ckpt holds weights, run config and tokenizer but no optimiser state
+(`seq2seq.checkpoint.averaging`): it is for translation. Resuming always uses last.ckpt, which is never
+replaced.
 """
 
 from __future__ import annotations
@@ -24,7 +25,11 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+
+from seq2seq.checkpoint.averaging import average
+from seq2seq.checkpoint.format import atomic_torch_save
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +75,6 @@ def average_last_validated(trainer: pl.Trainer, module: pl.LightningModule, data
     `average/<metric>` (the average's validation score), `average/best_single` and `average/chosen`
     (1.0 when best.ckpt is now the average), or {} when there was nothing to average.
     """
-    import torch
-
-    from seq2seq.checkpoint.averaging import average
-    from seq2seq.checkpoint.format import atomic_torch_save
-
     keeper, best_cb = validated_checkpoints(trainer), best_checkpoint_callback(trainer.checkpoint_callbacks)
     if keeper is None or best_cb is None or best_cb.best_model_score is None:
         return {}

@@ -1,6 +1,6 @@
 """Load test of `seq2seq-serve` on 127.0.0.1: sentences/s and latency with and without dynamic batching.
 
-    python scripts/bench_serve.py --checkpoint outputs/.../checkpoints/best.ckpt \
+    python scripts/bench/serve.py --checkpoint outputs/.../checkpoints/best.ckpt \
         [--clients 1,8,32] [--duration 20] [--threads 2] [--json serve.json]
 
 For each mode (dynamic batching on, then off: `--no-batching`, one request per search call), a server
@@ -24,9 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gzip
-import json
 import os
-import platform
 import signal
 import socket
 import subprocess
@@ -36,7 +34,9 @@ from pathlib import Path
 
 import httpx
 
-REPO = Path(__file__).resolve().parents[1]
+import common
+
+REPO = common.REPO
 DEFAULT_INPUT = REPO.parent / "shared/data/multi30k/test_2016_flickr.de.gz"
 MAX_DURATION, MAX_CLIENTS = 300.0, 256
 
@@ -82,24 +82,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads) so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
-
-
 class Server:
     def __init__(self, args, batching: bool):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "seq2seq.serving.app", "--checkpoint", args.checkpoint, "--host", "127.0.0.1",
+        cmd = [sys.executable, "-m", "seq2seq.cli.serve", "--checkpoint", args.checkpoint, "--host", "127.0.0.1",
                "--port", str(self.port), "--threads", str(args.threads), "--max-wait-ms", str(args.max_wait_ms),
                "--device", "cpu", "--log-level", "warning"] + ([] if batching else ["--no-batching"])
         env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -172,10 +159,10 @@ def main(argv=None) -> int:
         try:
             asyncio.run(load(server.url, sentences, max(args.clients), args.warmup, args.max_requests))
             for clients in args.clients:
-                rss_start, cpu_start = rss_mib(server.proc.pid), cpu_seconds(server.proc.pid)
+                rss_start, cpu_start = common.rss_mib(server.proc.pid), common.cpu_seconds(server.proc.pid)
                 row = asyncio.run(load(server.url, sentences, clients, args.duration, args.max_requests))
-                cpu = cpu_seconds(server.proc.pid) - cpu_start
-                row.update(mode=mode, rss_start_mib=round(rss_start, 1), rss_end_mib=round(rss_mib(server.proc.pid), 1),
+                cpu = common.cpu_seconds(server.proc.pid) - cpu_start
+                row.update(mode=mode, rss_start_mib=round(rss_start, 1), rss_end_mib=round(common.rss_mib(server.proc.pid), 1),
                            server_cpu_s=round(cpu, 2), sentences_per_cpu_s=round(row["sentences"] / max(cpu, 1e-9), 2))
                 results.append(row)
                 print(f"{mode:8s} {clients:3d} clients: {row['sentences_per_s']:8.1f} sent/s  p50 {row['p50_ms']:7.1f} ms"
@@ -186,9 +173,7 @@ def main(argv=None) -> int:
             server.stop()
     by = {(r["mode"], r["clients"]): r for r in results}
     print()
-    print("| clients | batched sent/s | p50 ms | p99 ms | one-at-a-time sent/s | p50 ms | p99 ms | ratio "
-          "| ratio per server CPU-s | errors |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    table = []
     for c in args.clients:
         b, s = by.get(("batched", c)), by.get(("single", c))
         cells = []
@@ -197,16 +182,17 @@ def main(argv=None) -> int:
         ratio = f"{b['sentences_per_s'] / s['sentences_per_s']:.1f}x" if b and s and s["sentences_per_s"] else "-"
         cpu_ratio = (f"{b['sentences_per_cpu_s'] / s['sentences_per_cpu_s']:.1f}x"
                      if b and s and s["sentences_per_cpu_s"] else "-")
-        errs = sum(r["errors"] for r in (b, s) if r)
-        print(f"| {c} | {' | '.join(cells)} | {ratio} | {cpu_ratio} | {errs} |")
+        table.append([str(c), *cells, ratio, cpu_ratio, str(sum(r["errors"] for r in (b, s) if r))])
+    print("\n".join(common.markdown_table(["clients", "batched sent/s", "p50 ms", "p99 ms", "one-at-a-time sent/s",
+                                          "p50 ms", "p99 ms", "ratio", "ratio per server CPU-s", "errors"],
+                                         table, right=True)))
     rss = [(r["mode"], r["rss_start_mib"], r["rss_end_mib"]) for r in results]
     print("server RSS (MiB, start -> end of each level): "
           + ", ".join(f"{m} {a:.0f}->{b:.0f}" for m, a, b in rss))
     if args.json:
-        env = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-               "server_threads": args.threads, "max_wait_ms": args.max_wait_ms, "checkpoint": args.checkpoint,
-               "input": args.input, "duration_s": args.duration}
-        Path(args.json).write_text(json.dumps({"environment": env, "results": results}, indent=2) + "\n")
+        env = {**common.environment(), "server_threads": args.threads, "max_wait_ms": args.max_wait_ms,
+               "checkpoint": args.checkpoint, "input": args.input, "duration_s": args.duration}
+        common.write_json(args.json, {"environment": env, "results": results}, quiet=True)
     return 1 if any(r["errors"] for r in results) else 0
 
 

@@ -1,20 +1,20 @@
-"""The stages of `scripts/gpu_check.sh` (run that, not this): every GPU figure in one device call.
+"""The stages of `scripts/gpu/check.sh` (run that, not this): every GPU figure in one device call.
 
     (a) cuda_tests   pytest -m cuda (tests/test_cuda.py)
-    (b) throughput   scripts/benchmark.py --skip-decode: the preset's own step (one-call decoder, 2k
+    (b) throughput   scripts/bench/train.py --skip-decode: the preset's own step (one-call decoder, 2k
                      target tokens, fp32/TF32), then bf16, the input-feeding decoder and 8k tokens:
                      target tokens/s, peak memory, share of step time outside GPU kernels (torch.profiler)
-    prepare          seq2seq.data.cache: the corpus cache, built once before any timed stage
-    (c) quality      scripts/benchmark.py --bleu-threshold 100 (never reached): experiment=multi30k_gpu
+    prepare          seq2seq-prepare: the corpus cache, built once before any timed stage
+    (c) quality      scripts/bench/train.py --bleu-threshold 100 (never reached): experiment=multi30k_gpu
                      de->en as the preset defines it (its own epochs and schedule; trainer.max_time caps
                      it), alone on the GPU: validation BLEU against wall time
-    (d) decoding     scripts/bench_translate.py on best.ckpt of (c): greedy and beam 5 over the test set
-    (e) presets      scripts/concurrent_runs.py --ensemble-s: multi30k_gpu en->de and en->fr, three seeds
+    (d) decoding     scripts/bench/translate.py on best.ckpt of (c): greedy and beam 5 over the test set
+    (e) presets      scripts/gpu/concurrent_runs.py --ensemble-s: multi30k_gpu en->de and en->fr, three seeds
                      each, side by side, each tested with its search tuned on validation, then each
                      direction's three seeds ensembled (search tuned on validation, tested): the GPU row
                      of the quality table (de->en met it with one model), in what time is left
     (f) distill      `--mode quality`, a device call of its own: stage (e)'s teachers, then
-                     scripts/distill.py with their ensembles, students on those translations, and the
+                     seq2seq-distill with their ensembles, students on those translations, and the
                      students' ensembles alone and with their teachers (QUALITY below)
 
 Each stage runs as subprocesses with a time cap; a failing or timed-out stage is recorded in the
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -36,11 +35,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
 
 # Full mode: the whole must fit 580 s of the device's 600-s call on one H100 from a bare machine.
-# gpu_check.sh's wheel install (~10 s) comes first; then caps of 60 (prepare) + 130 (a) + 55 (b) s;
+# check.sh's wheel install (~10 s) comes first; then caps of 60 (prepare) + 130 (a) + 55 (b) s;
 # (c) trains the preset for what is left minus (d)'s 45 s, (e)'s 330 s and a 30 s margin, at most 2
 # minutes, at least 40 s (40 s when (a) and (b) take what they took before: a partial curve); (e) gets
 # the rest: six runs side by side (three took 143 s on an H200) and their two ensembles (45 s kept).
@@ -84,9 +83,9 @@ SMOKE = {
     "presets": {"runs": ["quickstart:de-en", "quickstart:de-en:2"], "reserve_s": 80, "min_s": 30, "ensemble_s": 25,
                 "overrides": ["debug=tiny", "search.tune_beam_sizes=[1,2]", "search.tune_length_penalties=[1.0]"]},
 }
-# Quality mode (`gpu_check.sh --quality`, its own device call): issue 13's GPU row by distillation.
+# Quality mode (`check.sh --quality`, its own device call): issue 13's GPU row by distillation.
 # Teachers: the preset's three seeds per direction side by side, then each direction's ensemble (tuned and
-# tested, as (e) does); the ensemble translates its training sources (scripts/distill.py, beam 5 with
+# tested, as (e) does); the ensemble translates its training sources (seq2seq-distill, beam 5 with
 # the ensemble's tuned length penalty); students: three seeds per direction on those translations with
 # the teachers' vocabulary, side by side; last, at once, each direction's students' ensemble and its
 # teachers' and students' together (they share the vocabulary), in the last `ensemble_s` seconds.
@@ -168,7 +167,7 @@ def cap_for(report: Report, budget: float, wanted: float) -> float:
 
 def stage_prepare(report: Report, cfg: dict, workdir: Path) -> None:
     """Build the corpus cache once (sentencepiece + encoding), so no timed stage pays for it."""
-    cmd = [PY, "-m", "seq2seq.data.cache", *cfg["prepare"]["overrides"], *cfg["data"],
+    cmd = [PY, "-m", "seq2seq.cli.prepare", *cfg["prepare"]["overrides"], *cfg["data"],
            f"hydra.run.dir={workdir / 'prepare_run'}"]
     rc, seconds, out = run(cmd, cap_for(report, cfg["budget_s"], cfg["prepare"]["cap"]))
     report.stage("prepare", command=shlex.join(cmd[1:]), exit=rc, seconds=round(seconds, 1),
@@ -195,7 +194,7 @@ def stage_throughput(report: Report, cfg: dict, workdir: Path) -> None:
             rows.append({"run": name, "error": "skipped: out of time"})
             continue
         out_json = workdir / f"throughput_{design}_{precision}_{tokens}.json"
-        cmd = [PY, "scripts/benchmark.py", *t["overrides"], *cfg["data"], *DESIGNS[design],
+        cmd = [PY, "scripts/bench/train.py", *t["overrides"], *cfg["data"], *DESIGNS[design],
                f"trainer.precision={precision}", f"batching.max_tokens={tokens}", "--skip-decode",
                "--device", t["device"], "--train-steps", str(t["train_steps"]), "--warmup-steps",
                str(t["warmup_steps"]), "--profile-steps", str(t["profile_steps"]), *t.get("extra", []),
@@ -219,7 +218,7 @@ def stage_quality(report: Report, cfg: dict, workdir: Path) -> Path | None:
     left = cfg["budget_s"] - report.elapsed() - cfg["decode"]["cap"] - cfg["presets"]["reserve_s"] - q["margin_s"]
     train_s = int(max(min(q["max_time_s"], left), q["min_time_s"]))
     max_time = f"00:00:{train_s // 60:02d}:{train_s % 60:02d}"
-    cmd = [PY, "scripts/benchmark.py", *q["overrides"], f"trainer.max_time={max_time}", *cfg["data"],
+    cmd = [PY, "scripts/bench/train.py", *q["overrides"], f"trainer.max_time={max_time}", *cfg["data"],
            "--bleu-threshold", "100",
            "--skip-train", "--skip-decode", "--device", q["device"], "--output-dir", str(run_dir),
            *q.get("extra", []), "--json", str(out_json)]
@@ -248,7 +247,7 @@ def stage_decode(report: Report, cfg: dict, checkpoint: Path | None, workdir: Pa
         report.stage("decode", error="no best.ckpt from the quality stage")
         return
     out_json = workdir / "decode.json"
-    cmd = [PY, "scripts/bench_translate.py", *cfg["data"], "--checkpoint", str(checkpoint), "--beams", d["beams"],
+    cmd = [PY, "scripts/bench/translate.py", *cfg["data"], "--checkpoint", str(checkpoint), "--beams", d["beams"],
            "--batch-tokens", d["batch_tokens"], "--device", d["device"], *d.get("extra", []), "--json", str(out_json)]
     rc, seconds, out = run(cmd, cap_for(report, cfg["budget_s"], d["cap"]))
     fields: dict[str, Any] = {"command": shlex.join(cmd[1:]), "exit": rc, "seconds": round(seconds, 1)}
@@ -271,7 +270,7 @@ def stage_presets(report: Report, cfg: dict, workdir: Path) -> None:
         return
     out = workdir / "presets"
     # The stop at the deadline takes up to 10 s; concurrent_runs then collects its table.
-    cmd = [PY, "scripts/concurrent_runs.py", "--out", str(out), "--deadline-s", str(int(seconds_left - 15)),
+    cmd = [PY, "scripts/gpu/concurrent_runs.py", "--out", str(out), "--deadline-s", str(int(seconds_left - 15)),
            "--ensemble-s", str(p["ensemble_s"]), *p["runs"], "--", *p["overrides"], *cfg["data"]]
     rc, seconds, output = run(cmd, seconds_left)
     fields: dict[str, Any] = {"command": shlex.join(cmd[1:]), "exit": rc, "seconds": round(seconds, 1)}
@@ -291,7 +290,7 @@ def stage_presets(report: Report, cfg: dict, workdir: Path) -> None:
 
 
 def concurrent_summary(out: Path) -> dict[str, Any]:
-    """The report's view of a scripts/concurrent_runs.py folder: runs, collected table, ensembles, runs.md."""
+    """The report's view of a scripts/gpu/concurrent_runs.py folder: runs, collected table, ensembles, runs.md."""
     fields: dict[str, Any] = {}
     if (out / "runs.json").is_file():
         result = json.loads((out / "runs.json").read_text())
@@ -322,7 +321,7 @@ def stage_distill(report: Report, cfg: dict, workdir: Path) -> None:
     fields: dict[str, Any] = {}
     teachers = workdir / "teachers"
     runs = [f"{d['preset']}:{pair}:{seed}" for pair in d["pairs"] for seed in d["teachers"]]
-    cmd = [PY, "scripts/concurrent_runs.py", "--out", str(teachers), "--deadline-s", str(d["teachers_s"]),
+    cmd = [PY, "scripts/gpu/concurrent_runs.py", "--out", str(teachers), "--deadline-s", str(d["teachers_s"]),
            "--ensemble-s", str(d["ensemble_s"]), *runs, "--", *d["overrides"], *cfg["data"]]
     rc, seconds, output = run(cmd, d["teachers_s"] + 30)
     fields["teachers"] = {"command": shlex.join(cmd[1:]), "exit": rc, "seconds": round(seconds, 1),
@@ -334,7 +333,7 @@ def stage_distill(report: Report, cfg: dict, workdir: Path) -> None:
     for e in ensembles:
         pair = e["group"].rsplit("_", 1)[-1]
         lp = e["search"]["chosen"]["length_penalty"]
-        cmds[pair] = [PY, "scripts/distill.py", *e["members"], "--out", str(workdir / "kd" / pair),
+        cmds[pair] = [PY, "-m", "seq2seq.cli.distill", *e["members"], "--out", str(workdir / "kd" / pair),
                       "--beam-size", str(d["beam_size"]), "--length-penalty", str(lp), "--device", d["device"]]
     fields["distill"] = []
     for pair, (rc, seconds, output) in run_parallel(cmds, cap_for(report, cfg["budget_s"], d["distill_cap"])).items():
@@ -361,7 +360,7 @@ def stage_distill(report: Report, cfg: dict, workdir: Path) -> None:
     # The students' ensembles run beside the teachers-and-students ones below, not in concurrent_runs:
     # one wait, not two.
     deadline = int(seconds_left - 15 - d["ensemble_s"])
-    cmd = [PY, "scripts/concurrent_runs.py", "--out", str(students), "--deadline-s", str(deadline),
+    cmd = [PY, "scripts/gpu/concurrent_runs.py", "--out", str(students), "--deadline-s", str(deadline),
            *[f"--variant={v}" for v in variants], *runs, "--", *common]
     rc, seconds, output = run(cmd, deadline + 30)
     fields["students"] = {"command": shlex.join(cmd[1:]), "exit": rc, "seconds": round(seconds, 1),
@@ -378,10 +377,10 @@ def stage_distill(report: Report, cfg: dict, workdir: Path) -> None:
         mine = [str(f) for f in finished if f.name.startswith(f"{d['preset']}_{pair}_")
                 and (f / "checkpoints" / "best.ckpt").is_file()]
         if len(mine) >= 2:
-            cmds[f"students {pair}"] = [PY, "scripts/ensemble_runs.py", *mine, "--out",
+            cmds[f"students {pair}"] = [PY, "-m", "seq2seq.cli.ensemble", *mine, "--out",
                                         str(workdir / "final" / f"students_{pair}"), "--device", d["device"]]
         if mine:
-            cmds[f"teachers and students {pair}"] = [PY, "scripts/ensemble_runs.py", *e["members"], *mine, "--out",
+            cmds[f"teachers and students {pair}"] = [PY, "-m", "seq2seq.cli.ensemble", *e["members"], *mine, "--out",
                                                      str(workdir / "final" / f"all_{pair}"), "--device", d["device"]]
     fields["final"] = []
     for name, (rc, seconds, output) in run_parallel(cmds, cfg["budget_s"] - report.elapsed()).items():

@@ -1,13 +1,13 @@
 """Decoding throughput of a checkpoint at several batch sizes: greedy and beam search, peak memory.
 
-    python scripts/bench_translate.py --checkpoint outputs/.../checkpoints/best.ckpt \
+    python scripts/bench/translate.py --checkpoint outputs/.../checkpoints/best.ckpt \
         --batch-tokens 1000,4000,16000 --beams 1,5 --json translate.json
 
 Every measurement is one `Translator.translate` call over the test split (test_2016_flickr, 1,000
 sentences; `--max-sentences N` for the first N) after a warm-up call, with `search.batch_tokens`
 (the source-token budget per batch) and `search.beam_size` set per cell; the rest of the search
 settings are the checkpoint's. Checkpoint loading is excluded. Peak memory per cell: CUDA
-max_memory_allocated, or the RSS high-water mark of the cell on the CPU (see scripts/_bench.py).
+max_memory_allocated, or the RSS high-water mark of the cell on the CPU (see scripts/bench/common.py).
 
 Without `--checkpoint`, a freshly initialised model of the composed config is used (positional
 arguments are Hydra overrides, e.g. experiment=quickstart): output lengths -- and so speed -- then
@@ -20,14 +20,11 @@ import argparse
 import logging
 import sys
 import tempfile
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common
 
-import _bench  # noqa: E402
-
-from seq2seq.model.precision import precision_dtype  # noqa: E402
+from seq2seq.model.precision import precision_dtype
 
 PRECISIONS = ("fp32", "bf16", "fp16")  # --precision: seq2seq-translate's choices
 
@@ -36,10 +33,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="*", help="Hydra overrides (data location; model without --checkpoint)")
     p.add_argument("--checkpoint", help="a .ckpt written by seq2seq-train (default: fresh weights)")
-    p.add_argument("--batch-tokens", type=_bench.int_list, default=[1000, 4000, 16000],
+    p.add_argument("--batch-tokens", type=common.int_list, default=[1000, 4000, 16000],
                    help="comma-separated source-token budgets per batch")
-    p.add_argument("--beams", type=_bench.int_list, default=[1, 5], help="comma-separated beam sizes")
-    _bench.add_common_args(p)
+    p.add_argument("--beams", type=common.int_list, default=[1, 5], help="comma-separated beam sizes")
+    common.add_common_args(p)
     p.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",
                    help="autocast on CUDA; auto = the run's trainer precision (bf16-mixed -> bf16)")
     p.add_argument("--warmup-sentences", type=int, default=64, help="untimed warm-up call per cell")
@@ -50,47 +47,47 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    _bench.apply_threads(args.threads)
-    device = _bench.pick_device(args.device)
+    common.apply_threads(args.threads)
+    device = common.pick_device(args.device)
     with tempfile.TemporaryDirectory(prefix="bench-translate-") as tmp:
-        cfg = _bench.compose_config([*args.overrides, *_bench.device_overrides(device)], tmp)
-        setup = _bench.decode_setup(cfg, device, args.checkpoint, args.max_sentences)
+        cfg = common.compose_config([*args.overrides, *common.device_overrides(device)], tmp)
+        setup = common.decode_setup(cfg, device, args.checkpoint, args.max_sentences)
     if args.precision == "auto":
-        dtype = _bench.autocast_dtype(setup.precision, device)
+        dtype = common.autocast_dtype(setup.precision, device)
     else:
         dtype = precision_dtype(args.precision, device.type) if device.type == "cuda" else None
     report: dict[str, Any] = {
-        "environment": _bench.environment(device),
+        "environment": common.environment(device),
         "weights": setup.weights,
         "autocast": str(dtype) if dtype else "fp32",
-        "parameters": _bench.count_parameters(setup.model),
-        "model": _bench.model_summary(setup.model_cfg),
+        "parameters": common.count_parameters(setup.model),
+        "model": common.model_summary(setup.model_cfg),
         "search": {k: getattr(setup.search_cfg, k) for k in ("length_penalty", "max_len_a", "max_len_b")},
         **setup.data,
         "results": [],
     }
     if not setup.trained:
-        report["note"] = _bench.FRESH_NOTE
-    _bench.print_mapping("environment", report["environment"])
+        report["note"] = common.FRESH_NOTE
+    common.print_mapping("environment", report["environment"])
     columns = ["search", "batch_tokens", "sentences", "seconds", "sent_per_s", "tgt_tok_per_s",
                "hyp_ref_len_ratio", "bleu", "process_cpu_util", "peak_mem_mib"]
     for beam in args.beams:
         for batch_tokens in args.batch_tokens:
-            row = _bench.time_decode(setup, device, dtype, beam, batch_tokens,
+            row = common.time_decode(setup, device, dtype, beam, batch_tokens,
                                      warmup_sentences=args.warmup_sentences, score=not args.no_bleu)
             report["results"].append(row)
             print(f"  {row['search']} batch_tokens={batch_tokens}: {row['sent_per_s']:.1f} sent/s", flush=True)
-            _bench.write_json(args.json, report)
-    _bench.print_table(f"decoding {setup.data['sentences']} {setup.data['test_split']} sentences "
+            common.write_json(args.json, report)
+    common.print_table(f"decoding {setup.data['sentences']} {setup.data['test_split']} sentences "
                        f"({setup.weights}, {report['autocast']}, {report['parameters']:,} parameters)",
                        report["results"], columns)
     if rows := report["results"]:
         print(f"  peak memory: {rows[0]['peak_mem_kind']}")
     if "note" in report:
         print(f"  note: {report['note']}")
-    _bench.write_json(args.json, report)
+    common.write_json(args.json, report)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(_bench.run_cli(main))
+    sys.exit(common.run_cli(main))

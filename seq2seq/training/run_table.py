@@ -1,45 +1,39 @@
-#!/usr/bin/env python
-"""Collect the final metrics of several `seq2seq-train` runs (a Hydra sweep) into one table.
+"""The table of several training runs (a Hydra sweep, or runs side by side): `collect` reads each run
+folder's settings, logged metrics and test scores into one row; `to_markdown`, `to_csv`, `runs_json`
+and `plot_runs` write it out (`seq2seq-runs`).
 
-    python scripts/collect_runs.py multirun/train/2026-01-01_12-00-00            # markdown to stdout
-    python scripts/collect_runs.py multirun/train/* --csv runs.csv --markdown runs.md
-    python scripts/collect_runs.py outputs/train/2026-01-01_12-00-00 --json run.json   # + validation history
-    python scripts/collect_runs.py multirun/train/2026-01-01_12-00-00 --plot sweep.png  # + overlaid curves
-
-Each argument is a run folder or any folder above run folders (a sweep folder); a run folder is one
-holding `.hydra/overrides.yaml`. Per run it reads
+A run folder is one holding `.hydra/overrides.yaml`. Per run it reads
   .hydra/overrides.yaml         the command-line settings of the run (the sweep's varied ones among them)
   logs/metrics.csv              the last logged value of every val/* metric, the last train/loss,
                                 step and training wall time (time/elapsed_s), and the best value of
-                                the monitored validation metric
+                                the monitored validation metric (.hydra/config.yaml's validation.metric)
   checkpoints/*.scores.json     the final test scores written after training (cased BLEU/chrF/TER,
                                 lowercased BLEU, and lowercased Moses-tokenized BLEU when present)
-With --json, every run's validation history (step, epoch and val/* of each validation, in order) and
-its row go to a JSON file: the README's per-epoch validation BLEU rows are regenerated from it.
-With --plot, one PNG overlays the runs' curves (a validation metric and train loss, against steps and
-against wall time), each run labelled by its folder and varied settings; it needs matplotlib and the
-seq2seq/training/curves.py of this checkout (not an installed package).
-Settings that differ between the runs become columns (all settings with --all-settings, or when there
-is a single run). A run without logs/metrics.csv still gets a row, its status saying so; a run
-without test scores (test_after_training=false) leaves those cells empty.
+Only the run folders are read: no torch, no Lightning (the table can be made on a login node).
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
 import math
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
-# Direction of each monitored validation metric (mirrors seq2seq.config.METRIC_MODES; this script
-# must run without the package installed, e.g. on a login node with only the run folders).
-METRIC_MODES = {"bleu": "max", "chrf": "max", "ter": "min", "ppl": "min", "loss": "min"}
+import yaml  # PyYAML comes with hydra-core/omegaconf
+
+from seq2seq.config import METRIC_MODES
+from seq2seq.training.curves import overlay_figure, read_log
+
 VAL_ORDER = ("val/bleu", "val/chrf", "val/ter", "val/ppl", "val/loss")
+# Column-name prefixes of the figures; the other columns between "run" and "status" are settings.
+METRIC_PREFIXES = ("steps", "time/", "train/", "val/", "best ", "test/", "test[")
+
+
+class RunsError(ValueError):
+    """No run folder to tabulate, or nothing to plot: the command's message (exit status 1)."""
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
@@ -51,8 +45,7 @@ def find_runs(paths: list[Path]) -> list[Path]:
         else:
             found = [p.parent.parent for p in path.rglob(".hydra/overrides.yaml")]
         runs.extend(sorted(found, key=_natural_key))
-    unique = list(dict.fromkeys(p.resolve() for p in runs))
-    return unique
+    return list(dict.fromkeys(p.resolve() for p in runs))
 
 
 def _natural_key(path: Path) -> list:
@@ -61,8 +54,6 @@ def _natural_key(path: Path) -> list:
 
 def read_overrides(run: Path) -> dict[str, str]:
     """`.hydra/overrides.yaml` (a YAML list of `key=value` strings) -> {key: value}."""
-    import yaml  # PyYAML comes with hydra-core/omegaconf
-
     items = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text(encoding="utf-8")) or []
     settings: dict[str, str] = {}
     for item in items:
@@ -76,10 +67,9 @@ def read_overrides(run: Path) -> dict[str, str]:
 
 
 def monitored_metric(run: Path) -> str:
+    """The run's validation.metric (its .hydra/config.yaml), "bleu" when it names none."""
     config = run / ".hydra" / "config.yaml"
     if config.is_file():
-        import yaml
-
         cfg = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
         metric = (cfg.get("validation") or {}).get("metric")
         if metric in METRIC_MODES:
@@ -96,13 +86,20 @@ def _number(text: str | None) -> float | None:
         return None
 
 
-def read_metrics(run: Path) -> dict[str, float]:
-    """Final values from logs/metrics.csv: steps, last train/loss, last val/*, best monitored."""
+def _log_rows(run: Path) -> list[dict[str, str]] | None:
+    """logs/metrics.csv as rows, or None when the run has no log."""
     path = run / "logs" / "metrics.csv"
     if not path.is_file():
-        return {}
+        return None
     with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+        return list(csv.DictReader(f))
+
+
+def read_metrics(run: Path) -> dict[str, float]:
+    """Final values from logs/metrics.csv: steps, last train/loss, last val/*, best monitored."""
+    rows = _log_rows(run)
+    if rows is None:
+        return {}
     out: dict[str, float] = {}
     steps = [_number(r.get("step")) for r in rows]
     steps = [s for s in steps if s is not None]
@@ -123,13 +120,8 @@ def read_metrics(run: Path) -> dict[str, float]:
 
 def read_validations(run: Path) -> list[dict[str, float]]:
     """Every validation of logs/metrics.csv, in order: step, epoch and its val/* figures."""
-    path = run / "logs" / "metrics.csv"
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
     out = []
-    for r in rows:
+    for r in _log_rows(run) or []:
         values = {k: _number(v) for k, v in r.items() if k.startswith("val/") and _number(v) is not None}
         if values:
             out.append({"step": _number(r.get("step")), "epoch": _number(r.get("epoch")), **values})
@@ -157,22 +149,22 @@ def read_test_scores(run: Path) -> dict[str, float]:
 
 
 def collect(paths: list[Path], all_settings: bool = False) -> tuple[list[str], list[dict[str, Any]]]:
-    """-> (column names, one row per run)."""
+    """-> (column names, one row per run). Settings that differ between the runs become columns (all
+    settings with `all_settings`, or when there is a single run); a run without logs/metrics.csv still
+    gets a row, its status saying so."""
     runs = find_runs(paths)
     if not runs:
-        raise SystemExit(f"error: no run folders (with .hydra/overrides.yaml) under {', '.join(map(str, paths))}")
+        raise RunsError(f"no run folders (with .hydra/overrides.yaml) under {', '.join(map(str, paths))}")
     base = _common_parent(runs)
     rows, settings = [], []
     for run in runs:
-        overrides = read_overrides(run)
         metrics = read_metrics(run)
-        tests = read_test_scores(run)
         row: dict[str, Any] = {"run": str(run.relative_to(base)) if run != base else run.name,
                                "status": "ok" if metrics else "no metrics (failed, or still running)"}
         row.update(metrics)
-        row.update(tests)
+        row.update(read_test_scores(run))
         rows.append(row)
-        settings.append(overrides)
+        settings.append(read_overrides(run))
 
     keys = list(dict.fromkeys(k for s in settings for k in s))  # in command-line order
     if not all_settings and len(runs) > 1:
@@ -227,18 +219,22 @@ def to_csv(columns: list[str], rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def plot_runs(paths: list[Path], columns: list[str], rows: list[dict[str, Any]], out: Path, metric: str) -> None:
-    """Overlay every run's curves in one PNG (seq2seq.training.curves.overlay_figure)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # seq2seq.training.curves of this checkout
-    try:
-        import matplotlib  # noqa: F401 -- only to find out whether it is installed
-    except ImportError:
-        raise SystemExit("error: --plot needs matplotlib: pip install 'seq2seq[plot]'") from None
-    from seq2seq.training.curves import overlay_figure, read_log
+def runs_json(paths: list[Path], columns: list[str], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The columns, and each run's row with its folder and validation history (in order)."""
+    return {"columns": columns,
+            "runs": [{**row, "path": str(run), "validations": read_validations(run)}
+                     for row, run in zip(rows, find_runs(paths))]}
 
-    metric_prefixes = ("steps", "time/", "train/", "val/", "best ", "test/", "test[")
-    settings = [c for c in columns[1:-1] if not c.startswith(metric_prefixes)]  # between "run" and "status"
-    varied = [c for c in settings if len({r.get(c) for r in rows}) > 1]  # labels name what tells runs apart
+
+def plot_runs(paths: list[Path], columns: list[str], rows: list[dict[str, Any]], out: Path, metric: str) -> None:
+    """Overlay every run's curves (validation `metric` and train loss, against steps and wall time) in
+    one PNG at `out`, each run labelled by its folder and the settings that tell the runs apart."""
+    try:
+        import matplotlib  # noqa: F401 -- an optional extra: only to find out whether it is installed
+    except ImportError:
+        raise RunsError("--plot needs matplotlib: pip install 'seq2seq[plot]'") from None
+    settings = [c for c in columns[1:-1] if not c.startswith(METRIC_PREFIXES)]  # between "run" and "status"
+    varied = [c for c in settings if len({r.get(c) for r in rows}) > 1]
     runs = []
     for run, row in zip(find_runs(paths), rows):
         path = run / "logs" / "metrics.csv"
@@ -246,41 +242,6 @@ def plot_runs(paths: list[Path], columns: list[str], rows: list[dict[str, Any]],
             label = " ".join([row["run"], *(f"{k}={row[k]}" for k in varied if row.get(k) not in (None, ""))])
             runs.append((label, read_log(path)))
     if not runs:
-        raise SystemExit("error: --plot: no run has logs/metrics.csv")
+        raise RunsError("--plot: no run has logs/metrics.csv")
     out.parent.mkdir(parents=True, exist_ok=True)
     overlay_figure(runs, f"val/{metric}").savefig(out, dpi=100)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("paths", nargs="+", type=Path, help="run folders or sweep folders above them")
-    p.add_argument("--csv", type=Path, help="also write the table as CSV here")
-    p.add_argument("--markdown", type=Path, help="write the markdown table here instead of standard output")
-    p.add_argument("--all-settings", action="store_true", help="a column for every override, varied or not")
-    p.add_argument("--json", type=Path, help="also write each run's row and validation history as JSON here")
-    p.add_argument("--plot", type=Path, metavar="PNG",
-                   help="also draw every run's validation metric and train loss against steps and wall time here")
-    p.add_argument("--plot-metric", default="bleu", choices=sorted(METRIC_MODES),
-                   help="the validation metric --plot draws (default: bleu)")
-    args = p.parse_args(argv)
-    columns, rows = collect(args.paths, args.all_settings)
-    if args.plot:
-        plot_runs(args.paths, columns, rows, args.plot, args.plot_metric)
-    if args.json:
-        runs = find_runs(args.paths)
-        payload = {"columns": columns,
-                   "runs": [{**row, "path": str(run), "validations": read_validations(run)}
-                            for row, run in zip(rows, runs)]}
-        args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    markdown = to_markdown(columns, rows)
-    if args.markdown:
-        args.markdown.write_text(markdown, encoding="utf-8")
-    else:
-        sys.stdout.write(markdown)
-    if args.csv:
-        args.csv.write_text(to_csv(columns, rows), encoding="utf-8")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """Deployment figures: torch fp32 / torch int8 / onnxruntime fp32 / onnxruntime int8 on the CPU.
 
-    python scripts/bench_deploy.py --checkpoint best.ckpt --threads 2 --rounds 2 --json deploy.json
+    python scripts/bench/deploy.py --checkpoint best.ckpt --threads 2 --rounds 2 --json deploy.json
 
 The checkpoint is exported twice (fp32 and `--quantize int8`) into a temporary folder; then every
 (variant, search) cell runs in a fresh worker process, all cells one after another in each round and
@@ -22,14 +22,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+import common
+
+REPO = common.REPO
 VARIANTS = ("torch-fp32", "torch-int8", "onnxruntime-fp32", "onnxruntime-int8")
 
 
@@ -42,8 +43,8 @@ def default_corpus() -> Path:
 
 # ---------------------------------------------------------------------------------------- worker
 def worker(args) -> dict:
-    """Load one variant, translate the file once, score it; runs in its own process."""
-    sys.path.insert(0, str(REPO))
+    """Load one variant, translate the file once, score it; runs in its own process (imports deferred:
+    an onnxruntime worker must not import torch, its RSS is what a torch-free deployment needs)."""
     from sacrebleu.metrics import BLEU
 
     from seq2seq.data.corpus import read_lines  # torch-free
@@ -58,7 +59,7 @@ def worker(args) -> dict:
     else:
         import torch
 
-        from seq2seq.checkpoint.format import load_for_translation
+        from seq2seq.checkpoint.loading import load_for_translation
         from seq2seq.decoding.translator import Translator
 
         torch.set_num_threads(args.threads)
@@ -80,19 +81,7 @@ def worker(args) -> dict:
     return {"variant": args.variant, "beam": args.beam, "load_s": load, "seconds": seconds,
             "sentences_per_s": len(sources) / seconds, "sentences": len(sources),
             "bleu": BLEU().corpus_score(hyps, [references]).score,
-            "peak_rss_mb": peak_rss_mb()}
-
-
-def peak_rss_mb() -> float:
-    """This process's RSS high-water mark. VmHWM, not ru_maxrss: ru_maxrss survives exec, so a
-    worker would report its parent's peak (torch and both exports) when that is higher."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            "peak_rss_mb": common.peak_rss_mib()}  # VmHWM: not the parent's peak (torch and both exports)
 
 
 def profile(args, translator, sources) -> dict:
@@ -138,8 +127,7 @@ def sizes(checkpoint: Path, folders: dict[str, Path], tmp: Path) -> dict[str, fl
     """Megabytes of each variant's model files."""
     import torch
 
-    sys.path.insert(0, str(REPO))
-    from seq2seq.checkpoint.format import load_for_translation
+    from seq2seq.checkpoint.loading import load_for_translation
     from seq2seq.deploy.quantize import quantize_torch_int8
 
     model, *_ = load_for_translation(checkpoint)
@@ -182,8 +170,7 @@ def main(argv=None) -> int:
         return 0
     if args.checkpoint is None:
         p.error("--checkpoint is required")
-    sys.path.insert(0, str(REPO))
-    from seq2seq.deploy.export import export
+    from seq2seq.deploy.export import export  # imports torch: not in the onnxruntime workers above
 
     variants = args.variants.split(",")
     beams = [int(b) for b in args.beams.split(",")]
@@ -211,9 +198,7 @@ def main(argv=None) -> int:
     print(f"\n{runs[0]['sentences']} sentences, {args.threads} threads, {args.rounds} alternating rounds "
           f"(seconds: best of the rounds; every round in --json). Export: fp32 {fp32_export:.1f} s, "
           f"int8 {int8_export:.1f} s.\n")
-    print("| search | variant | seconds (rounds) | sentences/s | vs torch fp32 | BLEU | load s | peak RSS MB | model MB |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    summary = []
+    summary, cells = [], []
     for beam in beams:
         best = {v: min((x for x in runs if x["variant"] == v and x["beam"] == beam), key=lambda x: x["seconds"])
                 for v in variants}
@@ -226,19 +211,21 @@ def main(argv=None) -> int:
                    "speedup_vs_torch_fp32": speedup, "bleu": b["bleu"], "load_s": b["load_s"],
                    "peak_rss_mb": max(x["peak_rss_mb"] for x in cell), "model_mb": model_mb.get(v)}
             summary.append(row)
-            print(f"| {row['search']} | {v} | {row['seconds']:.2f} ({', '.join(f'{s:.2f}' for s in row['rounds_s'])}) "
-                  f"| {row['sentences_per_s']:.0f} | {speedup:.2f}x | {row['bleu']:.2f} | {row['load_s']:.2f} "
-                  f"| {row['peak_rss_mb']:.0f} | {row['model_mb']:.1f} |")
-    print(f"\nmodel files (MB): " + ", ".join(f"{k} {v:.1f}" for k, v in model_mb.items()))
+            cells.append([row["search"], v, f"{row['seconds']:.2f} ({', '.join(f'{s:.2f}' for s in row['rounds_s'])})",
+                          f"{row['sentences_per_s']:.0f}", f"{speedup:.2f}x", f"{row['bleu']:.2f}",
+                          f"{row['load_s']:.2f}", f"{row['peak_rss_mb']:.0f}", f"{row['model_mb']:.1f}"])
+    print("\n".join(common.markdown_table(["search", "variant", "seconds (rounds)", "sentences/s", "vs torch fp32",
+                                          "BLEU", "load s", "peak RSS MB", "model MB"], cells)))
+    print("\nmodel files (MB): " + ", ".join(f"{k} {v:.1f}" for k, v in model_mb.items()))
     for prof in profiles:
         print(f"\nprofile, greedy, {prof['variant']} ({prof['profiled_seconds']:.2f} s; "
               f"Python and other: {prof['python_and_other_s']:.2f} s):")
         for name, seconds in prof["top_ops_s"]:
             print(f"    {name:40s} {seconds:7.3f} s")
     if args.json:
-        args.json.write_text(json.dumps({"summary": summary, "runs": runs, "model_mb": model_mb,
-                                         "profiles": profiles, "threads": args.threads,
-                                         "export_s": {"fp32": fp32_export, "int8": int8_export}}, indent=2))
+        common.write_json(args.json, {"environment": common.environment(), "summary": summary, "runs": runs,
+                                      "model_mb": model_mb, "profiles": profiles, "threads": args.threads,
+                                      "export_s": {"fp32": fp32_export, "int8": int8_export}}, quiet=True)
     return 0
 
 

@@ -1,16 +1,22 @@
-"""Shared helpers of the benchmark scripts (`benchmark.py`, `bench_translate.py`).
+"""The measurement helper every benchmark in scripts/bench/ shares (`import common`: a script run as
+`python scripts/bench/x.py` has this folder on its path).
 
 Everything measured goes through the project's own code: configs are composed with Hydra's compose
 API from `seq2seq.config.CONF_DIR`, data comes from `prepare_corpus`, models are `Seq2Seq` built from
 the config (or `load_for_translation` for a checkpoint), and decoding is `Translator.translate`.
 This module only adds what a benchmark needs on top: device choice, timers that synchronise CUDA,
-peak-memory readings, environment records, and table/JSON output.
+peak-memory readings (RSS of this or another process), the environment record, JSON output, and
+plain and markdown tables (`table.py` prints the latter from the JSON the benchmarks write).
 
 Peak memory. On CUDA: `torch.cuda.max_memory_allocated` after `reset_peak_memory_stats` at the start
 of the measured phase (tensors only, not the caching allocator's reserve). On the CPU: the resident
 set size high-water mark. Linux lets a process reset it (`echo 5 > /proc/self/clear_refs`), so each
 phase reports its own peak (`VmHWM`, kind "rss_hwm_phase"); where that is impossible the process-
 lifetime `ru_maxrss` is reported instead (kind "ru_maxrss_process", which includes earlier phases).
+
+torch, Lightning, Hydra and seq2seq are imported inside the functions that use them: deploy.py's
+onnxruntime workers measure the memory of a torch-free process, and table.py and serve.py's client
+need the standard library only.
 """
 
 from __future__ import annotations
@@ -24,12 +30,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
-import lightning.pytorch as pl
-import torch
+if TYPE_CHECKING:
+    import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ------------------------------------------------------------------------------------- process clock
@@ -55,8 +61,9 @@ def since_process_start() -> float:
 
 # ------------------------------------------------------------------------------------------ devices
 def pick_device(choice: str) -> torch.device:
-    """`checkpoint.load_device`, with its error as the benchmark's exit message."""
-    from seq2seq.checkpoint.format import CheckpointError, load_device
+    """`checkpoint.loading.load_device`, with its error as the benchmark's exit message."""
+    from seq2seq.checkpoint.format import CheckpointError
+    from seq2seq.checkpoint.loading import load_device
 
     try:
         return load_device(choice)
@@ -80,7 +87,16 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
+        import torch
+
         torch.cuda.synchronize(device)
+
+
+def apply_threads(threads: int) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 class Timer:
@@ -118,6 +134,9 @@ class Timer:
         self.stop()
 
 
+GPU_EVENT_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
+
+
 def kernel_busy_seconds(trace: dict[str, Any]) -> float:
     """GPU busy time in a torch.profiler chrome trace: the union of kernel, memcpy and memset intervals
     (overlapping work on several streams counts once)."""
@@ -133,62 +152,57 @@ def kernel_busy_seconds(trace: dict[str, Any]) -> float:
     return busy / 1e6  # trace times are in microseconds
 
 
-GPU_EVENT_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
-
-
-class BleuThresholdStop(pl.Callback):
-    """Records when val/bleu first reaches `threshold` (seconds since process start) and stops training.
-
-    Instantiated by `train(cfg)` from a `callbacks.bleu_threshold` config node (`_target_:
-    _bench.BleuThresholdStop`); instances register themselves in `instances` so the caller can read them.
-    """
-
-    instances: list[BleuThresholdStop] = []
-    listener: Callable[[BleuThresholdStop], None] | None = None  # told after every validation
-
-    def __init__(self, threshold: float, metric: str = "val/bleu"):
-        self.threshold = float(threshold)
-        self.metric = metric
-        self.history: list[dict[str, Any]] = []
-        self.reached: dict[str, Any] | None = None
-        BleuThresholdStop.instances.append(self)
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking or self.metric not in trainer.callback_metrics:
-            return
-        entry = {"step": trainer.global_step, "epoch": trainer.current_epoch,
-                 "seconds_since_process_start": since_process_start(),
-                 "bleu": float(trainer.callback_metrics[self.metric])}
-        self.history.append(entry)
-        if self.reached is None and entry["bleu"] >= self.threshold:
-            self.reached = entry
-            trainer.should_stop = True
-        if BleuThresholdStop.listener is not None:
-            BleuThresholdStop.listener(self)
-
-
 # ------------------------------------------------------------------------------------------- memory
-def _read_vm_hwm_kib() -> int | None:
+def proc_status_kib(key: str, pid: int | str = "self") -> int | None:
+    """A `/proc/<pid>/status` figure in KiB (VmRSS, VmHWM, ...), None where there is no such file or key."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
                 return int(line.split()[1])
     except (OSError, ValueError):
         pass
     return None
 
 
-def _reset_rss_hwm() -> bool:
+def proc_status_mib(key: str, pid: int | str = "self") -> float:
+    """`proc_status_kib` in MiB, nan where unknown."""
+    kib = proc_status_kib(key, pid)
+    return kib / 1024 if kib is not None else float("nan")
+
+
+def rss_mib(pid: int | str = "self") -> float:
+    """The current resident set size of a process (this one by default), MiB; nan where unknown."""
+    return proc_status_mib("VmRSS", pid)
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's RSS high-water mark (VmHWM) to its current RSS (Linux >= 4.0); False where
+    that is impossible."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+            f.write("5")
         return True
     except OSError:
         return False
 
 
+def peak_rss_mib() -> float:
+    """This process's RSS high-water mark, MiB. VmHWM first: ru_maxrss survives exec, so a worker process
+    would report its parent's peak when that is higher; ru_maxrss where there is no /proc."""
+    kib = proc_status_kib("VmHWM")
+    if kib is not None:
+        return kib / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cpu_seconds(pid: int | str = "self") -> float:
+    """User + system CPU time of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 class PeakMemory:
-    """Peak memory of one phase: `reset()` at its start, `read()` at its end -> {peak_mib, kind}."""
+    """Peak memory of one phase: `reset()` at its start, `read()` at its end -> {peak_mem_mib, peak_mem_kind}."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -196,15 +210,19 @@ class PeakMemory:
 
     def reset(self) -> None:
         if self.device.type == "cuda":
+            import torch
+
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
-            self._phase_rss = _reset_rss_hwm()
+            self._phase_rss = reset_peak_rss()
 
     def read(self) -> dict[str, Any]:
         if self.device.type == "cuda":
+            import torch
+
             return {"peak_mem_mib": torch.cuda.max_memory_allocated(self.device) / 2**20,
                     "peak_mem_kind": "cuda_max_memory_allocated"}
-        hwm = _read_vm_hwm_kib() if self._phase_rss else None
+        hwm = proc_status_kib("VmHWM") if self._phase_rss else None
         if hwm is not None:
             return {"peak_mem_mib": hwm / 1024, "peak_mem_kind": "rss_hwm_phase"}
         return {"peak_mem_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -233,27 +251,33 @@ def _git_revision() -> str:
         return "unknown"
 
 
-def environment(device: torch.device) -> dict[str, Any]:
-    """What the figures were measured on."""
-    env: dict[str, Any] = {
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_model(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        "git": _git_revision(),
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-    }
-    try:
-        import lightning
+def environment(device: torch.device | None = None) -> dict[str, Any]:
+    """What the figures were measured on: machine, Python, load, git revision, command line; with the
+    torch `device` the figures were taken on, also that device, torch's threads and the torch, CUDA
+    and Lightning versions (without one, torch is not imported)."""
+    if device is None:
+        env: dict[str, Any] = {"cpu_model": _cpu_model()}
+    else:
+        import torch
 
-        env["lightning"] = lightning.__version__
-    except ImportError:
-        pass
+        env = {"device": str(device),
+               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_model(),
+               "torch": torch.__version__,
+               "cuda": torch.version.cuda,
+               "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None}
+    env.update({"python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count()})
+    if device is not None:
+        env["torch_threads"] = torch.get_num_threads()
+    env.update({"load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+                "git": _git_revision(),
+                "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])})
+    if device is not None:
+        try:
+            import lightning
+
+            env["lightning"] = lightning.__version__
+        except ImportError:
+            pass
     return env
 
 
@@ -317,12 +341,14 @@ def decode_setup(cfg, device: torch.device, checkpoint: str | None, max_sentence
     composed config's data folders. Without: a freshly initialised `Seq2Seq` (seeded with cfg.seed)
     over the tokenizer of `prepare_corpus(cfg.data)`.
     """
-    from seq2seq.checkpoint.format import load_for_translation
+    import torch
+
+    from seq2seq.checkpoint.loading import load_for_translation
     from seq2seq.config import DataConfig, ModelConfig, SearchConfig, section
-    from seq2seq.data.corpus import find_corpus_files, read_parallel
-    from seq2seq.model import Seq2Seq
     from seq2seq.data.cache import prepare_corpus
+    from seq2seq.data.corpus import find_corpus_files, read_parallel
     from seq2seq.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+    from seq2seq.model import Seq2Seq
 
     data_cfg = section(DataConfig, cfg.data, "data")
     if checkpoint:
@@ -367,8 +393,8 @@ def time_decode(setup: DecodeSetup, device: torch.device, dtype: torch.dtype | N
     allocator); the timed call covers tokenisation, batching, search and detokenisation of all lines.
     Target tokens are the emitted pieces without EOS.
     """
-    from seq2seq.evaluation.metrics import score_corpus
     from seq2seq.decoding.translator import Translator
+    from seq2seq.evaluation.metrics import score_corpus
 
     search_cfg = dataclasses.replace(setup.search_cfg, beam_size=beam_size, batch_tokens=batch_tokens)
     translator = Translator(setup.model, setup.tokenizer, search_cfg, device=device, dtype=dtype)
@@ -428,6 +454,34 @@ def print_mapping(title: str, values: dict[str, Any]) -> None:
         print(f"  {key.ljust(width)}  {_fmt(value) if not isinstance(value, (dict, list)) else value}")
 
 
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]], right: bool = False) -> list[str]:
+    """The lines of a markdown table of already formatted cells (`right`: right-aligned columns)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + ("---:|" if right else "---|") * len(header)]
+    return lines + ["| " + " | ".join(cells) + " |" for cells in rows]
+
+
+def lookup(obj: Any, path: str) -> Any:
+    """obj['a']['b'] for path 'a.b'; a key that itself contains dots (e.g. 'test/bleu') is tried whole first."""
+    if isinstance(obj, dict) and path in obj:
+        return obj[path]
+    for part in path.split("."):
+        if not isinstance(obj, dict) or part not in obj:
+            return None
+        obj = obj[part]
+    return obj
+
+
+def markdown_cell(value: Any) -> str:
+    """A JSON value as a markdown cell: thousands separated, other floats with 2 decimals, None empty."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.2f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
 def write_json(path: str | Path | None, obj: dict[str, Any], quiet: bool = False) -> None:
     """Write `obj` to `path` atomically (temporary file + rename); nothing when path is None."""
     if not path:
@@ -441,19 +495,15 @@ def write_json(path: str | Path | None, obj: dict[str, Any], quiet: bool = False
         print(f"\nwrote {path}")
 
 
+# ------------------------------------------------------------------------------------- command line
 def add_common_args(p) -> None:
-    """Options both scripts take: device, CPU threads, test-set size, JSON output."""
+    """Options of the decoding benchmarks (train.py, translate.py): device, CPU threads, test-set size, JSON."""
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--threads", type=int, default=0,
                    help="torch intra-op threads (0 = torch's default). On a shared CPU, 1 avoids OpenMP "
                         "spin-waiting behind other processes, which slows small per-step ops by up to 100x")
     p.add_argument("--max-sentences", type=int, default=0, help="decode only the first N test sentences")
     p.add_argument("--json", metavar="PATH", help="write all figures as JSON here")
-
-
-def apply_threads(threads: int) -> None:
-    if threads:
-        torch.set_num_threads(threads)
 
 
 def int_list(text: str) -> list[int]:

@@ -2,18 +2,19 @@
 # Every GPU figure in ONE device call (at most 580 s on one H100, from a bare machine):
 #   (a) pytest -m cuda  (b) training throughput  (c) time to quality  (d) decoding the test set
 #   (e) the GPU preset's test BLEU in the other directions.
-# Writes $OUT/gpu_report.json and $OUT/gpu_report.md (stages: scripts/gpu_check.py).
+# Writes $OUT/gpu_report.json and $OUT/gpu_report.md (stages: scripts/gpu/check.py).
 #
-#   scripts/gpu_check.sh --stage   here, before the device call: copies the Hydra/pytest wheels into
-#                                  .whl/ and Multi30k into .gpu/multi30k (both git-ignored, carried)
-#   scripts/gpu_check.sh           on the device machine (see docs/cluster.md for the `run` call)
-#   scripts/gpu_check.sh --smoke   every stage tiny on the CPU, same report files (part of the tests)
-#   scripts/gpu_check.sh --quality        a device call of its own (a lease holds it or the check, not
-#                                         both): (f) issue 13's GPU row by distillation (teachers, their
-#                                         ensembles, students on their translations; docs/cluster.md)
-#   scripts/gpu_check.sh --quality-smoke  (f) tiny on the CPU (part of the tests)
+# Run from the repository root (the staged .whl/ and .gpu/ folders are relative to it):
+#   bash scripts/gpu/check.sh --stage   here, before the device call: copies the Hydra/pytest wheels into
+#                                       .whl/ and Multi30k into .gpu/multi30k (both git-ignored, carried)
+#   bash scripts/gpu/check.sh           on the device machine (see docs/cluster.md for the `run` call)
+#   bash scripts/gpu/check.sh --smoke   every stage tiny on the CPU, same report files (part of the tests)
+#   bash scripts/gpu/check.sh --quality        a device call of its own (a lease holds it or the check, not
+#                                              both): (f) issue 13's GPU row by distillation (teachers,
+#                                              their ensembles, students on their translations; docs/cluster.md)
+#   bash scripts/gpu/check.sh --quality-smoke  (f) tiny on the CPU (part of the tests)
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."  # the repository root
 
 mode=full
 case "${1:-}" in
@@ -22,7 +23,7 @@ case "${1:-}" in
   --stage) mode=stage ;;
   --quality) mode=quality ;;
   --quality-smoke) mode=quality_smoke ;;
-  *) echo "usage: scripts/gpu_check.sh [--smoke | --stage | --quality | --quality-smoke]" >&2; exit 2 ;;
+  *) echo "usage: scripts/gpu/check.sh [--smoke | --stage | --quality | --quality-smoke]" >&2; exit 2 ;;
 esac
 
 if [ "$mode" = stage ]; then
@@ -49,7 +50,7 @@ if ! python3 -c "import hydra, omegaconf, pytest" 2>/dev/null; then
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
   else
-    echo "error: hydra-core/omegaconf/pytest are missing and .whl/ holds no wheels; run scripts/gpu_check.sh --stage first" >&2
+    echo "error: hydra-core/omegaconf/pytest are missing and .whl/ holds no wheels; run scripts/gpu/check.sh --stage first" >&2
   fi
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
@@ -63,4 +64,4 @@ else
   export OMP_NUM_THREADS=1
   args+=(--data-dir "${SMOKE_DATA_DIR:-$OUT/data}")
 fi
-exec python3 scripts/gpu_check.py "${args[@]}"
+exec python3 scripts/gpu/check.py "${args[@]}"

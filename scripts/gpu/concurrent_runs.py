@@ -1,21 +1,21 @@
 #!/usr/bin/env python
 """Train several presets/directions at once on one machine, test each, and collect one table.
 
-    python scripts/concurrent_runs.py --out OUT --deadline-s 300 cpu_hour:en-de multi30k_gpu:en-fr:2 \\
+    python scripts/gpu/concurrent_runs.py --out OUT --deadline-s 300 cpu_hour:en-de multi30k_gpu:en-fr:2 \\
         -- trainer=gpu trainer.precision=32-true
 
-    python scripts/concurrent_runs.py --out OUT --deadline-s 300 \\
+    python scripts/gpu/concurrent_runs.py --out OUT --deadline-s 300 \\
         --variant reg="model.dropout=0.3 model.word_dropout=0.1" \\
         cpu_hour:en-de cpu_hour:en-de+reg cpu_hour:en-de:2+reg -- trainer=gpu
 
-    python scripts/concurrent_runs.py --out OUT --deadline-s 400 --ensemble-s 60 \\
+    python scripts/gpu/concurrent_runs.py --out OUT --deadline-s 400 --ensemble-s 60 \\
         multi30k_gpu:en-de:1 multi30k_gpu:en-de:2 multi30k_gpu:en-de:3 -- data.root=...
 
 A RUN is PRESET:SRC-TGT[:SEED][+VARIANT] (`experiment=PRESET data.src_lang=SRC data.tgt_lang=TGT
 seed=SEED` and the overrides that `--variant VARIANT="..."` names); the overrides after `--` go to every
 run. Variants make a sweep of one lease: the table gets a column per setting they vary. With
 --ensemble-s S, the runs that differ only in seed (same preset, pair and variant) are ensembled once
-they are done (scripts/ensemble_runs.py: the ensemble's search tuned on validation, then its test
+they are done (seq2seq-ensemble: the ensemble's search tuned on validation, then its test
 scores beside its members'); the last S seconds before the deadline are kept for that, so runs still
 going S seconds before it are stopped.
 
@@ -25,13 +25,13 @@ is how a 15-minute device lease measures the presets' BLEU in all three directio
 measured so are *shared-GPU* times, not the preset's budget.
 
 Steps: the corpus cache of each distinct (preset, pair, data.* overrides) is built first, all at
-once; then every run starts (`seq2seq.training.run`, the preset's own `test_after_training`), each in its
+once; then every run starts (`seq2seq-train`, the preset's own `test_after_training`), each in its
 own folder under `--work`; at the deadline the runs still going are stopped (their rows say so). Written to OUT:
-  runs.md     scripts/collect_runs.py's table (validation, test BLEU cased/lowercased/Moses) and, per
+  runs.md     seq2seq-runs' table (validation, test BLEU cased/lowercased/Moses) and, per
               run, its exit status and tuned search defaults
   runs.json   the same rows with every run's validation history (and each ensemble's test_scores.json)
-  ensembles/  with --ensemble-s: one folder per ensemble (scripts/ensemble_runs.py's files)
-The device call that follows scripts/gpu_check.sh on a warm machine: docs/cluster.md. On a CPU it runs
+  ensembles/  with --ensemble-s: one folder per ensemble (seq2seq-ensemble's files)
+The device call that follows scripts/gpu/check.sh on a warm machine: docs/cluster.md. On a CPU it runs
 the same way (tests/test_concurrent_runs.py runs it tiny).
 """
 
@@ -47,7 +47,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
 RUN_SPEC = re.compile(r"^(?P<preset>[\w-]+):(?P<src>[a-z]{2,3})-(?P<tgt>[a-z]{2,3})(?::(?P<seed>\d+))?"
                       r"(?:\+(?P<variant>\w+))?$")
@@ -158,9 +158,9 @@ def ensemble_groups(runs: list[dict], status: dict[str, str], work: Path) -> dic
 
 
 def run_ensembles(groups: dict[str, list[str]], out: Path, deadline: float) -> list[dict]:
-    """scripts/ensemble_runs.py for every group at once, stopped at the deadline -> one entry per group."""
+    """seq2seq-ensemble for every group at once, stopped at the deadline -> one entry per group."""
     out.mkdir(parents=True, exist_ok=True)
-    procs = {group: launch([PY, str(REPO / "scripts" / "ensemble_runs.py"), *members, "--out", str(out / group)],
+    procs = {group: launch([PY, "-m", "seq2seq.cli.ensemble", *members, "--out", str(out / group)],
                            out / f"{group}.log") for group, members in groups.items()}
     status = wait_all(procs, deadline)
     entries = []
@@ -203,7 +203,7 @@ def main() -> int:
     work = (args.work or args.out / "runs").resolve()
     work.mkdir(parents=True, exist_ok=True)
 
-    prepares = {key: launch([PY, "-m", "seq2seq.data.cache", *data, *common, f"hydra.run.dir={work / key}"],
+    prepares = {key: launch([PY, "-m", "seq2seq.cli.prepare", *data, *common, f"hydra.run.dir={work / key}"],
                             work / f"{key}.log")
                 for key, data in assign_prepares(runs).items()}
     prepared = wait_all(prepares, runs_deadline)
@@ -215,7 +215,7 @@ def main() -> int:
             status[r["name"]] = f"not started: {r['prepare']} {prepared[r['prepare']]}"
             (work / f"{r['name']}.log").write_text((work / f"{r['prepare']}.log").read_text(errors="replace"))
             continue
-        cmd = [PY, "-m", "seq2seq.training.run", *r["overrides"], *common, f"hydra.run.dir={work / r['name']}",
+        cmd = [PY, "-m", "seq2seq.cli.train", *r["overrides"], *common, f"hydra.run.dir={work / r['name']}",
                "trainer.enable_progress_bar=false"]
         r["command"] = " ".join(cmd[1:])
         procs[r["name"]] = launch(cmd, work / f"{r['name']}.log")
@@ -231,7 +231,7 @@ def main() -> int:
                      "tuned_search": tuned_line(log),
                      "log_tail": log.read_text(errors="replace")[-1500:] if status[r["name"]] != "exit 0" else ""})
     collected_json = work / "collected.json"
-    table = subprocess.run([PY, str(REPO / "scripts" / "collect_runs.py"), *[str(work / n) for n in names],
+    table = subprocess.run([PY, "-m", "seq2seq.cli.runs", *[str(work / n) for n in names],
                             "--json", str(collected_json)], capture_output=True, text=True)
     collected = json.loads(collected_json.read_text()) if collected_json.is_file() else None
     groups = ensemble_groups(runs, status, work) if args.ensemble_s > 0 else {}
@@ -239,7 +239,7 @@ def main() -> int:
     (args.out / "runs.json").write_text(json.dumps({"runs": rows, "collected": collected, "ensembles": ensembles,
                                                     "seconds": round(time.monotonic() - started, 1)}, indent=2))
     md = [f"# {len(runs)} runs at once ({time.monotonic() - started:.0f} s in all; common overrides: "
-          f"`{' '.join(common) or '-'}`)", "", table.stdout or f"collect_runs.py failed:\n```\n{table.stderr[-1500:]}\n```",
+          f"`{' '.join(common) or '-'}`)", "", table.stdout or f"seq2seq-runs failed:\n```\n{table.stderr[-1500:]}\n```",
           "", "| run | status | tuned search defaults |", "|---|---|---|"]
     md += [f"| {row['run']} | {row['status']} | {row['tuned_search'] or '-'} |" for row in rows]
     for row in rows:

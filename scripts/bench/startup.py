@@ -1,9 +1,9 @@
 """Start-up figures: `--help` of every console script, usage errors, one-line translation, checkpoint loading.
 
-    python scripts/bench_startup.py --checkpoint outputs/quickstart/.../checkpoints/best.ckpt \
+    python scripts/bench/startup.py --checkpoint outputs/quickstart/.../checkpoints/best.ckpt \
         [--shape multi30k_gpu] [--repeats 5] [--json startup.json]
 
-Every figure is a fresh Python process (the console scripts' own entry, `from seq2seq.X import main`,
+Every figure is a fresh Python process (the console scripts' own entry, `from seq2seq.cli.X import main`,
 with the package compiled to bytecode first, as pip installs it), timed from outside by wall clock; the median of `--repeats` runs, taken round-robin so that a busy
 machine slows every command alike. What is compared:
 
@@ -36,7 +36,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+import common
+
+REPO = common.REPO
+BENCH = Path(__file__).resolve().parent  # for the load probe's `import common`
 LINE = "Ein Mann mit einem orangefarbenen Hut, der etwas anstarrt."
 
 PLAIN = ("translate", "score", "average")  # argparse scripts: baseline `import argparse`
@@ -45,11 +48,13 @@ HYDRA = ("prepare", "train")  # Hydra apps: baseline `import hydra`
 
 def entry(module: str, *args: str) -> list[str]:
     """The command a console script runs (pip's wrapper: import main, exit with its result)."""
-    return [sys.executable, "-c", f"import sys; from seq2seq.{module} import main; sys.exit(main())", *args]
+    return [sys.executable, "-c", f"import sys; from seq2seq.cli.{module} import main; sys.exit(main())", *args]
 
 
-def child_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+def child_env(*paths: Path) -> dict[str, str]:
+    """The environment of a measured process: this checkout (and `paths`) first on PYTHONPATH."""
+    pythonpath = [str(REPO), *map(str, paths), os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(pythonpath).rstrip(os.pathsep)}
 
 
 def wall(cmd: list[str], stdin: str | None = None, expect: int | None = None) -> float:
@@ -79,7 +84,7 @@ import json, sys, time
 t0 = time.perf_counter()
 import torch
 t1 = time.perf_counter()
-from seq2seq.checkpoint.format import load_for_translation
+from seq2seq.checkpoint.loading import load_for_translation
 from seq2seq.decoding.translator import Translator
 t2 = time.perf_counter()
 model, tokenizer, search_cfg, _ = load_for_translation(sys.argv[1])
@@ -93,9 +98,10 @@ print(json.dumps({"import_torch_s": t1 - t0, "import_seq2seq_s": t2 - t1, "load_
 
 LOAD = r'''
 import json, sys, time
-from pathlib import Path
 import torch
-from seq2seq.checkpoint.format import load_for_translation, read_checkpoint, PAYLOAD_KEY, model_state_dict
+from common import proc_status_mib, reset_peak_rss
+from seq2seq.checkpoint.format import read_checkpoint, PAYLOAD_KEY, model_state_dict
+from seq2seq.checkpoint.loading import load_for_translation
 from seq2seq.config import ModelConfig, section
 from seq2seq.model import Seq2Seq
 from seq2seq.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
@@ -113,30 +119,20 @@ def eager(path):
     return model.eval()
 
 
-def status(key):
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-rss_before = status("VmRSS")
-try:
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS, so the peak is the load's
-except OSError:
-    pass
+rss_before = proc_status_mib("VmRSS")
+reset_peak_rss()  # VmHWM := VmRSS, so the peak is the load's
 start = time.perf_counter()
 model = eager(sys.argv[1]) if sys.argv[2] == "eager" else load_for_translation(sys.argv[1])[0]
 seconds = time.perf_counter() - start
-print(json.dumps({"load_s": seconds, "rss_before_mib": rss_before, "peak_rss_mib": status("VmHWM"),
-                  "rss_after_mib": status("VmRSS"),
+print(json.dumps({"load_s": seconds, "rss_before_mib": rss_before, "peak_rss_mib": proc_status_mib("VmHWM"),
+                  "rss_after_mib": proc_status_mib("VmRSS"),
                   "parameters": sum(p.numel() for p in model.parameters())}))
 '''
 
 
-def probe(script: str, *args: str) -> dict[str, Any]:
+def probe(script: str, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True,
-                          env=child_env(), cwd=REPO)
+                          env=env or child_env(), cwd=REPO)
     if proc.returncode != 0:
         raise RuntimeError(f"probe failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -147,7 +143,7 @@ def load_figures(ckpt: Path, repeats: int) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {"eager": [], "current": []}
     for _ in range(repeats):
         for mode in runs:
-            runs[mode].append(probe(LOAD, str(ckpt), mode))
+            runs[mode].append(probe(LOAD, str(ckpt), mode, env=child_env(BENCH)))
     out = {"file_mib": ckpt.stat().st_size / 2**20}
     for mode, results in runs.items():
         out[mode] = {key: statistics.median(r[key] for r in results)
@@ -217,7 +213,7 @@ def measure(args) -> dict[str, Any]:
                 "ratio": ratio(medians[name], medians[base])}
 
     result: dict[str, Any] = {
-        "machine": {"cpu_count": os.cpu_count(), "load_avg_1min": os.getloadavg()[0], "python": sys.version.split()[0]},
+        "machine": common.environment(),
         "checkpoint": str(ckpt),
         "baselines_s": {k: medians[k] for k in baselines},
         "help": [row(name) for name in helps],
@@ -283,9 +279,7 @@ def main(argv=None) -> int:
         p.error(f"--repeats must be >= 1, got {args.repeats}")
     result = measure(args)
     print_report(result)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        print(f"\nwrote {args.json}")
+    common.write_json(args.json, result)
     return 0
 
 
