@@ -1,11 +1,14 @@
 """Shared fixtures: the real Multi30k (read in place; skipped when absent, a failure under CI=true) and
-small synthetic corpora, one of them learnable by a tiny model in seconds."""
+small synthetic corpora, one of them learnable by a tiny model in seconds. And the rule that marks the
+heavy tests `slow` (docs/development.md: `pytest -m "not slow"` is the fast tier)."""
 
 from __future__ import annotations
 
 import gzip
+import inspect
 import os
 import random
+import types
 from pathlib import Path
 
 import pytest
@@ -94,3 +97,82 @@ def toy_corpus(tmp_path):
         return root
 
     return make
+
+
+# ------------------------------------------------------------------------------------------ test tiers
+# `pytest -m "not slow"` is the fast tier (docs/development.md). A test is marked slow here, never by hand
+# unless it is slow for a reason none of these rules sees:
+# 1. the code it runs starts a process or trains through Lightning: its own function, the fixtures it
+#    uses (and theirs), and the functions and classes of tests/ that any of these call name one of
+#    SLOW_NAMES or SLOW_OBJECTS. So a quick test on a fixture that trains a model or runs a console
+#    script is slow too: in the fast tier it would pay for that fixture;
+# 2. it uses a fixture that its module lists in `SLOW_FIXTURES = (...)`: costly set-up that rule 1 cannot
+#    see (a model trained by a plain optimisation loop, an input every test translates end to end);
+# 3. it is a case of a grid (one test function parametrized into more than GRID cases) other than the
+#    first: the first case exercises the code, the whole grid runs in the full suite.
+SLOW_NAMES = {"subprocess", "multiprocessing", "run_script",  # processes: console scripts, servers, DDP
+              "fit"}  # Lightning's Trainer.fit
+# also when imported under another name; tests/test_layout.py checks that each of them exists
+SLOW_OBJECTS = {"torch.multiprocessing", "seq2seq.training.run.train", "seq2seq.cli.train.train",
+                "seq2seq.lm.training.train_language_model"}  # train(cfg), the console's and the LM's
+GRID = 16
+
+
+def _qualified(obj) -> str:
+    """'seq2seq.training.run.train' for that function, 'torch.multiprocessing' for that module."""
+    if isinstance(obj, types.ModuleType):
+        return obj.__name__
+    return f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')}"
+
+
+def _code_names(code: types.CodeType) -> set[str]:
+    """The global, attribute and imported names that a code object and the functions in it use."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _code_names(const)
+    return names
+
+
+def _in_tests(obj) -> bool:
+    return ((inspect.isfunction(obj) or inspect.isclass(obj))
+            and getattr(obj, "__module__", "").split(".")[0] == "tests")
+
+
+def _runs_slow_code(func, seen: dict) -> bool:
+    """Rule 1 for a function or class of tests/ and what it calls there."""
+    func = inspect.unwrap(func)
+    if func in seen:
+        return seen[func]  # False while in progress: a recursion adds nothing
+    seen[func] = False
+    if inspect.isclass(func):
+        seen[func] = any(_runs_slow_code(m, seen) for m in vars(func).values() if inspect.isfunction(m))
+        return seen[func]
+    names = _code_names(func.__code__)
+    values = [func.__globals__.get(n) for n in names]
+    local_imports = {f"{a}.{b}" for a in names for b in names}  # `from x.y import z` in a function body
+    seen[func] = (bool(names & SLOW_NAMES) or bool(local_imports & SLOW_OBJECTS)
+                  or any(v is not None and _qualified(v) in SLOW_OBJECTS for v in values)
+                  or any(_runs_slow_code(v, seen) for v in values if _in_tests(v)))
+    return seen[func]
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by the marks
+def pytest_collection_modifyitems(config, items):
+    seen: dict = {}
+    grids: dict = {}
+    for item in items:
+        if not hasattr(item, "function"):
+            continue
+        fixtures = getattr(item, "fixturenames", ())
+        funcs = [item.function] + [d.func for name in fixtures
+                                   for d in item._fixtureinfo.name2fixturedefs.get(name, ()) if _in_tests(d.func)]
+        declared = set(getattr(item.module, "SLOW_FIXTURES", ())) & set(fixtures)
+        if declared or any(_runs_slow_code(f, seen) for f in funcs):
+            item.add_marker(pytest.mark.slow)
+        if hasattr(item, "callspec"):
+            grids.setdefault((item.module.__name__, item.originalname), []).append(item)
+    for cases in grids.values():
+        if len(cases) > GRID:
+            for item in cases[1:]:
+                item.add_marker(pytest.mark.slow)
