@@ -257,7 +257,8 @@ def test_the_progress_bar_refreshes_at_the_logging_rate(tmp_path):
     module = TranslationModule(model, OptimConfig(), SchedulerConfig(), SearchConfig(), ValidationConfig(),
                                tokenizer=SimpleNamespace(src_vocab_size=12, tgt_vocab_size=12), run_config={})
     trainer = pl.Trainer(accelerator="cpu", log_every_n_steps=7, enable_progress_bar=True, logger=False,
-                         enable_checkpointing=False, default_root_dir=tmp_path)
+                         enable_checkpointing=False, default_root_dir=tmp_path,
+                         callbacks=[pl.callbacks.TQDMProgressBar()])  # the bar build_trainer always gives
     module.trainer = trainer
     module.on_fit_start()
     assert trainer.progress_bar_callback.refresh_rate == 7

@@ -22,6 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from omegaconf import DictConfig, OmegaConf
@@ -178,6 +179,11 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> pl.Trainer:
     elif cfg.average_last >= 2:
         log.warning("average_last=%d: no best-checkpoint callback (callbacks=none?), so nothing is averaged",
                     cfg.average_last)
+    # tqdm's bar, which TranslationModule.on_fit_start refreshes at the logging rate, whatever else is installed:
+    # Lightning's default is Rich's bar where `rich` is (the optuna extra brings it), and that one reads the
+    # logged loss back from the device after every step.
+    if cfg.trainer.get("enable_progress_bar", True) and not any(isinstance(cb, ProgressBar) for cb in callbacks):
+        extra.append(TQDMProgressBar())
     trainer = instantiate_trainer(cfg, callbacks=callbacks + extra, logger=loggers or False,
                                   plugins=[AtomicCheckpointIO()], enable_checkpointing=checkpointing)
     check_launch(trainer)
