@@ -510,14 +510,21 @@ def register_configs() -> None:
 
 
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+# Configs that a Hydra plugin from an optional extra registers: missing, they mean a missing extra, not a typo.
+PLUGIN_EXTRAS = {"hydra/sweeper/optuna": ("hparams_search=optuna needs Hydra's Optuna sweeper", "optuna")}
 
 
 def describe(error: BaseException) -> str:
     """The message of a Hydra or omegaconf config error, in this project's words where it has them:
     the full key, and the valid keys or options."""
+    from hydra.errors import MissingConfigException
     from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, MissingMandatoryValue,
                                   OmegaConfBaseException, ValidationError)
 
+    missing = error.missing_cfg_file if isinstance(error, MissingConfigException) else None
+    if missing in PLUGIN_EXTRAS:
+        what, extra = PLUGIN_EXTRAS[missing]
+        return f"{what}, which is not installed: pip install 'seq2seq[{extra}]'"
     cause: BaseException | None = error
     while cause is not None and not isinstance(cause, OmegaConfBaseException):
         cause = cause.__cause__ or cause.__context__

@@ -17,6 +17,9 @@ With --json, every run's validation history (step, epoch and val/* of each valid
 its row go to a JSON file: the README's per-epoch validation BLEU rows are regenerated from it.
 With --plot, one PNG overlays the runs' curves (a validation metric and train loss, against steps and
 against wall time), each run labelled by its folder and varied settings; it needs matplotlib.
+When the runs are trials of a hyperparameter search (`seq2seq-train -m hparams_search=optuna`), the
+Optuna study's best trial (its number, value, parameters and run folder) follows the table, and goes
+under "optuna" in the JSON.
 Settings that differ between the runs become columns (all settings with --all-settings, or when there
 is a single run). A run without logs/metrics.csv still gets a row, its status saying so; a run
 without test scores (test_after_training=false) leaves those cells empty.
@@ -30,7 +33,8 @@ import sys
 from pathlib import Path
 
 from seq2seq.config import METRIC_MODES
-from seq2seq.training.run_table import RunsError, collect, plot_runs, runs_json, to_csv, to_markdown
+from seq2seq.training.run_table import (RunsError, collect, plot_runs, runs_json, studies_markdown, sweep_studies,
+                                       to_csv, to_markdown)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,9 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     except RunsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    studies = sweep_studies(args.paths, rows)
     if args.json:
-        args.json.write_text(json.dumps(runs_json(args.paths, columns, rows), indent=2) + "\n", encoding="utf-8")
-    markdown = to_markdown(columns, rows)
+        args.json.write_text(json.dumps(runs_json(args.paths, columns, rows, studies), indent=2) + "\n",
+                             encoding="utf-8")
+    markdown = to_markdown(columns, rows) + studies_markdown(studies)
     if args.markdown:
         args.markdown.write_text(markdown, encoding="utf-8")
     else:

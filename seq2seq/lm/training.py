@@ -19,7 +19,8 @@ from seq2seq.config import (BatchingConfig, ConfigError, LanguageModelConfig, Mo
 from seq2seq.lm.datamodule import LMDataModule
 from seq2seq.lm.module import LM_METRICS, LanguageModelModule
 from seq2seq.lm.perplexity import score_text
-from seq2seq.training.average_last import average_last_validated, best_checkpoint_path
+from seq2seq.training.average_last import average_last_validated, best_checkpoint_path, best_validation
+from seq2seq.training.trackers import check_trackers, finish_trackers, start_trackers
 from seq2seq.training.trainer import (build_trainer, check_hardware, quiet_third_party, resolve_ckpt_path,
                                       resume_in_place, run_config, step_limit, write_run_curves)
 
@@ -60,6 +61,7 @@ def train_language_model(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError(f"config key 'validation.metric' is {validation.metric!r}, but a language model's "
                           f"validation logs perplexity, not translation scores; valid options: {', '.join(LM_METRICS)}")
     check_hardware(cfg)
+    check_trackers(cfg)
     bad_steps, oom_steps = step_limit(cfg, "max_bad_steps"), step_limit(cfg, "max_oom_steps")
     run_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg, run_dir)
@@ -79,11 +81,13 @@ def train_language_model(cfg: DictConfig) -> dict[str, float]:
     trainer = build_trainer(cfg, run_dir)
     if ckpt_path is not None:
         resume_in_place(trainer, ckpt_path)
+    start_trackers(trainer, cfg, run_dir)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics.update(average_last_validated(trainer, module, datamodule))
+    metrics.update(best_validation(trainer))  # after averaging: best.ckpt may now be the average
 
-    best = best_checkpoint_path(trainer)
+    best, test_files = best_checkpoint_path(trainer), []
     test = datamodule.corpus.splits.get("test")
     if cfg.test_after_training and trainer.is_global_zero and test is not None:
         if not best:
@@ -95,6 +99,8 @@ def train_language_model(cfg: DictConfig) -> dict[str, float]:
             print(f"test perplexity with {best}: {result['ppl']:.2f} per piece ({result['tokens']} pieces), "
                   f"{result['word_ppl']:.2f} per word ({result['words']} words, end of sentence counted)")
             metrics.update({"test/ppl": result["ppl"], "test/word_ppl": result["word_ppl"]})
+            test_files = [out]
     if cfg.plot_curves and trainer.is_global_zero:
         write_run_curves(trainer, run_dir)
+    finish_trackers(trainer, run_dir, metrics, test_files)
     return metrics

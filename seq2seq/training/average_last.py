@@ -64,6 +64,16 @@ def best_checkpoint_path(trainer: pl.Trainer) -> str:
     return best_cb.best_model_path if best_cb is not None else ""
 
 
+def best_validation(trainer: pl.Trainer) -> dict[str, float]:
+    """{'best val/<metric>': best.ckpt's validation score}, the best validation of the run by
+    validation.metric (the objective `seq2seq-train` returns to a hyperparameter search); {} without a
+    best-checkpoint callback (callbacks=none) or before any validation."""
+    best_cb = best_checkpoint_callback(trainer.checkpoint_callbacks)
+    if best_cb is None or best_cb.best_model_score is None:
+        return {}
+    return {f"best {best_cb.monitor}": float(best_cb.best_model_score)}
+
+
 def validated_checkpoints(trainer: pl.Trainer) -> ValidatedCheckpoints | None:
     return next((cb for cb in trainer.callbacks if isinstance(cb, ValidatedCheckpoints)), None)
 

@@ -228,8 +228,9 @@ class WallClock(pl.Callback):
         # is no longer allowed: written straight to the loggers, at the step Lightning gives the val row.
         if trainer.sanity_checking:
             return
+        elapsed = self.elapsed()  # one value for every logger (the CSV log and the trackers agree)
         for logger in trainer.loggers:
-            logger.log_metrics({self.KEY: self.elapsed()}, step=trainer.fit_loop.epoch_loop._batches_that_stepped)
+            logger.log_metrics({self.KEY: elapsed}, step=trainer.fit_loop.epoch_loop._batches_that_stepped)
 
     def state_dict(self) -> dict[str, float]:
         return {"elapsed_s": self.elapsed()}

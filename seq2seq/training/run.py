@@ -31,9 +31,10 @@ from seq2seq.evaluation.metrics import MOSES_EXTRA, moses_languages
 from seq2seq.evaluation.search_tuning import tune_after_training
 from seq2seq.evaluation.tables import table_lines, translate_and_score, write_json
 from seq2seq.model.precision import precision_dtype
-from seq2seq.training.average_last import average_last_validated, best_checkpoint_path
+from seq2seq.training.average_last import average_last_validated, best_checkpoint_path, best_validation
 from seq2seq.training.callbacks import LastCheckpoint
 from seq2seq.training.module import TranslationModule
+from seq2seq.training.trackers import check_trackers, finish_trackers, start_trackers
 from seq2seq.training.trainer import (build_trainer, check_hardware, quiet_third_party, resolve_ckpt_path,
                                       resume_in_place, run_config, step_limit, write_run_curves)
 
@@ -145,6 +146,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     search_cfg = section(SearchConfig, cfg.search, "search")
     validation = section(ValidationConfig, cfg.validation, "validation")
     check_hardware(cfg)
+    check_trackers(cfg)
     bad_steps, oom_steps = step_limit(cfg, "max_bad_steps"), step_limit(cfg, "max_oom_steps")
     moses_lang = moses_language(cfg, data.tgt_lang)
     run_dir = Path(cfg.paths.output_dir)
@@ -187,26 +189,33 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_schedule(trainer, train_batches_per_epoch(datamodule, trainer.world_size))
     if ckpt_path is not None:
         resume_in_place(trainer, ckpt_path)
+    start_trackers(trainer, cfg, run_dir)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics.update(average_last_validated(trainer, module, datamodule))
+    metrics.update(best_validation(trainer))  # after averaging: best.ckpt may now be the average
 
     if cfg.test_tune_search and trainer.is_global_zero:  # before the test, which then uses the tuned search
         tune_after_training(best_checkpoint_path(trainer), trainer, datamodule, search_cfg)
+    test_tables = []
     if cfg.test_after_training and trainer.is_global_zero:
         test = datamodule.corpus.splits["test"]
         test_sets = {data.test_split: (test.src_text, test.tgt_text), **test_sets}
-        metrics.update(score_test_sets(trainer, test_sets, data, moses_lang))
+        test_metrics, table = score_test_sets(trainer, test_sets, data, moses_lang)
+        metrics.update(test_metrics)
+        test_tables = [table] if table else []
     if plot_curves and trainer.is_global_zero:
         write_run_curves(trainer, run_dir)
+    finish_trackers(trainer, run_dir, metrics, test_tables)
     return metrics
 
 
 def score_test_sets(trainer: pl.Trainer, sets: dict[str, tuple[list[str], list[str]]], data: DataConfig,
-                    moses_lang: str | None = None) -> dict[str, float]:
+                    moses_lang: str | None = None) -> tuple[dict[str, float], Path | None]:
     """Score the best checkpoint (by validation.metric) on every test set, print the table, write
-    checkpoints/test_scores.json; -> the first set's cased scores as `test/*` metrics. Without a best
-    checkpoint (no validation ran) the last one is scored, and without any checkpoint nothing is."""
+    checkpoints/test_scores.json; -> the first set's cased scores as `test/*` metrics, and that file.
+    Without a best checkpoint (no validation ran) the last one is scored, and without any checkpoint
+    nothing is ({}, None)."""
     best = best_checkpoint_path(trainer)
     ckpt = best if best and Path(best).is_file() else ""
     if not ckpt:
@@ -215,7 +224,7 @@ def score_test_sets(trainer: pl.Trainer, sets: dict[str, tuple[list[str], list[s
         ckpt = next((str(p) for p in lasts if p.is_file()), "")
         if not ckpt:
             log.warning("no checkpoint was written (no checkpoint callback: callbacks=none?): skipping the test")
-            return {}
+            return {}, None
         log.warning("no best checkpoint (no validation ran): testing the last one, %s", ckpt)
     device = trainer.strategy.root_device
     pair, out_dir = f"{data.src_lang}-{data.tgt_lang}", Path(ckpt).parent
@@ -228,4 +237,4 @@ def score_test_sets(trainer: pl.Trainer, sets: dict[str, tuple[list[str], list[s
     metrics = {f"test/{k}": rows[0][k] for k in ("bleu", "chrf", "ter")}
     if "bleu_moses" in rows[0]:
         metrics["test/bleu_moses"] = rows[0]["bleu_moses"]
-    return metrics
+    return metrics, out_dir / "test_scores.json"

@@ -9,6 +9,7 @@ A run folder is one holding `.hydra/overrides.yaml`. Per run it reads
                                 the monitored validation metric (.hydra/config.yaml's validation.metric)
   checkpoints/*.scores.json     the final test scores written after training (cased BLEU/chrF/TER,
                                 lowercased BLEU, and lowercased Moses-tokenized BLEU when present)
+  .hydra/optuna_study.yaml      the Optuna study of a hyperparameter search's trial (`sweep_studies`)
 Only the run folders are read: no torch, no Lightning (the table can be made on a login node).
 """
 
@@ -26,6 +27,7 @@ import yaml  # PyYAML comes with hydra-core/omegaconf
 
 from seq2seq.config import METRIC_MODES
 from seq2seq.training.curves import overlay_figure, read_log
+from seq2seq.training.optuna_study import read_studies, study_lines
 
 VAL_ORDER = ("val/bleu", "val/chrf", "val/ter", "val/ppl", "val/loss")
 # Column-name prefixes of the figures; the other columns between "run" and "status" are settings.
@@ -188,10 +190,17 @@ def _common_parent(runs: list[Path]) -> Path:
     return Path(*common) if common else Path("/")
 
 
+# A setting written with many decimals (a value a hyperparameter search drew, such as optim.lr=0.000587194737873281)
+LONG_DECIMAL = re.compile(r"[-+]?\d+\.\d{6,}([eE][-+]?\d+)?")
+
+
 def _fmt(value: Any) -> str:
-    """Markdown cells: scores with 2 decimals, small values (losses) with 3; integers as they are."""
+    """Markdown cells: scores with 2 decimals, small values (losses) with 3; integers as they are;
+    settings drawn with many decimals with 4 significant digits."""
     if isinstance(value, float) and math.isfinite(value):
         return f"{value:.2f}" if abs(value) >= 10 else f"{value:.3f}"
+    if isinstance(value, str) and LONG_DECIMAL.fullmatch(value):
+        return f"{float(value):.4g}"
     return str(value)
 
 
@@ -219,11 +228,28 @@ def to_csv(columns: list[str], rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def runs_json(paths: list[Path], columns: list[str], rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The columns, and each run's row with its folder and validation history (in order)."""
-    return {"columns": columns,
-            "runs": [{**row, "path": str(run), "validations": read_validations(run)}
-                     for row, run in zip(rows, find_runs(paths))]}
+def runs_json(paths: list[Path], columns: list[str], rows: list[dict[str, Any]],
+              studies: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The columns, each run's row with its folder and validation history (in order), and the Optuna
+    studies (`sweep_studies`) under "optuna" when there are any."""
+    out: dict[str, Any] = {"columns": columns,
+                           "runs": [{**row, "path": str(run), "validations": read_validations(run)}
+                                    for row, run in zip(rows, find_runs(paths))]}
+    if studies:
+        out["optuna"] = studies
+    return out
+
+
+def sweep_studies(paths: list[Path], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The Optuna studies of a hyperparameter search among the runs (`seq2seq.training.optuna_study`):
+    each with its best trial and the run of the table that trained it; [] for other runs and sweeps."""
+    runs = find_runs(paths)
+    return read_studies(paths, runs, [row["run"] for row in rows], [read_overrides(run) for run in runs])
+
+
+def studies_markdown(studies: list[dict[str, Any]]) -> str:
+    """The studies' summaries as markdown paragraphs, for under the table ("" without a study)."""
+    return "".join("\n" + "\n\n".join(study_lines(study)) + "\n" for study in studies)
 
 
 def plot_runs(paths: list[Path], columns: list[str], rows: list[dict[str, Any]], out: Path, metric: str) -> None:
@@ -239,7 +265,7 @@ def plot_runs(paths: list[Path], columns: list[str], rows: list[dict[str, Any]],
     for run, row in zip(find_runs(paths), rows):
         path = run / "logs" / "metrics.csv"
         if path.is_file():
-            label = " ".join([row["run"], *(f"{k}={row[k]}" for k in varied if row.get(k) not in (None, ""))])
+            label = " ".join([row["run"], *(f"{k}={_fmt(row[k])}" for k in varied if row.get(k) not in (None, ""))])
             runs.append((label, read_log(path)))
     if not runs:
         raise RunsError("--plot: no run has logs/metrics.csv")
