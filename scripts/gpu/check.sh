@@ -47,8 +47,8 @@ export PYTHONUNBUFFERED=1
 # A bare device machine lacks hydra-core, omegaconf, antlr4 (and maybe pytest): install the carried wheels.
 if ! python3 -c "import hydra, omegaconf, pytest" 2>/dev/null; then
   if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
-    export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
+    python3 -m pip install -q --no-index --no-deps --target .gpu/site .whl/*.whl
+    export PYTHONPATH=$PWD/.gpu/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
   else
     echo "error: hydra-core/omegaconf/pytest are missing and .whl/ holds no wheels; run scripts/gpu/check.sh --stage first" >&2
   fi
@@ -58,7 +58,7 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 args=(--mode "$mode" --out "$OUT")
 if [ "$mode" = full ] || [ "$mode" = quality ]; then
   [ -d .gpu/multi30k ] && { args+=(--data-root "$PWD/.gpu/multi30k"); export SEQ2SEQ_DATA_ROOT=$PWD/.gpu/multi30k; }
-  args+=(--data-dir /tmp/gpu_check_data)  # the prepared-data cache stays on the machine
+  args+=(--data-dir "$PWD/.gpu/data")  # the prepared-data cache stays on the machine
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
 else
   export OMP_NUM_THREADS=1
