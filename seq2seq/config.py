@@ -105,7 +105,7 @@ class TokenizerConfig:
     joint: bool = True
     character_coverage: float = 1.0
     byte_fallback: bool = True
-    max_sentences: int = 0
+    max_sentences: int = 1_000_000
     seed: int = 1
     # Subword regularisation of the training split (seq2seq/data/subword_sampling.py); they change no cached
     # output, so the cache key leaves them out (SAMPLING_KEYS).
@@ -158,6 +158,26 @@ class FilterConfig:
 
 
 @dataclass
+class TrainCorpusConfig:
+    """One training corpus of several (`data.train_corpora`): a folder holding `{train_split}.{lang}[.gz]`
+    or a file prefix `p` (files `p.{lang}[.gz]`); `weight` scales its pairs per epoch; `name` (default:
+    the folder's or prefix's base name) names it in the cache and the logs."""
+
+    path: str = ""
+    weight: float = 1.0
+    name: str = ""
+
+    def check(self, prefix: str) -> None:
+        if not self.path:
+            raise ConfigError(f"config key '{prefix}.path' is empty: name a folder or a file prefix")
+        _positive(f"{prefix}.weight", self.weight, allow_zero=True)
+
+    @property
+    def label(self) -> str:
+        return self.name or Path(self.path.rstrip("/")).name
+
+
+@dataclass
 class DataConfig:
     corpus: str = "multi30k"
     root: str = "data/multi30k"
@@ -166,6 +186,7 @@ class DataConfig:
     src_lang: str = "de"
     tgt_lang: str = "en"
     train_split: str = "train"
+    train_corpora: list[TrainCorpusConfig] = field(default_factory=list)
     valid_split: str = "val"
     test_split: str = "test_2016_flickr"
     test_splits: list[str] = field(default_factory=list)
@@ -181,6 +202,15 @@ class DataConfig:
         _positive(f"{prefix}.max_valid_pairs", self.max_valid_pairs, allow_zero=True)
         if self.src_lang == self.tgt_lang:
             raise ConfigError(f"config keys '{prefix}.src_lang' and '{prefix}.tgt_lang' are equal")
+        for i, corpus in enumerate(self.train_corpora):
+            corpus.check(f"{prefix}.train_corpora[{i}]")
+        labels = [c.label for c in self.train_corpora]
+        repeated = sorted({label for label in labels if labels.count(label) > 1})
+        if repeated:
+            raise ConfigError(f"config key '{prefix}.train_corpora' names {repeated[0]!r} twice; give each entry "
+                              "a distinct name (its 'name' key)")
+        if self.train_corpora and not any(c.weight > 0 for c in self.train_corpora):
+            raise ConfigError(f"config key '{prefix}.train_corpora': every weight is 0, nothing would be trained on")
 
 
 @dataclass
@@ -444,8 +474,16 @@ def _build(cls: type, values: Any, prefix: str) -> Any:
                           + ", ".join(sorted(names)))
     kwargs = {}
     for name, value in values.items():
-        kind = _field_type(cls, name)
-        kwargs[name] = _build(kind, value or {}, f"{prefix}.{name}") if dataclasses.is_dataclass(kind) else value
+        kind, key = _field_type(cls, name), f"{prefix}.{name}"
+        item = (typing.get_args(kind) or [None])[0] if typing.get_origin(kind) is list else None
+        if dataclasses.is_dataclass(kind):
+            kwargs[name] = _build(kind, value or {}, key)
+        elif dataclasses.is_dataclass(item):  # a list of sections (data.train_corpora)
+            if not isinstance(value, (list, tuple)):
+                raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+            kwargs[name] = [_build(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+        else:
+            kwargs[name] = value
     return cls(**kwargs)  # keys the mapping lacks take the defaults (checkpoints older than the key)
 
 

@@ -160,7 +160,7 @@ def test_train_rejects_bad_input_cleanly(train_results, name):
     assert len(result["stderr"].strip().splitlines()) <= 12  # a message, not a wall of text
     cache = caches.get(name)
     if cache is not None:  # nothing half-built left behind that a later run could take for complete
-        assert not cache.exists() or not [p for p in cache.iterdir() if not p.name.startswith(".")]
+        assert not cache.exists() or not [p for p in cache.iterdir() if p.is_dir() and not p.name.startswith(".")]
 
 
 def test_train_corpus_messages_name_file_and_line(train_results):

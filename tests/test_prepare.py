@@ -51,7 +51,8 @@ def built(toy_corpus, tmp_path, caplog):
 
 
 def _cache_entries(cache: Path) -> list[str]:
-    return sorted(p.name for p in cache.iterdir()) if cache.exists() else []
+    """What the cache folder holds, but for the remembered input digests (prep.InputDigests)."""
+    return sorted(p.name for p in cache.iterdir() if p.name != prep.HASHES) if cache.exists() else []
 
 
 # --------------------------------------------------------------------------------------------- build
@@ -67,8 +68,12 @@ def test_build_contents_and_report(built, caplog):
     assert r["train"]["dropped"] == {reason: 1 for reason in BAD_PAIRS}
     train = corpus.splits["train"]
     assert len(train.src) == len(train.tgt) == 300 and train.src_text == [] and train.tgt_text == []
-    assert all(a.dtype == np.int32 and a.ndim == 1 for a in train.src + train.tgt)
-    assert all(len(a) > 0 for a in train.src)
+    # Memory-mapped, not loaded: the flat arrays are read-only maps of the cache's files (uint16: 60 pieces).
+    for side in (train.src, train.tgt):
+        assert isinstance(side.ids, np.memmap) and isinstance(side.offsets, np.memmap) and not side.ids.flags.writeable
+        assert side.ids.dtype == np.uint16 and Path(side.ids.filename).parent == corpus.directory
+    assert all(len(a) > 0 and a.ndim == 1 for a in train.src)
+    assert [(p.name, p.start, p.end, p.weight) for p in train.parts] == [("multi30k", 0, 300, 1.0)]
     # Every count is logged, never silently.
     text = "\n".join(r.getMessage() for r in caplog.get_records("setup"))  # built in the fixture
     assert "read 304 pairs" in text and "kept 300" in text
@@ -147,8 +152,8 @@ def test_cache_reused_without_work(built, monkeypatch, caplog):
     for split in ("train", "valid", "test"):
         a, b = first.splits[split], second.splits[split]
         assert a.src_text == b.src_text and a.tgt_text == b.tgt_text
-        for x, y in zip(a.src + a.tgt, b.src + b.tgt, strict=True):
-            assert x.dtype == y.dtype == np.int32 and np.array_equal(x, y)
+        for x, y in zip([*a.src, *a.tgt], [*b.src, *b.tgt], strict=True):
+            assert x.dtype == y.dtype == np.uint16 and np.array_equal(x, y)
 
 
 @pytest.mark.parametrize("change", [
@@ -197,23 +202,23 @@ def test_crash_leaves_no_half_cache(toy_corpus, tmp_path, monkeypatch, exc):
 
     def save_then_crash(*a, **k):
         calls.append(1)
-        if len(calls) == 2:  # train.npz written, valid.npz not
+        if len(calls) == 2:  # the training ids written, valid's not
             raise exc
         return real_save(*a, **k)
 
-    real_save = prep._save_npz
-    monkeypatch.setattr(prep, "_save_npz", save_then_crash)
+    real_save = prep._encode_small
+    monkeypatch.setattr(prep, "_encode_small", save_then_crash)
     cfg = data_cfg(toy_corpus(), tmp_path / "cache")
     with pytest.raises(type(exc)):
         prepare_corpus(cfg)
     assert _cache_entries(tmp_path / "cache") == []
-    monkeypatch.setattr(prep, "_save_npz", real_save)
+    monkeypatch.setattr(prep, "_encode_small", real_save)
     assert len(prepare_corpus(cfg).splits["valid"].src) == 40
 
 
 def test_damaged_cache_is_rebuilt(built, caplog):
     cfg, first = built
-    (first.directory / "valid.npz").unlink()
+    (first.directory / "valid.src.bin").unlink()
     again = prepare_corpus(cfg)
     assert "unreadable" in caplog.text and again.directory == first.directory
     assert len(again.splits["valid"].src) == 44
@@ -228,10 +233,9 @@ def test_another_process_finished_first(toy_corpus, tmp_path, monkeypatch, caplo
     real_build = prep._build
 
     def build_and_race(cfg, files, hashes, settings, key, out, given=None):
-        corpus = real_build(cfg, files, hashes, settings, key, out, given)
+        real_build(cfg, files, hashes, settings, key, out, given)
         final = out.parent / f"{cfg.corpus}.{cfg.src_lang}-{cfg.tgt_lang}.{key[:12]}"
-        shutil.copytree(out, final)  # the other process renames its complete copy into place first
-        return corpus
+        shutil.copytree(out, final)  # a process on a node without working locks renames its copy first
 
     monkeypatch.setattr(prep, "_build", build_and_race)
     corpus = prepare_corpus(data_cfg(toy_corpus(), tmp_path / "cache"))
@@ -303,7 +307,7 @@ def test_cli_real_multi30k_from_another_folder(multi30k_dir, tmp_path):
     result = _cli(["data.src_lang=en", "data.tgt_lang=fr", f"data.cache_dir={cache}"], tmp_path)
     assert result.returncode == 0, result.stderr
     assert "prepared train 29000, valid 1014, test 1000 pairs" in result.stdout
-    (directory,) = cache.iterdir()
+    (directory,) = [p for p in cache.iterdir() if p.is_dir()]  # beside it: prep.HASHES
     corpus = load_prepared(directory)  # its speed: scripts/bench/data.py (no wall-clock limit in tests)
     assert corpus.report["train"]["kept"] == len(corpus.splits["train"].src) > 28000
     assert corpus.splits["valid"].tgt_text == read_lines(multi30k_dir / "val.fr.gz")

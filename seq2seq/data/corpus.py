@@ -96,6 +96,14 @@ def clean_text(text: str) -> str:
     return "\n".join(" ".join(line.split()) for line in text.split("\n"))
 
 
+def clean_line(text: str) -> str:
+    """`clean_text` of one line (no "\\n"), faster: most lines hold no control character at all, and
+    `str.isprintable` finds out in C (every character the two patterns match is non-printable)."""
+    if not text.isprintable():
+        text = _DROP_CONTROLS.sub("", _SPACE_CONTROLS.sub(" ", text))
+    return " ".join(text.split())
+
+
 def read_lines(path: str | os.PathLike) -> list[str]:
     """Read a plain or .gz (by suffix) UTF-8 text file as a list of cleaned lines.
 
@@ -212,7 +220,83 @@ def read_parallel(src_path: str | os.PathLike, tgt_path: str | os.PathLike) -> t
     return src, tgt
 
 
+class ParallelLines:
+    """The aligned lines of two files, read in step and in constant memory: (source, target) pairs of
+    cleaned strings, as `read_parallel` would return them.
+
+    Only the first `limit` pairs are cleaned and yielded (None: all); the rest are still read and checked
+    (UTF-8 and line count), as `read_parallel` checks whole files. Raises `CorpusError` for an empty
+    file, invalid UTF-8 (naming file and line) or differing line counts (naming both files and counts).
+    After the iteration `read` holds the number of lines of each file.
+    """
+
+    def __init__(self, src_path: str | os.PathLike, tgt_path: str | os.PathLike, limit: int | None = None):
+        self.paths = (Path(src_path), Path(tgt_path))
+        self.limit = limit
+        self.read = 0
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        names = [str(p) for p in self.paths]
+        files = [_open_binary(p) for p in self.paths]
+        try:
+            lines = [_raw_lines(f, name) for f, name in zip(files, names)]
+            number = 0
+            while True:
+                raw = [next(side, None) for side in lines]  # both read, so neither line is lost at the end
+                if None in raw:
+                    break
+                number += 1
+                text = []
+                for side, name in zip(raw, names):
+                    try:
+                        text.append(side.decode("utf-8"))
+                    except UnicodeDecodeError as e:
+                        raise _utf8_error(name, number, e.start + 1, side[e.start:e.end]) from None
+                if self.limit is None or number <= self.limit:
+                    yield clean_line(text[0]), clean_line(text[1])
+            # One file ended: the other may have lines left (counted, not kept).
+            counts = [number + (last is not None) + sum(1 for _ in side) for last, side in zip(raw, lines)]
+        finally:
+            for f in files:
+                f.close()
+        for path, count in zip(self.paths, counts):
+            if count == 0:
+                raise CorpusError(f"{path}: file is empty")
+        if counts[0] != counts[1]:
+            raise CorpusError(
+                f"parallel files differ in line count: {self.paths[0]} has {counts[0]} lines, "
+                f"{self.paths[1]} has {counts[1]} lines (the shorter ends after line {number}); lines must be "
+                "aligned one to one"
+            )
+        self.read = number
+
+
 # ------------------------------------------------------------------------------------------- filtering
+
+
+def drop_reason(src: str, tgt: str, cfg: FilterConfig, src_len: int | None = None,
+                tgt_len: int | None = None) -> str | None:
+    """Why the training pair (`src`, `tgt`) is dropped (the first of DROP_REASONS that applies), or None
+    to keep it. Without piece counts only the `empty` and `too_long_chars` tests run."""
+    if not src.strip() or not tgt.strip():
+        return "empty"
+    if len(src) > cfg.max_chars or len(tgt) > cfg.max_chars:
+        return "too_long_chars"
+    if src_len is None or tgt_len is None:
+        return None
+    longer, shorter = max(src_len, tgt_len), min(src_len, tgt_len)
+    if longer > cfg.max_tokens:
+        return "too_long_tokens"
+    if longer / max(shorter, 1) > cfg.max_ratio:
+        return "ratio"
+    return None
+
+
+def nothing_left_error(read: int, dropped: dict[str, int], names: Sequence[str]) -> CorpusError:
+    where = " and ".join(str(n) for n in names) or "the corpus"
+    counts = ", ".join(f"{k}={v}" for k, v in dropped.items() if v)
+    return CorpusError(f"filtering dropped all {read} pairs of {where} ({counts}); check the files or loosen "
+                       "data.filter.max_chars / max_tokens / max_ratio")
 
 
 def filter_pairs(
@@ -239,27 +323,13 @@ def filter_pairs(
     dropped = dict.fromkeys(DROP_REASONS, 0)
     kept = []
     for i, (s, t) in enumerate(zip(src, tgt)):
-        if not s.strip() or not t.strip():
-            reason = "empty"
-        elif len(s) > cfg.max_chars or len(t) > cfg.max_chars:
-            reason = "too_long_chars"
-        elif with_tokens and max(src_len[i], tgt_len[i]) > cfg.max_tokens:
-            reason = "too_long_tokens"
-        elif with_tokens and (
-            max(src_len[i], tgt_len[i]) / max(min(src_len[i], tgt_len[i]), 1) > cfg.max_ratio
-        ):
-            reason = "ratio"
-        else:
+        reason = drop_reason(s, t, cfg, src_len[i], tgt_len[i]) if with_tokens else drop_reason(s, t, cfg)
+        if reason is None:
             kept.append(i)
-            continue
-        dropped[reason] += 1
+        else:
+            dropped[reason] += 1
     if not kept:
-        where = " and ".join(str(n) for n in names) or "the corpus"
-        counts = ", ".join(f"{k}={v}" for k, v in dropped.items() if v)
-        raise CorpusError(
-            f"filtering dropped all {len(src)} pairs of {where} ({counts}); check the files or loosen "
-            "data.filter.max_chars / max_tokens / max_ratio"
-        )
+        raise nothing_left_error(len(src), dropped, names)
     return kept, dropped
 
 
@@ -328,6 +398,33 @@ def find_corpus_files(cfg: DataConfig, split: str) -> tuple[Path, Path]:
         f"in one of these folders:{searched}\nset data.root=/path/to/folder or add a folder to "
         f"data.mirrors{hint}"
     )
+
+
+def find_train_corpora(cfg: DataConfig) -> list[tuple[str, Path, Path]]:
+    """(name, src_path, tgt_path) of every training corpus: each entry of `data.train_corpora`, in order,
+    or the one `train_split` of the corpus folder when that list is empty.
+
+    An entry's path is a folder holding `{train_split}.{lang}[.gz]` or a prefix `p` of files `p.{lang}[.gz]`.
+    Raises `CorpusError` naming the entry and the files it looked for.
+    """
+    if not cfg.train_corpora:
+        return [(cfg.corpus, *find_corpus_files(cfg, cfg.train_split))]
+    found = []
+    for i, entry in enumerate(cfg.train_corpora):
+        path = Path(entry.path).expanduser()
+        if path.is_dir():
+            pair = [_find_in(path, cfg.train_split, lang) for lang in (cfg.src_lang, cfg.tgt_lang)]
+            expected = [f"{path / cfg.train_split}.{lang}[.gz]" for lang in (cfg.src_lang, cfg.tgt_lang)]
+        else:
+            pair = [_find_in(path.parent, path.name, lang) for lang in (cfg.src_lang, cfg.tgt_lang)]
+            expected = [f"{path}.{lang}[.gz]" for lang in (cfg.src_lang, cfg.tgt_lang)]
+        if not all(pair):
+            missing = " and ".join(e for e, p in zip(expected, pair) if p is None)
+            raise CorpusError(f"data.train_corpora[{i}] ({entry.label}): cannot find {missing} (path "
+                              f"{os.path.abspath(path)}: a folder holding {cfg.train_split}.<lang>[.gz], or a file "
+                              "prefix p of p.<lang>[.gz])")
+        found.append((entry.label, pair[0], pair[1]))
+    return found
 
 
 # ------------------------------------------------------------------------------------------ downloading
