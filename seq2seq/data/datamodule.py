@@ -8,7 +8,8 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from seq2seq.config import BatchingConfig, ConfigError, DataConfig
-from seq2seq.data.batching import Batch, ParallelDataset, TokenBucketBatchSampler, collate, token_budget_batches
+from seq2seq.data.batching import (Batch, ParallelDataset, TokenBucketBatchSampler, batch_members, collate, split_parts,
+                                   stable_argsort, token_budget_plan)
 from seq2seq.data.cache import PreparedCorpus, prepare_corpus
 from seq2seq.data.subword_sampling import SampledParallelDataset, sampled_dataset
 from seq2seq.data.tokenizer import Tokenizer
@@ -49,16 +50,19 @@ class EvalShardSampler(Sampler[list[int]]):
         if n < num_replicas:
             raise ConfigError(f"the validation split has {n} sentences for {num_replicas} processes; each process "
                               "needs at least one (raise data.max_valid_pairs or use fewer devices)")
-        order = np.argsort(np.maximum(src_lengths, tgt_lengths), kind="stable")
-        mine = order[rank::num_replicas] if num_replicas > 1 else np.arange(n)
-        groups = token_budget_batches(src_lengths[mine], tgt_lengths[mine], max_tokens, max_sentences, bucket_width)
-        self.batches = [[int(mine[i]) for i in group] for group in groups]
+        mine = (stable_argsort(np.maximum(src_lengths, tgt_lengths))[rank::num_replicas] if num_replicas > 1
+                else np.arange(n))  # [n / num_replicas] this rank's examples
+        order, self.bounds = token_budget_plan(src_lengths[mine], tgt_lengths[mine], max_tokens, max_sentences,
+                                               bucket_width)
+        self.order = mine[order]  # [n / num_replicas] example indices in packing order; batches as arrays
+        self.src_lengths = src_lengths
 
     def __iter__(self):
-        yield from self.batches
+        for b in range(len(self)):
+            yield batch_members(self.order, self.bounds, b, self.src_lengths)
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return len(self.bounds) - 1
 
 
 class TranslationDataModule(pl.LightningDataModule):
@@ -68,6 +72,8 @@ class TranslationDataModule(pl.LightningDataModule):
     does no work). The training sampler shards batches by rank itself, so the Trainer runs with
     `use_distributed_sampler=False`. `tokenizer`: a checkpoint's sentencepiece models to encode with
     (`init_from`, `data.tokenizer_from`: the caller loads them); None trains the corpus's own.
+    The training split's `parts` (one per training corpus, with its weight) go to the sampler, which
+    draws each epoch's pairs by weight; a split without them is one corpus of weight 1.
     """
 
     def __init__(self, data: DataConfig, batching: BatchingConfig, seed: int, tokenizer: Tokenizer | None = None):
@@ -117,7 +123,8 @@ class TranslationDataModule(pl.LightningDataModule):
                 dataset.src_lengths, dataset.tgt_lengths, max_tokens=self.batching.max_tokens,
                 max_sentences=self.batching.max_sentences, bucket_width=self.batching.bucket_width,
                 shuffle=True, seed=self.seed, num_replicas=replicas, rank=rank,
-                resegment=dataset.set_epoch if isinstance(dataset, SampledParallelDataset) else None)
+                resegment=dataset.set_epoch if isinstance(dataset, SampledParallelDataset) else None,
+                parts=split_parts(data))
         else:  # evaluation: shard examples, not batches (see EvalShardSampler)
             sampler = EvalShardSampler(dataset.src_lengths, dataset.tgt_lengths, self.batching.max_tokens,
                                        self.batching.max_sentences, self.batching.bucket_width, replicas, rank)

@@ -22,7 +22,7 @@ from seq2seq.checkpoint.init_from import apply_weights, checkpoint_tokenizer, lo
 from seq2seq.checkpoint.loading import load_for_translation
 from seq2seq.config import (BatchingConfig, ConfigError, DataConfig, ModelConfig, OptimConfig, SchedulerConfig,
                             SearchConfig, ValidationConfig, section)
-from seq2seq.data.batching import ParallelDataset, TokenBucketBatchSampler
+from seq2seq.data.batching import TokenBucketBatchSampler, sequence_lengths, split_parts
 from seq2seq.data.corpus import CorpusError, find_corpus_files, read_parallel
 from seq2seq.data.datamodule import TranslationDataModule
 from seq2seq.data.tokenizer import Tokenizer, TokenizerError
@@ -101,13 +101,15 @@ def read_test_sets(data: DataConfig) -> dict[str, tuple[list[str], list[str]]]:
 
 
 def train_batches_per_epoch(datamodule: Any, world_size: int) -> int:
-    """Training batches one process runs per epoch (what Lightning compares val_check_interval with)."""
+    """Training batches one process runs per epoch (what Lightning compares val_check_interval with).
+    From the split's length arrays (a memory-mapped split's `lengths`: no pass over its sentences)."""
     split = datamodule.corpus.splits["train"]
-    dataset = ParallelDataset(split.src, split.tgt)
+    src_lengths = sequence_lengths(split.src) + 1  # + EOS, as ParallelDataset counts them
+    tgt_lengths = sequence_lengths(split.tgt) + 1  # + BOS or EOS
     b = datamodule.batching
-    return len(TokenBucketBatchSampler(dataset.src_lengths, dataset.tgt_lengths, b.max_tokens, b.max_sentences,
-                                       b.bucket_width, shuffle=True, seed=datamodule.seed,
-                                       num_replicas=world_size, rank=0))
+    return len(TokenBucketBatchSampler(src_lengths, tgt_lengths, b.max_tokens, b.max_sentences, b.bucket_width,
+                                       shuffle=True, seed=datamodule.seed, num_replicas=world_size, rank=0,
+                                       parts=split_parts(split)))
 
 
 def check_schedule(trainer: pl.Trainer, batches: int) -> None:
