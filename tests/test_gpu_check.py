@@ -75,3 +75,27 @@ def test_gpu_check_quality_smoke_distills_teachers_into_students(tmp_path, multi
     for heading in ("(f) Distillation", "### Teachers", "### Distilled training targets", "### Students",
                     "#### An ensemble of 4 (de-en)"):
         assert heading in md
+
+
+def test_gpu_check_scale_smoke_prepares_a_synthetic_corpus_and_times_its_loader_and_step(tmp_path, multi30k_dir):
+    """`--scale-smoke`: stage (g) tiny on the CPU: a 20k-pair synthetic corpus drawn from Multi30k, prepared
+    (time, peak RSS, cache size), its training DataLoader alone, and one precision's training step, with
+    the loader's batches per second set against the step's, all in the two report files."""
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "SMOKE_DATA_DIR": str(tmp_path / "data"),
+           "SMOKE_MULTI30K": str(multi30k_dir)}
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu" / "check.sh"), "--scale-smoke"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert set(os.listdir(tmp_path / "out")) == {"gpu_report.json", "gpu_report.md"}
+    report = json.loads((tmp_path / "out" / "gpu_report.json").read_text())
+    assert report["mode"] == "scale_smoke"
+    stage = report["stages"]["scale"]
+    prepare, loader = stage["prepare"], stage["loader"]
+    assert prepare["exit"] == 0 and prepare["prepare_exit"] == 0, prepare
+    assert prepare["prepare_seconds"] > 0 and prepare["peak_rss_mib"] > 0 and prepare["cache_mib"] > 0, prepare
+    assert loader["exit"] == 0 and loader["batches"] == 50 and loader["batches_per_s"] > 0, loader
+    [row] = stage["throughput"]
+    assert row["precision"] == "32-true" and row["exit"] == 0 and row["tgt_tok_per_s"] > 0, row
+    assert row["loader_over_gpu"] > 0 and isinstance(row["data_keeps_up"], bool), row
+    md = (tmp_path / "out" / "gpu_report.md").read_text()
+    assert "(g) Scale: a 20k-pair synthetic corpus" in md and "| 32-true |" in md

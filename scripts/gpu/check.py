@@ -16,6 +16,9 @@
     (f) distill      `--mode quality`, a device call of its own: stage (e)'s teachers, then
                      seq2seq-distill with their ensembles, students on those translations, and the
                      students' ensembles alone and with their teachers (QUALITY below)
+    (g) scale        `--mode scale`, a device call of its own: a ~1M-pair synthetic corpus prepared, its
+                     DataLoader alone, and the WMT preset's training step in fp32 and bf16 on that cache:
+                     does the data side keep up (scripts/gpu/scale_stage.py)
 
 Each stage runs as subprocesses with a time cap; a failing or timed-out stage is recorded in the
 report and the next one runs. The device returns at most 8 files, so everything goes into two:
@@ -34,6 +37,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from scale_stage import SCALE, SCALE_SMOKE, scale_markdown, stage_scale  # (g): scripts/gpu/ is this script's path
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -107,7 +112,9 @@ QUALITY_SMOKE = {
                 "teachers_s": 120, "ensemble_s": 35, "distill_cap": 40, "beam_size": 2, "min_students_s": 90,
                 "device": "cpu"},
 }
-MODES = {"full": FULL, "smoke": SMOKE, "quality": QUALITY, "quality_smoke": QUALITY_SMOKE}
+# Scale mode (`check.sh --scale`, its own device call) and its smoke form: stage (g), scripts/gpu/scale_stage.py.
+MODES = {"full": FULL, "smoke": SMOKE, "quality": QUALITY, "quality_smoke": QUALITY_SMOKE, "scale": SCALE,
+         "scale_smoke": SCALE_SMOKE}
 DESIGNS = {"one_call": ["model.input_feed=false"], "input_feed": ["model.input_feed=true"]}
 
 
@@ -487,6 +494,8 @@ def markdown(data: dict[str, Any]) -> str:
                     if x.get("error"):
                         lines += ["", f"{x['pair']}:", "```", x["error"], "```"]
                 lines.append("")
+    if "scale" in stages:
+        lines += scale_markdown(stages["scale"], fmt)
     return "\n".join(lines)
 
 
@@ -528,6 +537,14 @@ def main() -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     report = Report(out, args.mode)
     report.write()
+    if "scale" in cfg:
+        try:
+            stage_scale(report, cfg, workdir, args.data_root, run)
+        except Exception as e:  # noqa: BLE001 -- recorded in the report
+            report.stage("scale", error=f"{type(e).__name__}: {e}")
+        report.write()
+        print((out / "gpu_report.md").read_text())
+        return 0
     if "distill" in cfg:
         try:
             stage_distill(report, cfg, workdir)

@@ -13,6 +13,11 @@
 #                                              both): (f) issue 13's GPU row by distillation (teachers,
 #                                              their ensembles, students on their translations; docs/cluster.md)
 #   bash scripts/gpu/check.sh --quality-smoke  (f) tiny on the CPU (part of the tests)
+#   bash scripts/gpu/check.sh --scale          a device call of its own: (g) a ~1M-pair synthetic corpus made on the
+#                                              machine from the carried Multi30k, prepared; its DataLoader alone and
+#                                              the WMT preset's training step, fp32 and bf16 (scripts/gpu/scale_stage.py)
+#   bash scripts/gpu/check.sh --scale-smoke    (g) tiny on the CPU (part of the tests; SMOKE_MULTI30K: the Multi30k
+#                                              folder, default ../shared/data/multi30k)
 set -uo pipefail
 cd "$(dirname "$0")/../.."  # the repository root
 
@@ -23,7 +28,10 @@ case "${1:-}" in
   --stage) mode=stage ;;
   --quality) mode=quality ;;
   --quality-smoke) mode=quality_smoke ;;
-  *) echo "usage: scripts/gpu/check.sh [--smoke | --stage | --quality | --quality-smoke]" >&2; exit 2 ;;
+  --scale) mode=scale ;;
+  --scale-smoke) mode=scale_smoke ;;
+  *) echo "usage: scripts/gpu/check.sh [--smoke | --stage | --quality | --quality-smoke | --scale | --scale-smoke]" >&2
+     exit 2 ;;
 esac
 
 if [ "$mode" = stage ]; then
@@ -56,12 +64,13 @@ fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 
 args=(--mode "$mode" --out "$OUT")
-if [ "$mode" = full ] || [ "$mode" = quality ]; then
+if [ "$mode" = full ] || [ "$mode" = quality ] || [ "$mode" = scale ]; then
   [ -d .gpu/multi30k ] && { args+=(--data-root "$PWD/.gpu/multi30k"); export SEQ2SEQ_DATA_ROOT=$PWD/.gpu/multi30k; }
   args+=(--data-dir "$PWD/.gpu/data")  # the prepared-data cache stays on the machine
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
 else
   export OMP_NUM_THREADS=1
   args+=(--data-dir "${SMOKE_DATA_DIR:-$OUT/data}")
+  [ "$mode" = scale_smoke ] && [ -n "${SMOKE_MULTI30K:-}" ] && args+=(--data-root "$SMOKE_MULTI30K")
 fi
 exec python3 scripts/gpu/check.py "${args[@]}"
