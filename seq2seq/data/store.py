@@ -55,8 +55,12 @@ class TokenArray(Sequence[np.ndarray]):
         if offsets.ndim != 1 or len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != len(ids):
             raise ValueError(f"ids ({len(ids)}) and offsets (last {offsets[-1] if len(offsets) else None}) "
                              "do not match")
-        self.ids = ids
+        self.ids = ids  # np.memmap when mapped from a file (kept for what it says: the file, read-only)
         self.offsets = offsets
+        # Items are sliced from plain ndarray views of the maps (the same pages): a slice of an np.memmap
+        # is a memmap too, built through the subclass's hooks, several times slower per sentence.
+        self._ids = ids.view(np.ndarray)
+        self._offsets = offsets.view(np.ndarray)
         self._lengths: np.ndarray | None = None
         self.source: tuple | None = None  # open_token_array's arguments when mapped from files
 
@@ -95,11 +99,12 @@ class TokenArray(Sequence[np.ndarray]):
             return [self[j] for j in range(*i.indices(len(self)))]
         if i < 0:
             i += len(self)
-        return self.ids[self.offsets[i]:self.offsets[i + 1]]
+        return self._ids[self._offsets[i]:self._offsets[i + 1]]
 
     def __iter__(self) -> Iterator[np.ndarray]:
+        ids, offsets = self._ids, self._offsets
         for i in range(len(self)):
-            yield self.ids[self.offsets[i]:self.offsets[i + 1]]
+            yield ids[offsets[i]:offsets[i + 1]]
 
     def count(self, value: int) -> int:  # noqa: D102 (Sequence's count, over all ids at once)
         return int(np.count_nonzero(self.ids == value))
