@@ -308,3 +308,21 @@ def test_batches_per_epoch_come_from_the_length_arrays_and_the_weights():
     older = SimpleNamespace(src=split.src, tgt=split.tgt)  # a split without parts: every pair once
     datamodule.corpus.splits["train"] = older
     assert train_batches_per_epoch(datamodule, 1) == len(TokenBucketBatchSampler(src, tgt, 500, seed=4))
+
+
+def test_the_length_asked_before_the_epoch_is_built_is_its_length():
+    """`len(sampler)` before any plan exists (the trainer's set-up, train_batches_per_epoch) counts the
+    batches from the histogram of widths; it must equal the number the epoch then yields on every rank.
+    Mutation that makes it fail: the count leaving out the padding to a multiple of num_replicas."""
+    rng = np.random.default_rng(7)
+    for n, max_tokens, max_sentences, replicas in ((500, 300, 0, 1), (777, 256, 9, 3), (50, 4096, 0, 8), (3, 64, 0, 4)):
+        src = rng.integers(1, 60, n)
+        tgt = rng.integers(1, 60, n)
+        for rank in range(replicas):
+            for epoch in (0, 3):
+                sampler = TokenBucketBatchSampler(src, tgt, max_tokens, max_sentences, seed=5, num_replicas=replicas,
+                                                  rank=rank)
+                sampler.set_epoch(epoch)
+                assert sampler._plan is None
+                counted = len(sampler)
+                assert counted == len(list(sampler)) == len(sampler), (n, max_tokens, max_sentences, replicas, rank)

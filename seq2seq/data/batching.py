@@ -474,7 +474,18 @@ class TokenBucketBatchSampler(Sampler[list[int]]):
             yield batch if self.resegment is None else EpochBatch(batch, plan.epoch)
 
     def __len__(self) -> int:
-        return len(range(self.rank, len(self.epoch_plan()), self.num_replicas))
+        if (self._plan is None or self._plan.epoch != self.epoch) and self.bucket_width == 1 \
+                and self.resegment is None and self.parts is None:
+            # Asked before the epoch is built (the trainer's set-up): with exact widths and no weights the
+            # packing depends on the histogram of widths alone, not on the shuffle, so count without it.
+            longest = np.maximum(self.src_lengths, self.tgt_lengths)
+            hist = np.bincount(longest)
+            widths = np.flatnonzero(hist)
+            count = len(_bounds_by_runs(widths, hist[widths], self.max_tokens, self.max_sentences)) - 1
+            total = math.ceil(count / self.num_replicas) * self.num_replicas
+        else:
+            total = len(self.epoch_plan())
+        return len(range(self.rank, total, self.num_replicas))
 
 
 @dataclass
