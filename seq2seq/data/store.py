@@ -14,6 +14,7 @@ Writing appends chunk by chunk (`TokenArrayWriter`), so a corpus of any size is 
 
 from __future__ import annotations
 
+import mmap
 import os
 from dataclasses import dataclass
 from itertools import chain
@@ -154,7 +155,13 @@ def _map(path: Path, dtype: np.dtype, count: int) -> np.ndarray:
         raise ValueError(f"{path}: {size} bytes, expected {expected} ({count} x {dtype})")
     if count == 0:  # mmap cannot map an empty file
         return np.zeros(0, dtype=dtype)
-    return np.memmap(path, dtype=dtype, mode="r", shape=(count,))
+    array = np.memmap(path, dtype=dtype, mode="r", shape=(count,))
+    # Batches read a few sentences from all over the file: without this, each page fault also maps the
+    # pages around it (read-around), and a few hundred batches map the whole file into the process.
+    mapped = getattr(array, "_mmap", None)
+    if mapped is not None and hasattr(mmap, "MADV_RANDOM"):
+        mapped.madvise(mmap.MADV_RANDOM)
+    return array
 
 
 def open_token_array(prefix: str | os.PathLike, dtype: str | np.dtype, count: int, total: int) -> TokenArray:
