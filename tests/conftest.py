@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from .helpers import TINY, learn, run_script
+
 MULTI30K = Path(__file__).resolve().parents[1].parent / "shared/data/multi30k"
 
 # A toy "language pair": target words are the source words reversed, so the pairs are aligned,
@@ -51,6 +53,18 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture
+def ddp_launch_env():
+    """For a test that launches DDP workers from this process (trainer=ddp_cpu spawns them): Lightning's
+    launch sets MASTER_PORT here, as a console run does in its own process; restored afterwards."""
+    before = os.environ.get("MASTER_PORT")
+    yield
+    if before is None:
+        os.environ.pop("MASTER_PORT", None)
+    else:
+        os.environ["MASTER_PORT"] = before
+
+
 @pytest.fixture(scope="session")
 def multi30k_dir() -> Path:
     """The Multi30k folder; in CI (CI=true) its absence fails the test instead of skipping it, so a
@@ -75,6 +89,17 @@ def learnable_corpus(tmp_path_factory) -> Path:
         write_lines(root / f"{split}.de", src)
         write_lines(root / f"{split}.en", tgt)
     return root
+
+
+@pytest.fixture(scope="session")
+def learned_run(tmp_path_factory, learnable_corpus):
+    """One real `seq2seq-train` run (the console script) of the tiny model on `learnable_corpus`, long
+    enough to translate it (200 steps, seconds), with its final test: (run folder, CompletedProcess).
+    Shared: tests/test_train.py checks the run, tests/test_translate.py translates with its best.ckpt."""
+    tmp = tmp_path_factory.mktemp("learned")
+    proc = run_script("train", *TINY, *learn(learnable_corpus), f"paths.data_dir={tmp / 'data'}",
+                      f"hydra.run.dir={tmp / 'run'}")
+    return tmp / "run", proc
 
 
 @pytest.fixture

@@ -42,8 +42,8 @@ def teachers(tmp_path_factory):
     where = [f"data.root={corpus}", "data.corpus=toy", "data.mirrors=[]", "data.download=false"]
     runs = []
     for seed in (1, 2):
-        run_script("train", *data_overrides(tmp / "data"), *where, f"seed={seed}", "trainer.max_steps=8",
-                   f"hydra.run.dir={tmp / f'teacher{seed}'}")
+        train(compose_train([*data_overrides(tmp / "data"), *where, f"seed={seed}", "trainer.max_steps=8"],
+                            tmp / f"teacher{seed}"))
         runs.append(tmp / f"teacher{seed}")
     return runs, corpus, tmp
 
@@ -83,8 +83,8 @@ def test_the_student_learns_the_ensembles_translations_with_the_teachers_vocabul
     assert f"data.tokenizer_from={ckpts[0].resolve()}" in overrides and f"data.root={kd.resolve()}" in overrides
 
     student = tmp_path / "student"
-    run_script("train", *data_overrides(tmp_path / "data"), *overrides, "trainer.max_steps=3",
-               f"hydra.run.dir={student}")
+    # seq2seq-train <those overrides>, in this process
+    train(compose_train([*data_overrides(tmp_path / "data"), *overrides, "trainer.max_steps=3"], student))
     student_ckpt = student / "checkpoints" / "best.ckpt"
     assert read_checkpoint(student_ckpt)["seq2seq"]["tokenizer"] == read_checkpoint(ckpts[0])["seq2seq"]["tokenizer"]
     members, *_ = load_members([*ckpts, student_ckpt])  # one vocabulary, one direction: they ensemble

@@ -11,7 +11,7 @@ from seq2seq.config import ConfigError
 from seq2seq.training.run import train
 
 from .conftest import synthetic_pairs, write_lines
-from .helpers import TINY, compose_train, run_script
+from .helpers import TINY, compose_train
 
 
 def write_corpus(root, seed: int):
@@ -38,8 +38,7 @@ def parent(tmp_path_factory):
     """A 6-step run on one corpus: (its last.ckpt, a second corpus with other sentences, a tmp folder)."""
     tmp = tmp_path_factory.mktemp("finetune")
     run_dir = tmp / "parent"
-    run_script("train", *overrides(write_corpus(tmp / "corpus_a", 1), tmp / "data"), "trainer.max_steps=6",
-               f"hydra.run.dir={run_dir}")
+    train(compose_train([*overrides(write_corpus(tmp / "corpus_a", 1), tmp / "data"), "trainer.max_steps=6"], run_dir))
     return run_dir / "checkpoints" / "last.ckpt", write_corpus(tmp / "corpus_b", 11), tmp
 
 
@@ -55,8 +54,8 @@ def test_weights_only_on_another_corpus_with_the_checkpoints_vocabulary_then_res
     run_dir = tmp / "child"
     # Another seed: a fresh initialisation would be far from the parent's weights.
     args = [*overrides(corpus_b, tmp / "data"), "seed=7", f"init_from={ckpt}", "optim.lr=1e-9", "scheduler=constant",
-            "scheduler.warmup_steps=0", f"hydra.run.dir={run_dir}"]
-    run_script("train", *args, "trainer.max_steps=2")
+            "scheduler.warmup_steps=0"]
+    train(compose_train([*args, "trainer.max_steps=2"], run_dir))
     before, after = load(ckpt), load(run_dir / "checkpoints" / "last.ckpt")
     assert after["global_step"] == 2 and after["epoch"] == 0
     assert [s["step"].item() for s in after["optimizer_states"][0]["state"].values()][:1] == [2.0]
@@ -64,7 +63,7 @@ def test_weights_only_on_another_corpus_with_the_checkpoints_vocabulary_then_res
     for name, weight in before["state_dict"].items():
         assert torch.allclose(after["state_dict"][name], weight, atol=1e-6), name
     assert after["seq2seq"]["tokenizer"] == before["seq2seq"]["tokenizer"]
-    run_script("train", *args, "trainer.max_steps=3", "ckpt_path=last")
+    train(compose_train([*args, "trainer.max_steps=3", "ckpt_path=last"], run_dir))
     assert load(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 3
 
 

@@ -345,15 +345,34 @@ def test_lm_learns_a_counting_language_near_its_entropy(counting_lm):
     assert tok.decode_tgt([tok.encode_tgt(["aaab"])[0] + samples.tokens])[0] == "aaabbb" and samples.finished
 
 
-def test_generate_and_score_console_script(counting_lm, tmp_path):
+def console(capsys, main, *args) -> tuple[int, str, str]:
+    """A console script's `main(args)` in this process (each start of one costs seconds of imports):
+    (exit status, standard output, standard error)."""
+    capsys.readouterr()
+    try:
+        code = main([*map(str, args)])
+    except SystemExit as e:  # argparse's usage errors
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_generate_and_score_console_script(counting_lm, tmp_path, capsys):
     """seq2seq-generate: text and jsonl samples (prompts from the flag, a file, stdin), --temperature 0 = greedy,
-    the same seed = the same samples, --score prints perplexity; usage errors exit 2."""
+    the same seed = the same samples, --score prints perplexity; usage errors exit 2. The stdin case runs the
+    console script itself, the others its `main` in this process."""
+    from seq2seq.cli import generate as generate_cli
+    from seq2seq.cli import translate
+
     root, best, metrics = counting_lm
     args = ["--checkpoint", str(best), "--num", "3", "--max-len", "20", "--seed", "4"]
-    text = run_script("generate", *args, "--prompt", "aab", "--prompt", "aaaab", "--temperature", "0").stdout.splitlines()
-    assert text == ["aabb"] * 3 + ["aaaabbbb"] * 3
+    code, text, _ = console(capsys, generate_cli.main, *args, "--prompt", "aab", "--prompt", "aaaab",
+                            "--temperature", "0")
+    assert code == 0 and text.splitlines() == ["aabb"] * 3 + ["aaaabbbb"] * 3
     prompts = write_lines(tmp_path / "prompts.txt", ["aaa", ""])
-    a = run_script("generate", *args, "--input", str(prompts), "--format", "jsonl", "--top-k", "2", "--top-p", "0.9").stdout
+    code, a, _ = console(capsys, generate_cli.main, *args, "--input", prompts, "--format", "jsonl", "--top-k", "2",
+                         "--top-p", "0.9")
+    assert code == 0
     b = run_script("generate", *args, "--input", "-", "--format", "jsonl", "--top-k", "2", "--top-p", "0.9",
                    input="aaa\n\n").stdout
     assert a == b
@@ -361,12 +380,13 @@ def test_generate_and_score_console_script(counting_lm, tmp_path):
     assert [(r["prompt_line"], r["sample"]) for r in rows] == [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (2, 3)]
     assert all(r["text"].startswith(r["prompt"]) and len(r["token_log_probs"]) == len(r["pieces"]) + r["finished"]
                and r["log_prob"] == pytest.approx(sum(r["token_log_probs"])) for r in rows)
-    scored = run_script("generate", "--checkpoint", str(best), "--score", str(root / "test.txt")).stdout
+    code, scored, _ = console(capsys, generate_cli.main, "--checkpoint", best, "--score", root / "test.txt")
+    assert code == 0
     assert f"perplexity {metrics['test/ppl']:.2f} per piece" in scored and f"{metrics['test/word_ppl']:.2f} per word" in scored
-    bad = run_script("generate", "--checkpoint", str(best), "--top-p", "0", check=False)
-    assert bad.returncode == 2 and "--top-p must be in (0, 1]" in bad.stderr
-    wrong = run_script("translate", "--checkpoint", str(best), "--input", str(prompts), check=False)
-    assert wrong.returncode == 2 and "is a language model" in wrong.stderr
+    code, _, err = console(capsys, generate_cli.main, "--checkpoint", best, "--top-p", "0")
+    assert code == 2 and "--top-p must be in (0, 1]" in err
+    code, _, err = console(capsys, translate.main, "--checkpoint", best, "--input", prompts)
+    assert code == 2 and "is a language model" in err
 
 
 def save_lm_checkpoint(path: Path, lm: RecurrentLM, tokenizer: Tokenizer) -> Path:
@@ -377,10 +397,12 @@ def save_lm_checkpoint(path: Path, lm: RecurrentLM, tokenizer: Tokenizer) -> Pat
     return path
 
 
-def test_translate_with_lm_fusion_and_rerank(tmp_path):
-    """seq2seq-translate --lm: weight 0 prints the plain output; fusion and reranking run; a mismatched
-    vocabulary is one `error:` line before any output, naming both checkpoints.
+def test_translate_with_lm_fusion_and_rerank(tmp_path, capsys):
+    """seq2seq-translate --lm (its `main`, in this process): weight 0 prints the plain output; fusion and
+    reranking run; a mismatched vocabulary is one `error:` line before any output, naming both checkpoints.
     Mutation: dropping `check_vocabularies` from `attach_lm` lets the mismatched LM translate."""
+    from seq2seq.cli import translate
+
     from .helpers import tiny_model_and_tokenizer
 
     model_cfg = ModelConfig(cell="gru", embedding_size=16, encoder_hidden_size=16, decoder_hidden_size=24,
@@ -393,27 +415,27 @@ def test_translate_with_lm_fusion_and_rerank(tmp_path):
                 "seq2seq": make_payload(config, tok)}, tm)
     lm = save_lm_checkpoint(tmp_path / "lm.ckpt", tiny_lm(vocab=tok.tgt_vocab_size), tok)
     inp = write_lines(tmp_path / "in.de", src[:8] + [""])
-    plain = run_script("translate", "--checkpoint", str(tm), "--input", str(inp), "--quiet", "--format", "jsonl").stdout
-    zero = run_script("translate", "--checkpoint", str(tm), "--input", str(inp), "--quiet", "--format", "jsonl",
-                      "--lm", str(lm), "--lm-weight", "0").stdout
-    assert zero == plain
-    fused = run_script("translate", "--checkpoint", str(tm), "--input", str(inp), "--quiet", "--lm", str(lm),
-                       "--lm-weight", "1.0", "--beam-size", "3").stdout
-    reranked = run_script("translate", "--checkpoint", str(tm), "--input", str(inp), "--quiet", "--lm", str(lm),
-                          "--lm-rerank", "--beam-size", "3", "--nbest", "2").stdout
-    assert len(fused.splitlines()) == 9 and len(reranked.splitlines()) == 18
-    one_beam = run_script("translate", "--checkpoint", str(tm), "--input", str(inp), "--lm", str(lm), "--lm-rerank",
-                          check=False)
-    assert one_beam.returncode == 2 and "--beam-size K" in one_beam.stderr
+    common = ["--checkpoint", tm, "--input", inp, "--quiet"]
+    code, plain, _ = console(capsys, translate.main, *common, "--format", "jsonl")
+    assert code == 0 and len(plain.splitlines()) == 9
+    code, zero, _ = console(capsys, translate.main, *common, "--format", "jsonl", "--lm", lm, "--lm-weight", "0")
+    assert code == 0 and zero == plain
+    code, fused, _ = console(capsys, translate.main, *common, "--lm", lm, "--lm-weight", "1.0", "--beam-size", "3")
+    assert code == 0
+    code, reranked, _ = console(capsys, translate.main, *common, "--lm", lm, "--lm-rerank", "--beam-size", "3",
+                                "--nbest", "2")
+    assert code == 0 and len(fused.splitlines()) == 9 and len(reranked.splitlines()) == 18
+    code, _, err = console(capsys, translate.main, "--checkpoint", tm, "--input", inp, "--lm", lm, "--lm-rerank")
+    assert code == 2 and "--beam-size K" in err
 
     other = train_sentencepiece(synthetic_pairs(200, 9)[0], TokenizerConfig(vocab_size=300, byte_fallback=True))
     other_lm = save_lm_checkpoint(tmp_path / "other.ckpt", tiny_lm(vocab=Tokenizer(other, other).tgt_vocab_size),
                                   Tokenizer(other, other))
     out = tmp_path / "out.txt"
-    bad = run_script("translate", "--checkpoint", str(tm), "--input", str(inp), "--output", str(out),
-                     "--lm", str(other_lm), check=False)
-    assert bad.returncode == 2 and bad.stderr.count("error:") == 1
-    assert f"--lm {other_lm}" in bad.stderr and f"tokenizer_from={tm}" in bad.stderr and not out.exists()
+    code, _, err = console(capsys, translate.main, "--checkpoint", tm, "--input", inp, "--output", out,
+                           "--lm", other_lm)
+    assert code == 2 and err.count("error:") == 1
+    assert f"--lm {other_lm}" in err and f"tokenizer_from={tm}" in err and not out.exists()
     with pytest.raises(CheckpointError, match="is a translation model"):
         load_language_model(tm)
 
@@ -456,12 +478,13 @@ def test_lm_and_translation_sections_do_not_mix(tmp_path):
         train(compose_train(["experiment=lm_quickstart", "validation.metric=bleu"], tmp_path / "c"))
 
 
-def test_lm_trains_under_ddp_and_resumes_in_one_process(tmp_path):
+def test_lm_trains_under_ddp_and_resumes_in_one_process(tmp_path, ddp_launch_env):
     """`seq2seq-train` of an LM with 2 processes (trainer=ddp_cpu): the validation perplexities, summed over
     the ranks' shards, equal the perplexity of the whole validation text under the checkpoint written at
     that validation; the run then resumes from last.ckpt in a single process.
     Mutation: `LanguageModelModule.on_validation_epoch_end` skipping the reduce over ranks (one shard's
     sums) fails the equality."""
+    from seq2seq.cli.train import train
     from seq2seq.lm.perplexity import score_text
 
     from .helpers import read_metrics, series
@@ -472,13 +495,15 @@ def test_lm_trains_under_ddp_and_resumes_in_one_process(tmp_path):
     write_lines(root / "test.txt", counting(20, 3))
     run = tmp_path / "run"
     overrides = [o for o in lm_overrides(root, 4) if not o.startswith("trainer.max_steps")]
-    run_script("train", *overrides, "trainer=ddp_cpu", "trainer.devices=2", "trainer.max_steps=4",
-               "test_after_training=false", f"hydra.run.dir={run}")
+    # seq2seq-train ... trainer=ddp_cpu: spawned workers, launched from this process
+    train(compose_train([*overrides, "trainer=ddp_cpu", "trainer.devices=2", "trainer.max_steps=4",
+                         "test_after_training=false"], run))
     rows = read_metrics(run)
     lm, tok, _ = load_language_model(run / "checkpoints" / "last.ckpt")
     whole = score_text(lm, tok, counting(41, 2), "cpu")
     assert series(rows, "val/ppl")[-1] == pytest.approx(whole.ppl, rel=1e-4)
     assert series(rows, "val/word_ppl")[-1] == pytest.approx(whole.word_ppl, rel=1e-4)
-    run_script("train", *overrides, "trainer.max_steps=6", "trainer.val_check_interval=2", "ckpt_path=last",
-               "test_after_training=false", f"hydra.run.dir={run}")
+    # seq2seq-train ... ckpt_path=last without trainer=ddp_cpu: one process, this one
+    train(compose_train([*overrides, "trainer.max_steps=6", "trainer.val_check_interval=2", "ckpt_path=last",
+                         "test_after_training=false"], run))
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6

@@ -155,16 +155,19 @@ def _trial_runs(sweep: Path) -> list[Path]:
     return sorted((p for p in sweep.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
 
 
+TRIALS_PER_RUN = 2  # each trial trains for seconds
+
+
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, learnable_corpus):
-    """`seq2seq-train -m hparams_search=optuna ... hydra.sweeper.n_trials=3` run twice, the same command
+    """`seq2seq-train -m hparams_search=optuna ... hydra.sweeper.n_trials=2` run twice, the same command
     from the same folder: two dated sweep folders under multirun/train/, one study in optuna.db beside them."""
     tmp = tmp_path_factory.mktemp("optuna")
     overrides = [o for o in learn(learnable_corpus, steps=30, val_every=10) if not o.startswith("optim.lr=")]
     command = ["-m", "hparams_search=optuna", *TINY, *overrides, "validation.metric=chrf",
                "model.encoder_hidden_size=choice(16, 32)", "model.decoder_hidden_size=32",  # small for seconds
                "batching.max_tokens=1024", "test_after_training=false", "plot_curves=false",
-               f"paths.data_dir={tmp / 'data'}", "hydra.sweeper.n_trials=3"]
+               f"paths.data_dir={tmp / 'data'}", f"hydra.sweeper.n_trials={TRIALS_PER_RUN}"]
     procs = [run_script("train", *command, cwd=tmp) for _ in range(2)]
     sweeps = sorted(p for p in (tmp / "multirun" / "train").iterdir() if p.is_dir())
     return sweeps, procs, f"sqlite:///{tmp / 'multirun' / 'train' / 'optuna.db'}"
@@ -179,10 +182,10 @@ def test_each_trial_objective_is_its_runs_best_validation(study):
     sweeps, _, storage = study
     assert len(sweeps) == 2
     trials = optuna.load_study(study_name="train_chrf", storage=storage).trials
-    assert [t.number for t in trials] == list(range(6))
+    assert [t.number for t in trials] == list(range(2 * TRIALS_PER_RUN))
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     runs = [run for sweep in sweeps for run in _trial_runs(sweep)]
-    assert len(runs) == 6
+    assert len(runs) == 2 * TRIALS_PER_RUN
     best_is_not_last = 0
     for trial, run in zip(trials, runs):
         overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
@@ -196,7 +199,7 @@ def test_each_trial_objective_is_its_runs_best_validation(study):
 
 
 def test_running_the_command_again_continues_the_study(study):
-    """The second invocation adds three trials to the same study (numbers 3-5) with new parameters (the
+    """The second invocation adds its trials to the same study (numbers 2-3) with new parameters (the
     sampler's seed moves on with the study's size), in a new sweep folder. Mutation: `seed: ${seed}` in
     optuna.yaml (the sampler's random start replayed) fails it."""
     optuna = _optuna()
@@ -204,27 +207,28 @@ def test_running_the_command_again_continues_the_study(study):
     assert "A new study created" in procs[0].stdout + procs[0].stderr
     assert "A new study created" not in procs[1].stdout + procs[1].stderr
     summaries = optuna.get_all_study_summaries(storage)
-    assert [(s.study_name, s.n_trials) for s in summaries] == [("train_chrf", 6)]
+    assert [(s.study_name, s.n_trials) for s in summaries] == [("train_chrf", 2 * TRIALS_PER_RUN)]
     trials = optuna.load_study(study_name="train_chrf", storage=storage).trials
-    first, again = [t.params for t in trials[:3]], [t.params for t in trials[3:]]
+    first, again = [t.params for t in trials[:TRIALS_PER_RUN]], [t.params for t in trials[TRIALS_PER_RUN:]]
     assert not any(p in first for p in again)
     for sweep in sweeps:
-        assert [p.name for p in _trial_runs(sweep)] == ["0", "1", "2"]
+        assert [p.name for p in _trial_runs(sweep)] == [str(i) for i in range(TRIALS_PER_RUN)]
         assert (sweep / RESULTS_FILE).is_file()
 
 
-def test_runs_table_of_the_real_study(study, tmp_path):
-    """`seq2seq-runs` on the second sweep folder: its three trials, and the study's best trial overall."""
+def test_runs_table_of_the_real_study(study, tmp_path, capsys):
+    """`seq2seq-runs` on the second sweep folder: its trials, and the study's best trial overall."""
     optuna = _optuna()
     sweeps, _, storage = study
     best = optuna.load_study(study_name="train_chrf", storage=storage).best_trial
     out = tmp_path / "runs.json"
-    proc = run_script("runs", str(sweeps[1]), "--json", str(out))
+    assert collect.main([str(sweeps[1]), "--json", str(out)]) == 0
     (summary,) = json.loads(out.read_text())["optuna"]
     assert summary["best_trial"] == {"number": best.number, "value": best.value, "params": best.params}
-    assert summary["run"] == (str(best.number - 3) if best.number >= 3 else None)
-    assert f"Best trial {best.number} (" in proc.stdout
-    assert len(json.loads(out.read_text())["runs"]) == 3
+    second = best.number - TRIALS_PER_RUN  # its number in the second sweep folder
+    assert summary["run"] == (str(second) if second >= 0 else None)
+    assert f"Best trial {best.number} (" in capsys.readouterr().out
+    assert len(json.loads(out.read_text())["runs"]) == TRIALS_PER_RUN
 
 
 def test_a_trial_whose_training_stops_fails_and_the_search_goes_on(learnable_corpus, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -197,6 +198,22 @@ def test_mid_epoch_resume_sees_exactly_the_remaining_batches(tmp_path, data_dir,
 
 
 # ---------------------------------------------------------------------- non-finite steps
+def test_mid_epoch_resume_with_a_schedule_that_decays_to_the_end(tmp_path, data_dir, monkeypatch, straight):
+    """A cosine (or linear) decay over the whole run needs the run's step count when the optimizer is
+    built. Asking Lightning for it builds the training loader before a resumed run restores its place in
+    the epoch (Lightning-AI/pytorch-lightning#20550): the resumed epoch started over at its first batch.
+    Mutation that makes it fail: train() not setting `module.stepping_batches` (Lightning's estimate)."""
+    args = overrides(data_dir, *MID_EPOCH, "scheduler.decay=cosine", "scheduler.total_steps=0")
+    _, seen = straight  # the data order does not depend on the learning rate
+    crashed = Recorder(monkeypatch, fail_at_step=5)
+    with pytest.raises(SimulatedCrash):
+        train(compose_train(args, tmp_path / "run"))
+    assert crashed.seen == seen[:5]
+    resumed = Recorder(monkeypatch)
+    train(compose_train([*args, "ckpt_path=last"], tmp_path / "run"))
+    assert resumed.seen == seen[3:]  # continues after the 3 steps of last.ckpt, in the same epoch
+
+
 def poison(monkeypatch, steps: set[int] | None = None, from_step: int | None = None, where: str = "loss"):
     """Make the loss (or, with where='grad', one gradient) non-finite at the given optimiser steps."""
     hit = (lambda s: s in steps) if steps is not None else (lambda s: s >= from_step)
@@ -318,36 +335,80 @@ def test_repeated_out_of_memory_stops_with_a_usable_last_checkpoint_and_advice(t
 
 
 # ---------------------------------------------------------------------- atomic checkpoint writes
+# A checkpoint writer in a fresh interpreter (a process forked from pytest can deadlock on a lock that
+# another of its threads held at the fork). Once its imports are done it says "ready" and waits for a line
+# on stdin; then it saves complete checkpoints of versions 1 and 2 in turn, for ever, and says "saved"
+# once the first of them is in place.
+CHECKPOINT_WRITER = """
+import sys
+import torch
+from seq2seq.training.checkpoint_io import AtomicCheckpointIO
+io = AtomicCheckpointIO()
+payloads = [{"version": v, "weights": torch.full((int(sys.argv[2]),), float(v))} for v in (1, 2)]
+print("ready", flush=True)
+sys.stdin.readline()
+for i in range(10**9):
+    io.save_checkpoint(payloads[i % 2], sys.argv[1])
+    if i == 0:
+        print("saved", flush=True)
+"""
+
+
 def test_sigkill_during_checkpoint_writes_keeps_the_previous_checkpoint(tmp_path):
+    """A process SIGKILLed while it overwrites a checkpoint (a cluster's time limit, the out-of-memory
+    killer) leaves under the checkpoint's name the last complete save, never a partial file. Three
+    writers, killed at different moments of their saves, one after the other. Mutation that makes it
+    fail: AtomicCheckpointIO.save_checkpoint writing straight to `path` (torch.save(checkpoint, path)):
+    the killed write leaves a truncated file that does not load."""
     path = tmp_path / "last.ckpt"
-    io = AtomicCheckpointIO()
-    # Built before forking: the child only serialises (no tensor kernels in a forked process).
-    payloads = [{"version": v, "weights": torch.full((2_000_000,), float(v))} for v in range(3)]  # 8 MB each
-    io.save_checkpoint(payloads[0], path)
-    seen_versions = set()
-    for round_ in range(4):
-        pid = os.fork()
-        if pid == 0:  # child: overwrite the checkpoint again and again
-            try:
-                for i in range(1_000_000):
-                    io.save_checkpoint(payloads[1 + i % 2], path)
-            finally:
-                os._exit(0)
-        # After a while (some saves done), kill it while a write is in progress (its temporary file exists).
-        time.sleep(0.03 + 0.07 * round_)
-        deadline = time.monotonic() + 20
-        while not list(tmp_path.glob(".last.ckpt.*.tmp")) and time.monotonic() < deadline:
-            time.sleep(0.0005)
-        assert list(tmp_path.glob(".last.ckpt.*.tmp")), "the writer never started a save"
-        os.kill(pid, signal.SIGKILL)
-        _, status = os.waitpid(pid, 0)
-        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # the previous complete checkpoint
-        assert torch.equal(ckpt["weights"], payloads[ckpt["version"]]["weights"])
-        seen_versions.add(ckpt["version"])
-        for leftover in tmp_path.glob(".last.ckpt.*.tmp"):  # what a killed writer leaves: never the real name
-            leftover.unlink()
-    assert seen_versions & {1, 2}, "the writer never completed a save: the test proved nothing"
+    size = 2_000_000  # 8 MB a save: each write lasts long enough to be killed in the middle of
+
+    def payload(version: int) -> dict:
+        return {"version": version, "weights": torch.full((size,), float(version))}
+
+    AtomicCheckpointIO().save_checkpoint(payload(0), path)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    errors = [open(tmp_path / f"writer{i}.err", "w+") for i in range(3)]
+    # All three start at once: their imports (seconds each) overlap; each writes only when told.
+    writers = [subprocess.Popen([sys.executable, "-c", CHECKPOINT_WRITER, str(path), str(size)], cwd=REPO, env=env,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True) for err in errors]
+
+    def expect(writer, err, line: str, failure: str) -> None:
+        """The writer's next line of output is `line` (within 2 minutes), else fail with its stderr."""
+        ready, _, _ = select.select([writer.stdout], [], [], 120)
+        if not (ready and writer.stdout.readline() == line + "\n"):
+            err.seek(0)
+            pytest.fail(f"{failure}\n{err.read()[-3000:]}")
+
+    killed_mid_write = 0
+    try:
+        for round_, (writer, err) in enumerate(zip(writers, errors)):
+            expect(writer, err, "ready", "the writer did not start")
+            writer.stdin.write("go\n")
+            writer.stdin.flush()
+            expect(writer, err, "saved", "the writer never completed a save: the test proves nothing")
+            # Some saves later, kill it while a write is in progress (its temporary file exists).
+            time.sleep(0.02 + 0.05 * round_)
+            temporaries = f".last.ckpt.{writer.pid}@*.tmp"
+            deadline = time.monotonic() + 5
+            while not list(tmp_path.glob(temporaries)) and time.monotonic() < deadline:
+                time.sleep(0.0005)
+            os.kill(writer.pid, signal.SIGKILL)
+            assert writer.wait() == -signal.SIGKILL
+            killed_mid_write += bool(list(tmp_path.glob(temporaries)))  # what a killed write leaves behind
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)  # the last complete save
+            assert ckpt["version"] in (1, 2)  # the writer had completed a save before it was killed
+            assert torch.equal(ckpt["weights"], payload(ckpt["version"])["weights"])
+            for leftover in tmp_path.glob(temporaries):
+                leftover.unlink()
+    finally:
+        for writer, err in zip(writers, errors):
+            writer.kill()
+            writer.wait()
+            writer.stdin.close()
+            writer.stdout.close()
+            err.close()
+    assert killed_mid_write, "no kill hit a write in progress: the test proved nothing"
 
 
 # ---------------------------------------------------------------------- temporaries of killed runs

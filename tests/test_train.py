@@ -11,26 +11,28 @@ from seq2seq.checkpoint.loading import load_for_translation
 from seq2seq.training.run import train
 from seq2seq.decoding.translator import Translator
 
-from .helpers import TINY, compose_train, learn, read_metrics, require, run_script, series
+from .helpers import TINY, compose_train, read_metrics, require, run_script, series
 
 
 def test_fast_dev_run_through_the_console_script(tmp_path, multi30k_dir):
+    """`seq2seq-train debug=fast_dev_run` (one training and one validation batch) runs end to end; with
+    the tiny model: both presets as a list (a second `debug=` would replace TINY's `debug=tiny`, and the
+    one batch of the default model takes most of a minute)."""
     run_dir = tmp_path / "run"
-    proc = run_script("train", *TINY, "debug=fast_dev_run", f"paths.data_dir={tmp_path / 'data'}",
+    tiny = [o for o in TINY if o != "debug=tiny"]
+    proc = run_script("train", "debug=[tiny,fast_dev_run]", *tiny, f"paths.data_dir={tmp_path / 'data'}",
                       f"hydra.run.dir={run_dir}")
-    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    config = (run_dir / ".hydra" / "config.yaml").read_text()
+    assert "fast_dev_run: true" in config and "embedding_size: 32" in config  # both presets
     assert "error" not in proc.stderr.lower().split("warning")[0]
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, learnable_corpus):
+def tiny_run(learned_run):
     """One real tiny training run through `python -m seq2seq.cli.train`, on the learnable toy pair, long
-    enough (200 steps, seconds) for the model to translate: its scores are not the trivial 0."""
-    tmp = tmp_path_factory.mktemp("tiny")
-    run_dir = tmp / "run"
-    proc = run_script("train", *TINY, *learn(learnable_corpus), f"paths.data_dir={tmp / 'data'}",
-                      f"hydra.run.dir={run_dir}")
-    return run_dir, proc
+    enough (200 steps, seconds) for the model to translate: its scores are not the trivial 0. Read only:
+    tests/test_translate.py translates with its best.ckpt (conftest's `learned_run`)."""
+    return learned_run
 
 
 def read(path) -> list[str]:
@@ -38,7 +40,12 @@ def read(path) -> list[str]:
 
 
 def test_run_folder_holds_config_logs_checkpoints_and_test_output(tiny_run, learnable_corpus):
+    """The run folder of `seq2seq-train`, its test table, its logged metrics; its output carries no
+    third-party notice the user cannot act on (Lightning's litlogger advert, torch's LeafSpec deprecation).
+    Mutation that makes it fail: `trainer.quiet_third_party` doing nothing."""
     run_dir, proc = tiny_run
+    for noise in ("litlogger", "LeafSpec"):
+        assert noise not in proc.stdout + proc.stderr
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     assert (run_dir / "checkpoints" / "best.ckpt").is_file()
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
@@ -147,23 +154,21 @@ def test_same_seed_gives_identical_loss_curves(tmp_path, multi30k_dir, cell):
     assert curves[0] == curves[1]
 
 
+@pytest.mark.filterwarnings("ignore:.*could not find the monitored key")  # no validation yet: expected
 def test_max_steps_ending_before_the_first_validation_exits_cleanly_and_resumes(tmp_path, multi30k_dir):
     """`seq2seq-train trainer.max_steps=N` with N short of the first validation (which comes at the
-    end of the epoch) exits 0 with last.ckpt written, and `ckpt_path=last` continues from it.
-    Its output carries no third-party notice the user cannot act on (Lightning's litlogger advert,
-    torch's LeafSpec deprecation).
+    end of the epoch) ends normally with last.ckpt written, and `ckpt_path=last` continues from it.
     The resumed run continues logs/metrics.csv: the first run's rows stay, rows logged after the
-    checkpoint's step (here a planted one, as from a run killed after its last save) go.
+    checkpoint's step (here a planted one, as from a run killed after its last save) go. Both runs call
+    `train(cfg)`, what the console script runs, in this process.
     Mutations that make it fail: early stopping checking at train-epoch end as well
     (callbacks/early_stopping.yaml without `check_on_train_epoch_end: false`): its metric was never
-    logged, so it raises; `train.quiet_third_party` doing nothing; conf/logger/csv.yaml naming
-    Lightning's CSVLogger (it deletes metrics.csv); `train.continue_csv_logs` not called."""
+    logged, so it raises; conf/logger/csv.yaml naming Lightning's CSVLogger (it deletes metrics.csv);
+    `train.continue_csv_logs` not called."""
     run_dir = tmp_path / "run"
     common = [*TINY, "trainer.val_check_interval=1.0", "trainer.max_epochs=5", "test_after_training=false",
-              "trainer.log_every_n_steps=1", f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={run_dir}"]
-    proc = run_script("train", *common, "trainer.max_steps=2")
-    for noise in ("litlogger", "LeafSpec"):
-        assert noise not in proc.stdout + proc.stderr
+              "trainer.log_every_n_steps=1", f"paths.data_dir={tmp_path / 'data'}"]
+    train(compose_train([*common, "trainer.max_steps=2"], run_dir))
     last = run_dir / "checkpoints" / "last.ckpt"
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 2
     first_steps = series(read_metrics(run_dir), "step")
@@ -171,7 +176,8 @@ def test_max_steps_ending_before_the_first_validation_exits_cleanly_and_resumes(
     with open(run_dir / "logs" / "metrics.csv", "a") as f:  # a row logged after last.ckpt, before a kill
         header = (run_dir / "logs" / "metrics.csv").read_text().splitlines()[0].split(",")
         f.write(",".join("50" if k == "step" else "" for k in header) + "\n")
-    run_script("train", *common, "trainer.max_steps=4", "ckpt_path=last")
+    # seq2seq-train hydra.run.dir=<run> ... trainer.max_steps=4 ckpt_path=last
+    train(compose_train([*common, "trainer.max_steps=4", "ckpt_path=last"], run_dir))
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 4
     steps = series(read_metrics(run_dir), "step")
     assert steps[:len(first_steps)] == first_steps and 50 not in steps and max(steps) > max(first_steps)

@@ -29,7 +29,7 @@ from seq2seq.training.run import train
 from seq2seq.decoding.translator import Translator
 
 from .conftest import synthetic_pairs
-from .helpers import REPO, TINY, compose_train, learn
+from .helpers import REPO, TINY, compose_train
 
 FAST = ["--max-len-a", "2", "--max-len-b", "0.5", "--quiet"]  # short outputs: the model is untrained
 BIAS_KEY = "model.decoder.output.proj.bias"  # output layer bias in the Lightning state dict
@@ -53,13 +53,11 @@ def run_dir(tmp_path_factory, multi30k_dir) -> Path:
 
 
 @pytest.fixture(scope="module")
-def learned_ckpt(tmp_path_factory, learnable_corpus) -> Path:
+def learned_ckpt(learned_run) -> Path:
     """A tiny model trained on the learnable toy pair until it translates (seconds): its greedy
-    translations end with EOS by themselves."""
-    tmp = tmp_path_factory.mktemp("learned")
-    train(compose_train([*TINY, *learn(learnable_corpus), "test_after_training=false",
-                         f"paths.data_dir={tmp / 'data'}"], tmp / "run"))
-    return tmp / "run" / "checkpoints" / "best.ckpt"
+    translations end with EOS by themselves. The run tests/test_train.py checks (conftest's
+    `learned_run`): read only."""
+    return learned_run[0] / "checkpoints" / "best.ckpt"
 
 
 @pytest.fixture(scope="module")

@@ -213,29 +213,33 @@ def test_bad_search_config_names_the_key(key, value, message):
         section(SearchConfig, {key: value}, "search")
 
 
-def test_training_tunes_best_ckpt_before_the_test(tmp_path, learnable_corpus):
+def test_training_tunes_best_ckpt_before_the_test(tmp_path, learnable_corpus, capsys):
     """`test_tune_search=true`: after training, the grid runs on the validation split, best.ckpt gets the
     winner, and the test that follows translates with it; the tuned best.ckpt still resumes training.
+    The runs call `train(cfg)`, what seq2seq-train runs, in this process.
     Mutation: removing the call in train.py leaves best.ckpt untuned (no `search_tuning`)."""
-    from .helpers import TINY, learn, run_script
+    from seq2seq.training.run import train
+
+    from .helpers import TINY, compose_train, learn
 
     run_dir = tmp_path / "run"
     common = [*TINY, *learn(learnable_corpus, steps=100), f"paths.data_dir={tmp_path / 'data'}",
-              f"hydra.run.dir={run_dir}", "test_moses_bleu=false", "plot_curves=false"]
-    proc = run_script("train", *common, "test_tune_search=true", "search.tune_beam_sizes=[1,3]",
-                      "search.tune_length_penalties=[0.5,2.0]")
+              "test_moses_bleu=false", "plot_curves=false"]
+    train(compose_train([*common, "test_tune_search=true", "search.tune_beam_sizes=[1,3]",
+                         "search.tune_length_penalties=[0.5,2.0]"], run_dir))
+    stdout = capsys.readouterr().out
     best = run_dir / "checkpoints" / "best.ckpt"
     payload = torch.load(best, weights_only=True)[PAYLOAD_KEY]
     tuning = payload["search_tuning"]
     assert (tuning["split"], tuning["metric"], tuning["sentences"]) == ("val", "bleu", 40)
     assert [(r["beam_size"], r["length_penalty"]) for r in tuning["grid"]] == [(1, None), (3, 0.5), (3, 2.0)]
     assert {k: payload["config"]["search"][k] for k in tuning["chosen"]} == tuning["chosen"]
-    assert proc.stdout.index("tuning the search of") < proc.stdout.index("test (test_2016_flickr")
+    assert stdout.index("tuning the search of") < stdout.index("test (test_2016_flickr")
 
     model, tokenizer, search_cfg, _ = load_for_translation(best)
     sources = (learnable_corpus / "test_2016_flickr.de").read_text(encoding="utf-8").splitlines()
     written = (run_dir / "checkpoints" / "test_2016_flickr.de-en.hyp").read_text(encoding="utf-8").splitlines()
     assert [t.text for t in Translator(model, tokenizer, search_cfg).translate(sources)] == written
 
-    run_script("train", *common, f"ckpt_path={best}", "trainer.max_steps=110", "test_after_training=false")
+    train(compose_train([*common, f"ckpt_path={best}", "trainer.max_steps=110", "test_after_training=false"], run_dir))
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 110

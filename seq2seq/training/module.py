@@ -94,6 +94,9 @@ class TranslationModule(pl.LightningModule):
         self.step_guard = StepGuard(max_bad_steps, max_oom_steps)  # skips non-finite / out-of-memory steps
         self._val_sums = torch.zeros(3)  # nll sum, smoothed-loss sum, target tokens
         self._last_step_time: float | None = None
+        # The run's optimizer steps, for a schedule that decays to its end (set by training.run.train,
+        # which counts them without building the training loader early; None: Lightning's estimate).
+        self.stepping_batches: int | float | None = None
 
     def configure_callbacks(self) -> list[pl.Callback]:
         return [self.step_guard]  # every run has the guard, whatever its callbacks config
@@ -269,7 +272,8 @@ class TranslationModule(pl.LightningModule):
                         fused=fused or None)
         total = self.sched_cfg.total_steps
         if not total and self.sched_cfg.decay in ("linear", "cosine"):
-            total = int(self.trainer.estimated_stepping_batches)  # max_steps, or epochs x batches
+            steps = self.stepping_batches
+            total = int(self.trainer.estimated_stepping_batches if steps is None else steps)  # max_steps, or epochs x batches
         scheduler = WarmupDecayPlateau(optimizer, self.sched_cfg, total, self.val_cfg.metric)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

@@ -9,6 +9,7 @@ language models; both build their Trainer with `seq2seq.training.trainer`. Resum
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -112,9 +113,10 @@ def train_batches_per_epoch(datamodule: Any, world_size: int) -> int:
                                        parts=split_parts(split)))
 
 
-def check_schedule(trainer: pl.Trainer, batches: int) -> None:
+def check_schedule(trainer: pl.Trainer, batches: int) -> int:
     """Refuse, before training, the Trainer settings that Lightning would reject only once the data
-    loaders are built (a traceback, and after DDP has started its processes)."""
+    loaders are built (a traceback, and after DDP has started its processes). Returns the optimizer
+    steps of the whole run (`stepping_batches`)."""
     accumulate = trainer.accumulate_grad_batches
     if not isinstance(accumulate, int) or accumulate < 1:
         raise ConfigError(f"config key 'trainer.accumulate_grad_batches' must be an integer >= 1, got {accumulate!r}")
@@ -130,6 +132,18 @@ def check_schedule(trainer: pl.Trainer, batches: int) -> None:
                           "batches of an epoch (per process): validation would never run; set "
                           "trainer.check_val_every_n_epoch=null to count batches across epochs, or a smaller "
                           "interval (a float is a fraction of an epoch)")
+    return stepping_batches(trainer, per_epoch)
+
+
+def stepping_batches(trainer: pl.Trainer, per_epoch: int) -> int | float:
+    """The optimizer steps of the run, as Lightning's `trainer.estimated_stepping_batches` counts them
+    (max_steps, or epochs x steps per epoch, whichever ends first), from the batches per epoch computed
+    here. Asking Lightning instead (in configure_optimizers) builds the training loader before a resumed
+    run has restored its position in the epoch, which then starts over (Lightning-AI/pytorch-lightning#20550)."""
+    if trainer.max_epochs == -1:
+        return float("inf") if trainer.max_steps == -1 else trainer.max_steps
+    steps = math.ceil(per_epoch / trainer.accumulate_grad_batches) * max(trainer.max_epochs, 1)
+    return min(steps, trainer.max_steps) if trainer.max_steps != -1 else steps
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -188,7 +202,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log.info("model: %s cell, %s attention, %.2fM parameters", model_cfg.cell, model_cfg.attention, n_params / 1e6)
 
     trainer = build_trainer(cfg, run_dir)
-    check_schedule(trainer, train_batches_per_epoch(datamodule, trainer.world_size))
+    module.stepping_batches = check_schedule(trainer, train_batches_per_epoch(datamodule, trainer.world_size))
     if ckpt_path is not None:
         resume_in_place(trainer, ckpt_path)
     start_trackers(trainer, cfg, run_dir)
