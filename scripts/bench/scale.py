@@ -423,6 +423,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1, help="the synthetic corpora's draws")
     p.add_argument("--gzip", type=int, default=0, metavar="LEVEL", help="write the corpora as .gz (0: plain)")
     p.add_argument("--skip-train", action="store_true", help="preparation only")
+    p.add_argument("--skip-prepare", action="store_true",
+                   help="training and loader only, on the cache a previous call prepared (its row is left out)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per subprocess before it is killed")
     p.add_argument("--json", metavar="PATH", help="write all figures as JSON here")
     p.add_argument("--measure-loader", action="store_true", help=argparse.SUPPRESS)
@@ -511,10 +513,13 @@ def main(argv=None) -> int:
         size: dict[str, Any] = {"label": label, "pairs": pairs, "corpus": corpus,
                                 "data_overrides": data_overrides(args, corpus_dir, cache_dir, label)}
         report["sizes"].append(size)
-        size["prepare"] = prep = measure_prepare(code, args, corpus_dir, label)
-        print(f"   prepare: exit {prep['exit']}, {prep['seconds']} s, peak RSS {prep['peak_rss_single_mib']} MiB "
-              f"(tree {prep['peak_rss_tree_mib']}), cache {prep['cache_mib']} MiB", flush=True)
-        common.write_json(args.json, report, quiet=True)
+        if args.skip_prepare:
+            prep = {"exit": 0, "skipped": True}
+        else:
+            size["prepare"] = prep = measure_prepare(code, args, corpus_dir, label)
+            print(f"   prepare: exit {prep['exit']}, {prep['seconds']} s, peak RSS {prep['peak_rss_single_mib']} MiB "
+                  f"(tree {prep['peak_rss_tree_mib']}), cache {prep['cache_mib']} MiB", flush=True)
+            common.write_json(args.json, report, quiet=True)
         if prep["exit"] != 0:
             print(f"   prepare failed; its log ends:\n{prep['tail'][-1500:]}", file=sys.stderr)
             continue
@@ -540,7 +545,7 @@ def main(argv=None) -> int:
     print_tables(report)
     common.write_json(args.json, report)
     failed = [s["label"] for s in report["sizes"]
-              if s["prepare"]["exit"] != 0 or any(t["exit"] != 0 for t in s.get("train", []))
+              if s.get("prepare", {}).get("exit", 0) != 0 or any(t["exit"] != 0 for t in s.get("train", []))
               or s.get("loader", {}).get("exit", 0) != 0]
     if failed:
         print(f"\nerror: measurements failed at {', '.join(failed)} (see the logs under {work / 'runs'})",
