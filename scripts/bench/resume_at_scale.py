@@ -1,10 +1,10 @@
 """Exact resume at scale (issue 32): a run SIGKILLed mid-epoch and resumed with `ckpt_path=last` ends with
 the same parameters and optimizer state as a run that was never interrupted, on a corpus of any size.
 
-    python scripts/bench/resume_at_scale.py --corpus /tmp/scale32/corpora/synth_1M --work /tmp/resume32 \\
+    python scripts/bench/resume_at_scale.py --corpus scale_work/corpora/synth_1M --work resume_work \\
         --steps 60 --kill-after 35 --json resume_1M.json
-    python scripts/bench/synthetic_corpus.py --pairs 20k --out /tmp/resume32/corpora/synth_20k   # a small corpus
-    python scripts/bench/resume_at_scale.py --corpus /tmp/resume32/corpora/synth_20k --work /tmp/resume32 \\
+    python scripts/bench/synthetic_corpus.py --pairs 20k --out resume_work/corpora/synth_20k   # a small corpus
+    python scripts/bench/resume_at_scale.py --corpus resume_work/corpora/synth_20k --work resume_work \\
         --label seed2 --resume-override seed=2 --expect different      # the check itself: must see a change
 
 --corpus is a corpus folder (`data.root=`: train.de/train.en and the val/test files, as synthetic_corpus.py

@@ -1,8 +1,8 @@
 """Corpora of any size (issue 32): preparation and training start-up against corpus size.
 
-    python scripts/bench/scale.py --work /tmp/scale --sizes 100k,1M,10M --json scale_new.json
-    python scripts/bench/scale.py --work /tmp/scale --sizes 100k,1M --old /tmp/old32 --json scale_old.json
-    python scripts/bench/scale.py --work /tmp/scale --sizes 20k --skip-train        # a quick check
+    python scripts/bench/scale.py --work scale_work --sizes 100k,1M,10M --json scale_new.json
+    python scripts/bench/scale.py --work scale_work --sizes 100k,1M --old ../old-checkout --json scale_old.json
+    python scripts/bench/scale.py --work scale_work --sizes 20k --skip-train        # a quick check
 
 For each size a synthetic de-en corpus is written under --work (`synthetic_corpus.py`: every line joins one
 to three random Multi30k training pairs, seeded; reused by later calls) and then measured, each step a

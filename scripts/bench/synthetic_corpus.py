@@ -1,7 +1,7 @@
 """Synthetic parallel corpora of any size from Multi30k, for the scale benchmark (`scale.py`) and the GPU
 check's scale stage (`scripts/gpu/check.py --mode scale`).
 
-    python scripts/bench/synthetic_corpus.py --pairs 1M --out /tmp/synth_1M [--multi30k ../shared/data/multi30k]
+    python scripts/bench/synthetic_corpus.py --pairs 1M --out synth_1M [--multi30k ../shared/data/multi30k]
 
 Each synthetic training pair joins one to three Multi30k training pairs drawn at random (with a space
 between the sentences; the same draws on both sides, so the pair stays a translation): about 2 Multi30k
