@@ -104,7 +104,6 @@ def test_sentencepiece_learns_from_a_bounded_sample(toy_corpus, tmp_path, monkey
         return real(seen[-1], cfg, label)
 
     monkeypatch.setattr(prep, "train_sentencepiece", spy)
-    monkeypatch.setattr(prep, "TRAIN_IN_CHILD", False)  # in this process, where the spy is
     root = toy_corpus()
     src, tgt = read_lines(root / "train.de"), read_lines(root / "train.en")
     for n, cache in ((100, "a"), (100, "b"), (0, "c")):
@@ -131,7 +130,6 @@ def test_racing_processes_build_the_cache_once(toy_corpus, tmp_path, monkeypatch
         return real(lines, cfg, label)
 
     monkeypatch.setattr(prep, "train_sentencepiece", slow_training)
-    monkeypatch.setattr(prep, "TRAIN_IN_CHILD", False)  # in this process, where the count is
     cfg = data_cfg(toy_corpus(), tmp_path / "cache")
     results, errors = [], []
 

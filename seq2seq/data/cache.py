@@ -30,14 +30,12 @@ import fcntl
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import random
 import shutil
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain
@@ -63,7 +61,6 @@ META = "meta.json"
 HASHES = "input_sha256.json"  # InputDigests
 RACY_NS = 2_000_000_000  # InputDigests trusts the stamp of a file last written this long before its hash
 CHUNK_PAIRS = 20_000  # training pairs encoded and written at once: bounds the memory of step 3c
-TRAIN_IN_CHILD = True  # sentencepiece trains in a child process (_train_tokenizer); tests that watch it set False
 
 
 @dataclass
@@ -381,17 +378,6 @@ def _sampled_lines(path: Path, sample: list[int]) -> Iterator[str]:
 
 
 def _train_tokenizer(cfg: DataConfig, out: Path, sample: list[int]) -> tuple[bytes, bytes]:
-    """`_train_tokenizer_here` in a fresh child process (spawned: the caller may be a training process
-    with threads, which a fork could copy mid-lock). Sentencepiece frees its trainer's gigabyte, but
-    the allocator keeps it, and the second pass then grows beside it; a process of its own gives it all
-    back when it ends. Its errors (TokenizerError) reach the caller as raised there."""
-    if not TRAIN_IN_CHILD:
-        return _train_tokenizer_here(cfg, out, sample)
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(_train_tokenizer_here, cfg, out, sample).result()
-
-
-def _train_tokenizer_here(cfg: DataConfig, out: Path, sample: list[int]) -> tuple[bytes, bytes]:
     """Sentencepiece on the sampled pairs (both sides, source first, for a joint model), streamed from
     the first pass's files: the sample's text is never held in Python (it is in sentencepiece's memory)."""
     tok_cfg = dataclasses.replace(cfg.tokenizer, max_sentences=0)  # sampled already (pairs, not lines)
