@@ -313,16 +313,20 @@ def test_batches_per_epoch_come_from_the_length_arrays_and_the_weights():
 def test_the_length_asked_before_the_epoch_is_built_is_its_length():
     """`len(sampler)` before any plan exists (the trainer's set-up, train_batches_per_epoch) counts the
     batches from the histogram of widths; it must equal the number the epoch then yields on every rank.
-    Mutation that makes it fail: the count leaving out the padding to a multiple of num_replicas."""
+    Mutations that make it fail: the count leaving out the padding to a multiple of num_replicas; a
+    single corpus of weight 1 building the plan to count."""
     rng = np.random.default_rng(7)
     for n, max_tokens, max_sentences, replicas in ((500, 300, 0, 1), (777, 256, 9, 3), (50, 4096, 0, 8), (3, 64, 0, 4)):
         src = rng.integers(1, 60, n)
         tgt = rng.integers(1, 60, n)
         for rank in range(replicas):
             for epoch in (0, 3):
+                # A prepared split always has parts: one corpus of weight 1 counts without a plan too.
+                parts = [(0, n, 1.0)] if epoch else None
                 sampler = TokenBucketBatchSampler(src, tgt, max_tokens, max_sentences, seed=5, num_replicas=replicas,
-                                                  rank=rank)
+                                                  rank=rank, parts=parts)
                 sampler.set_epoch(epoch)
                 assert sampler._plan is None
                 counted = len(sampler)
+                assert sampler._plan is None  # counted from the histogram: no seconds-long plan at set-up
                 assert counted == len(list(sampler)) == len(sampler), (n, max_tokens, max_sentences, replicas, rank)

@@ -107,8 +107,9 @@ def test_sentencepiece_learns_from_a_bounded_sample(toy_corpus, tmp_path, monkey
     root = toy_corpus()
     src, tgt = read_lines(root / "train.de"), read_lines(root / "train.en")
     for n, cache in ((100, "a"), (100, "b"), (0, "c")):
-        prepare_corpus(data_cfg(root, tmp_path / cache,
-                                tokenizer=TokenizerConfig(vocab_size=60, byte_fallback=False, max_sentences=n)))
+        corpus = prepare_corpus(data_cfg(root, tmp_path / cache,
+                                         tokenizer=TokenizerConfig(vocab_size=60, byte_fallback=False, max_sentences=n)))
+        assert not [p.name for p in corpus.directory.iterdir() if p.name.startswith(".")]  # no working copies left
     first, again, everything = seen
     assert first == again and len(first) == 200
     assert set(first[:100]) <= set(src) and set(first[100:]) <= set(tgt)

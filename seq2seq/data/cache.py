@@ -365,7 +365,7 @@ def _first_pass(cfg: DataConfig, files: CorpusFiles, out: Path) -> _Stage1:
 
 
 def _sampled_lines(path: Path, sample: list[int]) -> Iterator[str]:
-    """Lines `sample` (ascending numbers) of a first-pass file, read as sentencepiece asks for them."""
+    """Lines `sample` (ascending numbers) of a first-pass file, without newlines, in file order."""
     wanted = iter(sample)
     next_wanted = next(wanted, None)
     with open(path, encoding="utf-8", newline="\n") as f:
@@ -377,16 +377,41 @@ def _sampled_lines(path: Path, sample: list[int]) -> Iterator[str]:
                     return
 
 
-def _train_tokenizer(cfg: DataConfig, out: Path, sample: list[int]) -> tuple[bytes, bytes]:
+def _lines(path: Path) -> Iterator[str]:
+    """The lines of a file this build wrote (cleaned text, one pair's side per line), without newlines."""
+    with open(path, encoding="utf-8", newline="\n") as f:
+        for line in f:
+            yield line[:-1]
+
+
+def _train_tokenizer(cfg: DataConfig, out: Path, sample: list[int], kept: int) -> tuple[bytes, bytes]:
     """Sentencepiece on the sampled pairs (both sides, source first, for a joint model), streamed from
-    the first pass's files: the sample's text is never held in Python (it is in sentencepiece's memory)."""
+    files: the sample's text is never held in Python (it is in sentencepiece's memory). `kept`: the
+    pairs of the first pass's files; a sample of fewer of them is first copied out to files of its own.
+
+    Why a copy: sentencepiece reading its sample straight out of the whole first-pass file (9 lines
+    skipped for every one taken at 10M pairs) left the heap so fragmented that the trainer took 2.0 GB
+    instead of 0.9 GB for the same 1M pairs (scripts/bench/scale.py; docs/results.md)."""
     tok_cfg = dataclasses.replace(cfg.tokenizer, max_sentences=0)  # sampled already (pairs, not lines)
-    src, tgt = (lambda: _sampled_lines(out / ".stage1.src", sample)), (lambda: _sampled_lines(out / ".stage1.tgt", sample))
-    if tok_cfg.joint:
-        model = train_sentencepiece(chain(src(), tgt()), tok_cfg, label=f"joint {cfg.src_lang}+{cfg.tgt_lang}")
-        return model, model
-    return (train_sentencepiece(src(), tok_cfg, label=f"source {cfg.src_lang}"),
-            train_sentencepiece(tgt(), tok_cfg, label=f"target {cfg.tgt_lang}"))
+    stage1 = (out / ".stage1.src", out / ".stage1.tgt")
+    if len(sample) == kept:
+        src_path, tgt_path = stage1
+    else:
+        src_path, tgt_path = out / ".sample.src", out / ".sample.tgt"
+        for source, copy in zip(stage1, (src_path, tgt_path)):
+            with open(copy, "w", encoding="utf-8", newline="\n") as f:
+                f.writelines(line + "\n" for line in _sampled_lines(source, sample))
+    try:
+        if tok_cfg.joint:
+            model = train_sentencepiece(chain(_lines(src_path), _lines(tgt_path)), tok_cfg,
+                                        label=f"joint {cfg.src_lang}+{cfg.tgt_lang}")
+            return model, model
+        return (train_sentencepiece(_lines(src_path), tok_cfg, label=f"source {cfg.src_lang}"),
+                train_sentencepiece(_lines(tgt_path), tok_cfg, label=f"target {cfg.tgt_lang}"))
+    finally:
+        if src_path not in stage1:
+            src_path.unlink(missing_ok=True)
+            tgt_path.unlink(missing_ok=True)
 
 
 def _chunks(out: Path, size: int) -> Iterator[tuple[list[str], list[str]]]:
@@ -494,7 +519,7 @@ def _build(cfg: DataConfig, files: CorpusFiles, hashes: dict, settings: dict, ke
         src_model, tgt_model = given.state_dict()["src_model"], given.state_dict()["tgt_model"]
     else:
         log.info("training sentencepiece on %d of %d training pairs", len(stage.sample), sum(stage.kept))
-        src_model, tgt_model = _train_tokenizer(cfg, out, stage.sample)
+        src_model, tgt_model = _train_tokenizer(cfg, out, stage.sample, sum(stage.kept))
     stage.sample = []
     tokenizer = Tokenizer(src_model, tgt_model)
     dtype = id_dtype(max(tokenizer.src_vocab_size, tokenizer.tgt_vocab_size))
