@@ -5,20 +5,56 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from .helpers import REPO
 
+# The smoke forms that the fixture below starts side by side, and the test that reads each one's report.
+SIDE_BY_SIDE = {"--smoke": "test_gpu_check_smoke_writes_every_stage_of_the_report",
+                "--quality-smoke": "test_gpu_check_quality_smoke_distills_teachers_into_students",
+                "--scale-smoke": "test_gpu_check_scale_smoke_prepares_a_synthetic_corpus_and_times_its_loader_and_step"}
 
-def test_gpu_check_smoke_writes_every_stage_of_the_report(tmp_path, multi30k_dir):
-    env = {**os.environ, "OUT": str(tmp_path / "out"), "SMOKE_DATA_DIR": str(tmp_path / "data")}
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu" / "check.sh"), "--smoke"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=460)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    report = json.loads((tmp_path / "out" / "gpu_report.json").read_text())
-    assert set(os.listdir(tmp_path / "out")) == {"gpu_report.json", "gpu_report.md"}  # the device returns <= 8
+
+@pytest.fixture(scope="module")
+def smoke_runs(request, tmp_path_factory, multi30k_dir):
+    """The smoke forms of check.sh, all started at once (those whose tests are selected): each is a chain
+    of mostly one-core processes, so on two cores they take about half as long side by side as in a row.
+    -> {flag: (process, its folder: out/ for the reports, data/ for the cache and runs, output.log)}"""
+    selected = {item.name for item in request.session.items}
+    runs = {}
+    for flag, test in SIDE_BY_SIDE.items():
+        if test not in selected:
+            continue
+        folder = tmp_path_factory.mktemp(flag.strip("-"))
+        env = {**os.environ, "OUT": str(folder / "out"), "SMOKE_DATA_DIR": str(folder / "data"),
+               "SMOKE_MULTI30K": str(multi30k_dir)}
+        with (folder / "output.log").open("w") as log:  # a file, not a pipe: nobody reads it while both run
+            runs[flag] = (subprocess.Popen(["bash", str(REPO / "scripts" / "gpu" / "check.sh"), flag], cwd=REPO,
+                                           env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True),
+                          folder)
+    yield runs
+    for proc, _ in runs.values():
+        if proc.poll() is None:  # its test failed before waiting for it
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def finished(runs: dict, flag: str, timeout: float) -> Path:
+    """Wait for one of `smoke_runs`, check that it succeeded; -> its out/ folder."""
+    proc, folder = runs[flag]
+    proc.wait(timeout=timeout)
+    assert proc.returncode == 0, (folder / "output.log").read_text()[-6000:]
+    return folder / "out"
+
+
+def test_gpu_check_smoke_writes_every_stage_of_the_report(smoke_runs):
+    out = finished(smoke_runs, "--smoke", timeout=460)
+    report = json.loads((out / "gpu_report.json").read_text())
+    assert set(os.listdir(out)) == {"gpu_report.json", "gpu_report.md"}  # the device returns <= 8
     assert report["mode"] == "smoke" and report["environment"]["torch"]
     stages = report["stages"]
     assert stages["cuda_tests"]["exit"] in (0, 5) and "skipped" in stages["cuda_tests"]["summary"]
@@ -37,7 +73,7 @@ def test_gpu_check_smoke_writes_every_stage_of_the_report(tmp_path, multi30k_dir
     assert presets["collected"]["runs"][0]["test/bleu"] != "", presets["collected"]
     [ensemble] = presets["ensembles"]
     assert (ensemble["status"], ensemble["members"]) == ("exit 0", 2) and ensemble["splits"][0]["bleu"] is not None
-    md = (tmp_path / "out" / "gpu_report.md").read_text()
+    md = (out / "gpu_report.md").read_text()
     assert "test/bleu" in md  # the preset runs' table
     assert "##### An ensemble of 2 (de-en)" in md and "| **ensemble** |" in md
     for heading in ("(a) CUDA tests", "(b) Training throughput", "(c) Time to quality", "(d) Decoding",
@@ -45,16 +81,13 @@ def test_gpu_check_smoke_writes_every_stage_of_the_report(tmp_path, multi30k_dir
         assert heading in md
 
 
-def test_gpu_check_quality_smoke_distills_teachers_into_students(tmp_path, multi30k_dir):
+def test_gpu_check_quality_smoke_distills_teachers_into_students(smoke_runs):
     """`--quality-smoke`: two teachers side by side and their ensemble, its translations of the training
     sources, two students trained on them with the teachers' vocabulary, and the students' ensemble,
     all in the two report files."""
-    env = {**os.environ, "OUT": str(tmp_path / "out"), "SMOKE_DATA_DIR": str(tmp_path / "data")}
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu" / "check.sh"), "--quality-smoke"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert set(os.listdir(tmp_path / "out")) == {"gpu_report.json", "gpu_report.md"}
-    report = json.loads((tmp_path / "out" / "gpu_report.json").read_text())
+    out = finished(smoke_runs, "--quality-smoke", timeout=400)
+    assert set(os.listdir(out)) == {"gpu_report.json", "gpu_report.md"}
+    report = json.loads((out / "gpu_report.json").read_text())
     stage = report["stages"]["distill"]
     teachers, students = stage["teachers"], stage["students"]
     assert [r["status"] for r in teachers["runs"]] == ["exit 0", "exit 0"], teachers
@@ -71,23 +104,19 @@ def test_gpu_check_quality_smoke_distills_teachers_into_students(tmp_path, multi
     assert len(students_only["result"]["checkpoints"]) == 2 and students_only["result"]["splits"][0]["bleu"] is not None
     assert together["ensemble"] == "teachers and students de-en" and together["exit"] == 0, together
     assert len(together["result"]["checkpoints"]) == 4  # one vocabulary: the students joined their teachers
-    md = (tmp_path / "out" / "gpu_report.md").read_text()
+    md = (out / "gpu_report.md").read_text()
     for heading in ("(f) Distillation", "### Teachers", "### Distilled training targets", "### Students",
                     "#### An ensemble of 4 (de-en)"):
         assert heading in md
 
 
-def test_gpu_check_scale_smoke_prepares_a_synthetic_corpus_and_times_its_loader_and_step(tmp_path, multi30k_dir):
+def test_gpu_check_scale_smoke_prepares_a_synthetic_corpus_and_times_its_loader_and_step(smoke_runs):
     """`--scale-smoke`: stage (g) tiny on the CPU: a 20k-pair synthetic corpus drawn from Multi30k, prepared
     (time, peak RSS, cache size), its training DataLoader alone, and one precision's training step, with
     the loader's batches per second set against the step's, all in the two report files."""
-    env = {**os.environ, "OUT": str(tmp_path / "out"), "SMOKE_DATA_DIR": str(tmp_path / "data"),
-           "SMOKE_MULTI30K": str(multi30k_dir)}
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu" / "check.sh"), "--scale-smoke"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert set(os.listdir(tmp_path / "out")) == {"gpu_report.json", "gpu_report.md"}
-    report = json.loads((tmp_path / "out" / "gpu_report.json").read_text())
+    out = finished(smoke_runs, "--scale-smoke", timeout=300)
+    assert set(os.listdir(out)) == {"gpu_report.json", "gpu_report.md"}
+    report = json.loads((out / "gpu_report.json").read_text())
     assert report["mode"] == "scale_smoke"
     stage = report["stages"]["scale"]
     prepare, loader = stage["prepare"], stage["loader"]
@@ -97,5 +126,5 @@ def test_gpu_check_scale_smoke_prepares_a_synthetic_corpus_and_times_its_loader_
     [row] = stage["throughput"]
     assert row["precision"] == "32-true" and row["exit"] == 0 and row["tgt_tok_per_s"] > 0, row
     assert row["loader_over_gpu"] > 0 and isinstance(row["data_keeps_up"], bool), row
-    md = (tmp_path / "out" / "gpu_report.md").read_text()
+    md = (out / "gpu_report.md").read_text()
     assert "(g) Scale: a 20k-pair synthetic corpus" in md and "| 32-true |" in md

@@ -24,12 +24,14 @@ Each stage runs as subprocesses with a time cap; a failing or timed-out stage is
 report and the next one runs. The device returns at most 8 files, so everything goes into two:
 $OUT/gpu_report.json and $OUT/gpu_report.md (environment, each figure with the command behind it,
 the tail of any failure's output). `--mode smoke` runs every stage tiny on the CPU (the test suite
-does, so this script cannot rot without a GPU).
+does, so this script cannot rot without a GPU), on the first lines of Multi30k's splits (SMOKE_CORPUS).
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
+import itertools
 import json
 import shlex
 import subprocess
@@ -42,6 +44,7 @@ from scale_stage import SCALE, SCALE_SMOKE, scale_markdown, stage_scale  # (g): 
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
+MULTI30K = REPO.parent / "shared" / "data" / "multi30k"  # conf/data/multi30k.yaml's mirror, from the repository root
 
 # Full mode: the whole must fit 580 s of the device's 600-s call on one H100 from a bare machine.
 # check.sh's wheel install (~10 s) comes first; then caps of 60 (prepare) + 130 (a) + 55 (b) s;
@@ -69,9 +72,13 @@ FULL = {
                 "overrides": [], "reserve_s": 330, "min_s": 60, "ensemble_s": 45},
 }
 # Smoke mode: the same stages, tiny, on the CPU (tests/test_gpu_check.py; under 4 minutes on 2 cores).
+# The smoke modes read the first lines of each split (SMOKE_CORPUS): debug=tiny uses 500 training pairs and
+# 50 validation pairs anyway, and every run and ensemble translates the whole test split.
+SMOKE_CORPUS = {"train": 500, "val": 50, "test_2016_flickr": 100}
 SMOKE = {
     "budget_s": 230,
     "data": [],
+    "smoke_corpus": SMOKE_CORPUS,
     "prepare": {"overrides": ["debug=tiny"], "cap": 60},
     "cuda_tests_cap": 60,
     "throughput": {"overrides": ["debug=tiny", "test_after_training=false"],
@@ -86,7 +93,8 @@ SMOKE = {
     "decode": {"beams": "1,5", "batch_tokens": "2000", "cap": 40, "device": "cpu",
                "extra": ["--threads", "1", "--max-sentences", "8", "--warmup-sentences", "2"]},
     "presets": {"runs": ["quickstart:de-en", "quickstart:de-en:2"], "reserve_s": 80, "min_s": 30, "ensemble_s": 25,
-                "overrides": ["debug=tiny", "search.tune_beam_sizes=[1,2]", "search.tune_length_penalties=[1.0]"]},
+                "overrides": ["debug=tiny", "search.tune_beam_sizes=[1,2]", "search.tune_length_penalties=[1.0]",
+                              "plot_curves=false"]},
 }
 # Quality mode (`check.sh --quality`, its own device call): issue 13's GPU row by distillation.
 # Teachers: the preset's three seeds per direction side by side, then each direction's ensemble (tuned and
@@ -106,9 +114,10 @@ QUALITY = {
 QUALITY_SMOKE = {
     "budget_s": 300,
     "data": [],
+    "smoke_corpus": SMOKE_CORPUS,
     "distill": {"preset": "quickstart", "pairs": ["de-en"], "teachers": ["1", "2"], "students": ["1", "2"],
                 "overrides": ["debug=tiny", "search.tune_beam_sizes=[1,2]", "search.tune_length_penalties=[1.0]",
-                              "data.max_valid_pairs=40"],
+                              "data.max_valid_pairs=40", "plot_curves=false"],
                 "teachers_s": 120, "ensemble_s": 35, "distill_cap": 40, "beam_size": 2, "min_students_s": 90,
                 "device": "cpu"},
 }
@@ -166,6 +175,22 @@ def run(cmd: list[str], cap: float) -> tuple[int | str, float, str]:
         out = ((e.stdout or b"") + (e.stderr or b"")).decode("utf-8", "replace") if isinstance(e.stdout, bytes) \
             else (e.stdout or "") + (e.stderr or "")
         return "timeout", time.monotonic() - t0, out[-3000:]
+
+
+def slice_corpus(source: Path, dest: Path, lines: dict[str, int]) -> Path:
+    """Write the first `lines[split]` lines of each `{split}.{lang}[.gz]` in `source` to `dest/{split}.{lang}`
+    (plain text); -> dest."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for split, n in lines.items():
+        files = sorted(source.glob(f"{split}.*"))
+        if not files:
+            raise SystemExit(f"error: no {split}.<lang>[.gz] in {source} (SMOKE_MULTI30K names the Multi30k folder)")
+        for path in files:
+            lang = path.name[len(split) + 1:].removesuffix(".gz")
+            with (gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz"
+                  else path.open(encoding="utf-8")) as f:
+                (dest / f"{split}.{lang}").write_text("".join(itertools.islice(f, n)), encoding="utf-8")
+    return dest
 
 
 def cap_for(report: Report, budget: float, wanted: float) -> float:
@@ -523,18 +548,22 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mode", choices=tuple(MODES), default="full")
     p.add_argument("--out", required=True, help="folder for gpu_report.json and gpu_report.md")
-    p.add_argument("--data-root", help="folder with the Multi30k files (data.root=...)")
+    p.add_argument("--data-root", help="folder with the Multi30k files (data.root=...; the smoke modes read "
+                                        "their slice of it from there)")
     p.add_argument("--data-dir", help="where the prepared-data cache goes (paths.data_dir=...)")
     args = p.parse_args()
     cfg = json.loads(json.dumps(MODES[args.mode]))
-    if args.data_root:
-        cfg["data"].append(f"data.root={args.data_root}")
-    if args.data_dir:
-        cfg["data"].append(f"paths.data_dir={args.data_dir}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(args.data_dir or out).resolve() / "gpu_check_work"
     workdir.mkdir(parents=True, exist_ok=True)
+    data_root = args.data_root
+    if "smoke_corpus" in cfg:
+        data_root = str(slice_corpus(Path(data_root or MULTI30K), workdir / "multi30k", cfg["smoke_corpus"]))
+    if data_root:
+        cfg["data"].append(f"data.root={data_root}")
+    if args.data_dir:
+        cfg["data"].append(f"paths.data_dir={args.data_dir}")
     report = Report(out, args.mode)
     report.write()
     if "scale" in cfg:

@@ -8,7 +8,9 @@
 #   bash scripts/gpu/check.sh --stage   here, before the device call: copies the Hydra/pytest wheels into
 #                                       .whl/ and Multi30k into .gpu/multi30k (both git-ignored, carried)
 #   bash scripts/gpu/check.sh           on the device machine (see docs/cluster.md for the `run` call)
-#   bash scripts/gpu/check.sh --smoke   every stage tiny on the CPU, same report files (part of the tests)
+#   bash scripts/gpu/check.sh --smoke   every stage tiny on the CPU, same report files (part of the tests; it and
+#                                       --quality-smoke read the first lines of Multi30k's splits, from
+#                                       SMOKE_MULTI30K, default ../shared/data/multi30k)
 #   bash scripts/gpu/check.sh --quality        a device call of its own (a lease holds it or the check, not
 #                                              both): (f) issue 13's GPU row by distillation (teachers,
 #                                              their ensembles, students on their translations; docs/cluster.md)
@@ -71,6 +73,6 @@ if [ "$mode" = full ] || [ "$mode" = quality ] || [ "$mode" = scale ]; then
 else
   export OMP_NUM_THREADS=1
   args+=(--data-dir "${SMOKE_DATA_DIR:-$OUT/data}")
-  [ "$mode" = scale_smoke ] && [ -n "${SMOKE_MULTI30K:-}" ] && args+=(--data-root "$SMOKE_MULTI30K")
+  [ -n "${SMOKE_MULTI30K:-}" ] && args+=(--data-root "$SMOKE_MULTI30K")
 fi
 exec python3 scripts/gpu/check.py "${args[@]}"
