@@ -407,6 +407,7 @@ class TokenBucketBatchSampler(Sampler[list[int]]):
         self.resegment = resegment
         self.parts = list(parts) if parts is not None else None
         self._plan: EpochPlan | None = None
+        self._unplanned_count: int | None = None  # __len__ before a plan exists (the same for every epoch)
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning at the start of every epoch: a new shuffle per epoch."""
@@ -480,11 +481,13 @@ class TokenBucketBatchSampler(Sampler[list[int]]):
             # Asked before the epoch is built (the trainer's set-up): with exact widths and no weights the
             # packing depends on the histogram of widths alone, not on the shuffle, so count without it
             # (a plan at 10M pairs takes seconds).
-            longest = np.maximum(self.src_lengths, self.tgt_lengths)
-            hist = np.bincount(longest)
-            widths = np.flatnonzero(hist)
-            count = len(_bounds_by_runs(widths, hist[widths], self.max_tokens, self.max_sentences)) - 1
-            total = math.ceil(count / self.num_replicas) * self.num_replicas
+            # Lightning asks several times during set-up (~0.1 s each at 10M pairs): counted once.
+            if self._unplanned_count is None:
+                hist = np.bincount(np.maximum(self.src_lengths, self.tgt_lengths))
+                widths = np.flatnonzero(hist)
+                self._unplanned_count = len(_bounds_by_runs(widths, hist[widths], self.max_tokens,
+                                                            self.max_sentences)) - 1
+            total = math.ceil(self._unplanned_count / self.num_replicas) * self.num_replicas
         else:
             total = len(self.epoch_plan())
         return len(range(self.rank, total, self.num_replicas))

@@ -84,23 +84,19 @@ def _read_bytes(path: Path) -> bytes:
 
 
 def clean_text(text: str) -> str:
-    """Normalise decoded text that may span several lines: CRLF -> LF, controls and whitespace runs.
-
-    Newlines are kept; every line has whitespace collapsed to single spaces and stripped.
-    """
-    text = text.replace("\r\n", "\n")
-    text = _SPACE_CONTROLS.sub(" ", text)
-    text = _DROP_CONTROLS.sub("", text)
-    # str.split() with no argument splits on every Unicode whitespace (NBSP, U+2028, U+3000, ...);
-    # none of these separate lines here, and sentencepiece's NFKC normalisation maps them to spaces anyway.
-    return "\n".join(" ".join(line.split()) for line in text.split("\n"))
+    """Normalise decoded text that may span several lines: CRLF -> LF, then `clean_line` on every line
+    (controls, whitespace runs collapsed to single spaces, stripped). Newlines are kept."""
+    return "\n".join(clean_line(line) for line in text.replace("\r\n", "\n").split("\n"))
 
 
 def clean_line(text: str) -> str:
-    """`clean_text` of one line (no "\\n"), faster: most lines hold no control character at all, and
-    `str.isprintable` finds out in C (every character the two patterns match is non-printable)."""
+    """One line (no "\\n") cleaned: controls dropped or made spaces, whitespace runs collapsed to single
+    spaces, stripped. Most lines hold no control character at all, and `str.isprintable` finds out in C
+    (every character the two patterns match is non-printable)."""
     if not text.isprintable():
         text = _DROP_CONTROLS.sub("", _SPACE_CONTROLS.sub(" ", text))
+    # str.split() with no argument splits on every Unicode whitespace (NBSP, U+2028, U+3000, ...);
+    # none of these separate lines here, and sentencepiece's NFKC normalisation maps them to spaces anyway.
     return " ".join(text.split())
 
 

@@ -107,9 +107,6 @@ class TokenArray(Sequence[np.ndarray]):
         for i in range(len(self)):
             yield ids[offsets[i]:offsets[i + 1]]
 
-    def count(self, value: int) -> int:  # noqa: D102 (Sequence's count, over all ids at once)
-        return int(np.count_nonzero(self.ids == value))
-
 
 class TokenArrayWriter:
     """Appends id sequences to `{prefix}.bin` and their offsets to `{prefix}.idx`, chunk by chunk."""
