@@ -85,7 +85,7 @@ class TokenArray(Sequence[np.ndarray]):
     def lengths(self) -> np.ndarray:
         """[N] int32: the number of ids of each sequence."""
         if self._lengths is None:
-            self._lengths = np.diff(self.offsets).astype(np.int32)
+            self._lengths = np.diff(self._offsets).astype(np.int32)
         return self._lengths
 
     @property
@@ -153,8 +153,9 @@ def _map(path: Path, dtype: np.dtype, count: int) -> np.ndarray:
     if count == 0:  # mmap cannot map an empty file
         return np.zeros(0, dtype=dtype)
     array = np.memmap(path, dtype=dtype, mode="r", shape=(count,))
-    # Batches read a few sentences from all over the file: without this, each page fault also maps the
-    # pages around it (read-around), and a few hundred batches map the whole file into the process.
+    # Batches read a few sentences from all over the file: without this, each page fault on a page not yet
+    # in the page cache also reads the pages after it from disk (read-ahead). The kernel still maps the
+    # neighbouring pages that are already cached (fault-around), which RSS counts (docs/results.md).
     mapped = getattr(array, "_mmap", None)
     if mapped is not None and hasattr(mmap, "MADV_RANDOM"):
         mapped.madvise(mmap.MADV_RANDOM)
